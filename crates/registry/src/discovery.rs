@@ -1,0 +1,175 @@
+//! The two traits every backend implements, and the registration handle.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::Result;
+use crate::model::Instance;
+
+/// A stream of full snapshots of a service's live instances.
+///
+/// The first item comes at once; after that one item per change. An `Err`
+/// item reports a problem (backend down, garbage skipped...) without ending
+/// the stream: the watch keeps retrying behind it, and the next `Ok` is again
+/// a full snapshot. Snapshots are sorted by instance id.
+pub type WatchStream = BoxStream<'static, Result<Vec<Instance>>>;
+
+/// Puts instances into a registry and keeps them alive.
+///
+/// One registrar holds one connection, lease or session, shared by all the
+/// registrations made through it. If the backend loses that lease or session
+/// (a registry restart, a long partition), the registrar opens a new one and
+/// registers every live instance again, with backoff, logging each step.
+#[async_trait]
+pub trait Registrar: Send + Sync {
+    /// Registers `instance` and keeps it alive until the returned handle is
+    /// deregistered, abandoned or dropped.
+    ///
+    /// Registering an id that this registrar already holds replaces it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInstance`](crate::Error::InvalidInstance) for an
+    /// instance that breaks the model's rules; a backend error
+    /// (`Unavailable`, `Timeout`, `Rejected`) if the first registration did
+    /// not go through. Errors are always returned, never swallowed.
+    async fn register(&self, instance: Instance) -> Result<Registration>;
+}
+
+/// Reads and watches the live instances of services.
+#[async_trait]
+pub trait Watcher: Send + Sync {
+    /// The live (healthy) instances of `service` now, sorted by id.
+    ///
+    /// # Errors
+    /// A backend error if the registry cannot be read within the timeout.
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>>;
+
+    /// The names of the services that have at least one live instance, sorted.
+    ///
+    /// # Errors
+    /// A backend error if the registry cannot be read within the timeout.
+    async fn services(&self) -> Result<Vec<String>>;
+
+    /// Pushes full snapshots of the live instances of `service`: see
+    /// [`WatchStream`]. The stream ends only when dropped.
+    fn watch(&self, service: &str) -> WatchStream;
+}
+
+/// A registry that both registers and discovers: what
+/// [`connect`](crate::connect) returns.
+pub trait Registry: Registrar + Watcher {}
+
+impl<T: Registrar + Watcher + ?Sized> Registry for T {}
+
+#[async_trait]
+impl<T: Registrar + ?Sized> Registrar for Arc<T> {
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        (**self).register(instance).await
+    }
+}
+
+#[async_trait]
+impl<T: Watcher + ?Sized> Watcher for Arc<T> {
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        (**self).instances(service).await
+    }
+    async fn services(&self) -> Result<Vec<String>> {
+        (**self).services().await
+    }
+    fn watch(&self, service: &str) -> WatchStream {
+        (**self).watch(service)
+    }
+}
+
+/// The backend side of a [`Registration`]: what keeps one instance alive.
+///
+/// Backends implement it; users only see [`Registration`].
+#[async_trait]
+pub trait KeepAlive: Send + 'static {
+    /// Stops keeping the instance alive and removes it from the registry.
+    async fn deregister(self: Box<Self>) -> Result<()>;
+
+    /// Stops keeping the instance alive but leaves it in the registry, where
+    /// it expires after the TTL or session timeout, exactly as if the process
+    /// had crashed.
+    fn abandon(self: Box<Self>);
+}
+
+/// A live registration. It keeps its instance registered until
+/// [`deregister`](Self::deregister) is awaited.
+///
+/// Dropping it deregisters on a best-effort basis (a task is spawned on the
+/// current Tokio runtime, if there is one). [`abandon`](Self::abandon) stops
+/// the keep-alive without deregistering, which simulates a crash.
+#[must_use = "dropping a Registration deregisters the instance"]
+pub struct Registration {
+    instance: Instance,
+    keeper: Option<Box<dyn KeepAlive>>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// Wraps a backend's keep-alive for `instance`. For backend authors.
+    pub fn new(instance: Instance, keeper: Box<dyn KeepAlive>) -> Self {
+        Registration {
+            instance,
+            keeper: Some(keeper),
+        }
+    }
+
+    /// The registered instance.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// Removes the instance from the registry and stops its keep-alive.
+    ///
+    /// # Errors
+    /// A backend error if the removal could not be confirmed; the keep-alive
+    /// is stopped regardless, so the instance expires after the TTL.
+    pub async fn deregister(mut self) -> Result<()> {
+        match self.keeper.take() {
+            Some(keeper) => keeper.deregister().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the keep-alive without deregistering: the registry drops the
+    /// instance once its TTL or session runs out, as after a crash.
+    pub fn abandon(mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abandon();
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        let id = self.instance.id.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(error) = keeper.deregister().await {
+                        tracing::warn!(%id, %error, "deregistration on drop failed; the instance will expire after its TTL");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%id, "registration dropped outside a Tokio runtime; the instance will expire after its TTL");
+                keeper.abandon();
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Service registration and discovery behind one pair of traits, over
+//! Consul, etcd, ZooKeeper, or an in-process registry.
+//!
+//! # Layout
+//!
+//! - [`Instance`]: the record every backend stores (`model`).
+//! - [`Registrar`] puts instances in a registry and keeps them alive through
+//!   a [`Registration`] handle; [`Watcher`] reads them and pushes full
+//!   snapshots of the live set ([`WatchStream`]) (`discovery`).
+//! - [`Settings`] and [`connect`]: the backend is chosen at run time from
+//!   `REGISTRY` / `REGISTRY_CONFIG` (`config`).
+//! - One module per backend: [`memory`], [`consul`], [`etcd`], [`zookeeper`],
+//!   each opening with a table that maps our operations to the backend's.
+//! - [`Error`]: every failure, in domain words (`error`).
+//!
+//! # Quick start
+//!
+//! Register an instance, watch its service, pick an instance:
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use registry::{Instance, MemoryRegistry, Registrar, Watcher};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), registry::Error> {
+//! // `registry::connect(&registry::Settings::from_env()?)` picks the backend
+//! // from the environment; the in-process one needs no server.
+//! let registry = MemoryRegistry::new(Duration::from_secs(10));
+//!
+//! let registration = registry
+//!     .register(Instance::new("lorem", "a", "127.0.0.1", 8080).with_tag("v1"))
+//!     .await?;
+//!
+//! let mut live = registry.watch("lorem");
+//! let snapshot = live.next().await.expect("watch streams do not end")?;
+//! let picked = &snapshot[0];
+//! assert_eq!(picked.authority(), "127.0.0.1:8080");
+//!
+//! registration.deregister().await?;
+//! assert_eq!(live.next().await.unwrap()?, vec![]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod discovery;
+mod error;
+mod model;
+mod util;
+
+pub mod consul;
+pub mod etcd;
+pub mod memory;
+pub mod zookeeper;
+
+pub use config::{
+    BACKEND_NAMES, BackendConfig, ConsulConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, DynRegistry,
+    Endpoint, EtcdConfig, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings, ZookeeperConfig, connect,
+};
+pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
+pub use error::{BoxError, Error, Result};
+pub use memory::MemoryRegistry;
+pub use model::{
+    Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
+    MAX_TAG_LEN, MAX_TAGS, validate_name,
+};

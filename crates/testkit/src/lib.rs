@@ -1,0 +1,1 @@
+//! Real registry servers for tests (being written).
