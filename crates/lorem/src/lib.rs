@@ -1,1 +1,22 @@
-//! (being written)
+//! The lorem-ipsum service: go-kit's lorem example, registered in a service
+//! registry.
+//!
+//! # Layout
+//!
+//! - [`generate`]: the domain. [`LoremRequest`](generate::LoremRequest)
+//!   parses and checks `type`, `min` and `max`;
+//!   [`Generator`](generate::Generator) turns a request into text, drawing
+//!   from an injected random number generator.
+//! - [`http`]: the axum [`router`](http::router): `POST /lorem/{type}/{min}/{max}`,
+//!   `GET /health`, JSON errors, the `x-instance-id` header on every answer.
+//! - [`server`]: [`start`](server::start) binds, serves and registers (retrying
+//!   in the background); [`RunningServer`](server::RunningServer) shuts down
+//!   gracefully (deregister, drain, finish in-flight requests) or crashes on
+//!   purpose for demos and tests.
+//! - `src/bin/lorem-server.rs`: the binary, flags and wiring only.
+
+#![forbid(unsafe_code)]
+
+pub mod generate;
+pub mod http;
+pub mod server;

@@ -1,0 +1,221 @@
+//! `lorem-server`: the lorem-ipsum HTTP service, registered in the registry
+//! chosen by `REGISTRY` (see `registry::Settings`).
+//!
+//! ```text
+//! lorem-server [--listen 127.0.0.1:8080] [--advertise host:port] [--service lorem]
+//!              [--tags a,b] [--id ID] [--drain-delay 2s] [--shutdown-timeout 10s]
+//! lorem-server healthcheck [--url http://127.0.0.1:8080/health]
+//! ```
+//!
+//! SIGTERM or SIGINT shut it down gracefully (deregister, drain, finish
+//! in-flight requests) and it exits 0.
+
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lorem::server::{ConnectOnDemand, ServerOptions, start};
+use rand::Rng;
+use tracing_subscriber::EnvFilter;
+
+/// The lorem-ipsum service, registered in a service registry.
+///
+/// The registry is configured by REGISTRY (memory, consul, etcd, zookeeper),
+/// REGISTRY_ADDR, REGISTRY_TTL, REGISTRY_TIMEOUT, REGISTRY_PREFIX and
+/// REGISTRY_CONFIG. Logs go to stderr, filtered by RUST_LOG (default info).
+#[derive(Debug, Parser)]
+#[command(name = "lorem-server", version)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "LOREM_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// host:port clients should use, if not the listen address (required
+    /// when listening on 0.0.0.0 or ::).
+    #[arg(long, env = "LOREM_ADVERTISE")]
+    advertise: Option<String>,
+
+    /// Service name to register under.
+    #[arg(long, env = "LOREM_SERVICE", default_value = "lorem")]
+    service: String,
+
+    /// Tags to register, comma-separated.
+    #[arg(long, env = "LOREM_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+
+    /// Instance id [default: HOSTNAME-PID-RANDOM].
+    #[arg(long, env = "LOREM_ID")]
+    id: Option<String>,
+
+    /// How long to keep serving after deregistering.
+    #[arg(long, env = "LOREM_DRAIN_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "LOREM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Probe /health; exit 0 if the server answers {"status":true}, else 1.
+    Healthcheck {
+        /// URL to probe [default: http://LISTEN/health, loopback if LISTEN is 0.0.0.0 or ::].
+        #[arg(long)]
+        url: Option<String>,
+
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the Tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match &cli.command {
+        Some(Command::Healthcheck { url, timeout }) => {
+            let url = url.clone().unwrap_or_else(|| health_url(cli.listen));
+            return runtime.block_on(healthcheck(&url, *timeout));
+        }
+        None => runtime.block_on(serve(cli)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let settings = registry::Settings::from_env().context("bad registry settings")?;
+    tracing::info!(backend = settings.backend.name(), ttl = ?settings.ttl, "registry settings");
+    let id = cli.id.unwrap_or_else(default_id);
+    let mut options = ServerOptions::new(id);
+    options.listen = cli.listen;
+    options.advertise = cli.advertise.filter(|a| !a.trim().is_empty());
+    options.service = cli.service;
+    options.tags = cli
+        .tags
+        .into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    options.drain_delay = cli.drain_delay;
+    options.shutdown_timeout = cli.shutdown_timeout;
+
+    let server = start(options, ConnectOnDemand::new(settings)).await?;
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "shutting down");
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+/// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`.
+fn default_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| sanitize(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lorem".to_owned());
+    let host: String = host.chars().take(64).collect();
+    let suffix: u32 = rand::thread_rng().r#gen();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// `http://<listen>/health`, probing loopback when listening on all addresses.
+fn health_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/health", SocketAddr::new(ip, listen.port()))
+}
+
+async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
+    match probe(url, timeout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("unhealthy: {url}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let response = client.get(url).send().await.context("no answer")?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("answer {status} is not JSON"))?;
+    if status.is_success() && body.get("status") == Some(&serde_json::Value::Bool(true)) {
+        Ok(())
+    } else {
+        anyhow::bail!("answer {status} {body}")
+    }
+}

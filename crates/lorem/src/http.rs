@@ -1,0 +1,115 @@
+//! The HTTP API, compatible with go-kit's lorem example.
+//!
+//! | request                          | answer                                   |
+//! |----------------------------------|------------------------------------------|
+//! | `POST /lorem/{type}/{min}/{max}` | 200 `{"message": "..."}`                 |
+//! | bad type or bounds               | 400 `{"error": "..."}` naming the problem |
+//! | `GET /health`                    | 200 `{"status": true}`                   |
+//! | unknown route                    | 404 `{"error": "..."}`                   |
+//! | known route, wrong method        | 405 `{"error": "..."}`                   |
+//!
+//! Every answer, errors included, carries `x-instance-id: <id>` so a client
+//! can tell which instance served it.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request};
+use axum::http::header::HeaderName;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::generate::{Generator, LoremRequest};
+
+/// The header naming the instance that answered.
+pub const INSTANCE_ID_HEADER: &str = "x-instance-id";
+
+/// The routes of the service, answering as instance `instance_id`.
+///
+/// Characters that cannot appear in a header value are replaced by `_` in
+/// the `x-instance-id` header.
+pub fn router(instance_id: String) -> Router {
+    let header_value = instance_header_value(&instance_id);
+    Router::new()
+        .route("/lorem/{type}/{min}/{max}", post(lorem))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let value = header_value.clone();
+            async move {
+                let mut response = next.run(request).await;
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(INSTANCE_ID_HEADER), value);
+                response
+            }
+        }))
+}
+
+fn instance_header_value(id: &str) -> HeaderValue {
+    let cleaned: String = id
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn lorem(path: Result<Path<(String, String, String)>, PathRejection>) -> Response {
+    let Path((kind, min, max)) = match path {
+        Ok(path) => path,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad path: {}", rejection.body_text()),
+            );
+        }
+    };
+    match LoremRequest::parse(&kind, &min, &max) {
+        Ok(request) => {
+            let message = Generator::new().generate(&request, &mut rand::thread_rng());
+            tracing::debug!(kind = %request.kind, min = request.min, max = request.max, "generated");
+            Json(json!({ "message": message })).into_response()
+        }
+        Err(problem) => {
+            tracing::debug!(%kind, %min, %max, error = %problem, "refused a lorem request");
+            error(StatusCode::BAD_REQUEST, problem.to_string())
+        }
+    }
+}
+
+async fn health() -> Response {
+    Json(json!({ "status": true })).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {method} {}; try POST /lorem/{{type}}/{{min}}/{{max}} or GET /health",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allowed = if uri.path() == "/health" {
+        "GET"
+    } else {
+        "POST"
+    };
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {method} is not allowed on {}; use {allowed}",
+            uri.path()
+        ),
+    )
+}
