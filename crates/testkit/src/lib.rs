@@ -1,1 +1,100 @@
-//! Real registry servers for tests (being written).
+//! Real registry servers (etcd, ZooKeeper, Consul) on loopback, for tests,
+//! benches and scripts.
+//!
+//! # Layout
+//!
+//! - [`RegistryServer`]: what every server and cluster offers (its backend
+//!   name, the `REGISTRY_ADDR` value, stop and start), so a conformance
+//!   suite can be generic over backends.
+//! - [`EtcdServer`], [`EtcdCluster`] (`etcd`), [`ZkServer`], [`ZkEnsemble`]
+//!   (`zookeeper`), [`ConsulAgent`] (`consul`): one module per backend.
+//! - [`etcd_bin`], [`etcdctl_bin`], [`java_bin`], [`zk_classpath`],
+//!   [`consul_bin`]: where the binaries are; a missing one is an error
+//!   saying how to install it (`bins`).
+//! - [`free_port`] and the process plumbing: spawn with a clean
+//!   environment, stop by PID, ready probes (`process`).
+//!
+//! Everything is synchronous (`std::process`), so it works from `#[test]`,
+//! `#[tokio::test]` (call it before the runtime work, or from
+//! `spawn_blocking`), benches and scripts.
+//!
+//! # Behaviour common to every server
+//!
+//! - Listens on 127.0.0.1 only, on ports from [`free_port`]; the first start
+//!   retries on fresh ports if the process exits (a port taken meanwhile),
+//!   later starts reuse the same ports and data.
+//! - Data and the server's log live in a temp dir; an error for a server
+//!   that exits or is not ready in time quotes the end of its log.
+//! - Spawned with stdin closed and without any `ETCD_*` variable (etcd reads
+//!   those as flags).
+//! - [`RegistryServer::stop`] sends SIGTERM, SIGKILLs after 10 s and returns
+//!   once the PID has exited, so its ports can be reused; dropping a server
+//!   SIGKILLs it and removes its temp dir.
+//! - A small `sh` watchdog per server process SIGKILLs the server and removes
+//!   its temp dir if the test process dies without stopping it (killed by a
+//!   timeout, or a server kept in a `static` that is never dropped), so no
+//!   etcd or JVM outlives a test run.
+//!
+//! ```no_run
+//! use testkit::{EtcdServer, RegistryServer};
+//!
+//! let mut etcd = EtcdServer::start()?;
+//! let addr = etcd.registry_addr(); // "127.0.0.1:PORT"
+//! etcd.restart()?; // same port, same data
+//! assert_eq!(etcd.registry_addr(), addr);
+//! # anyhow::Ok(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod bins;
+mod consul;
+mod etcd;
+mod process;
+mod zookeeper;
+
+pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, zk_classpath};
+pub use consul::ConsulAgent;
+pub use etcd::{EtcdCluster, EtcdServer};
+pub use process::free_port;
+pub use zookeeper::{ZkEnsemble, ZkServer};
+
+/// A registry server (or cluster) this kit started; implemented by every
+/// server type so suites can be written once for all backends.
+pub trait RegistryServer: Send {
+    /// The backend's name as `REGISTRY` takes it: `"etcd"`, `"zookeeper"`
+    /// or `"consul"`.
+    fn backend(&self) -> &'static str;
+
+    /// The value for `REGISTRY_ADDR`: every member's client address,
+    /// `127.0.0.1:p1,127.0.0.1:p2`.
+    fn registry_addr(&self) -> String;
+
+    /// Stops every process: SIGTERM, SIGKILL after a grace period, and
+    /// returns once every PID has exited. Ports and data are kept.
+    ///
+    /// # Errors
+    ///
+    /// If a process cannot be waited for.
+    fn stop(&mut self) -> anyhow::Result<()>;
+
+    /// Starts every stopped process again on the same ports and data
+    /// directories and waits until the server is ready (for Consul, a fresh
+    /// dev agent: it keeps no data). Does nothing to members that run.
+    ///
+    /// # Errors
+    ///
+    /// If a process exits or is not ready within the deadline; the message
+    /// quotes its log.
+    fn start(&mut self) -> anyhow::Result<()>;
+
+    /// [`stop`](Self::stop), then [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// As either.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start()
+    }
+}

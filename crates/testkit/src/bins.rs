@@ -1,0 +1,294 @@
+//! Finding the server binaries; a missing one is an error that says how to
+//! install it.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+/// The Consul version `scripts/build-consul.sh` builds and caches.
+const CONSUL_VERSION: &str = "1.14.11";
+
+const ETCD_HINT: &str = "install it with `apt-get install etcd-server etcd-client` \
+     (or run scripts/test.sh, which installs it), or point TESTKIT_ETCD_BIN at an etcd binary";
+const ETCDCTL_HINT: &str = "install it with `apt-get install etcd-server etcd-client` \
+     (or run scripts/test.sh, which installs it), or point TESTKIT_ETCDCTL_BIN at an etcdctl binary";
+const JAVA_HINT: &str = "install it with `apt-get install zookeeper default-jre-headless` \
+     (or run scripts/test.sh, which installs it), or point TESTKIT_JAVA at a java binary";
+const ZK_HINT: &str = "install it with `apt-get install zookeeper default-jre-headless` \
+     (or run scripts/test.sh, which installs it), or set TESTKIT_ZK_CLASSPATH to a classpath \
+     holding ZooKeeper's server and its dependencies";
+const CONSUL_HINT: &str = "run scripts/build-consul.sh (builds Consul 1.14.11 with Go and \
+     caches it at ~/.cache/consul/1.14.11/consul), or point CONSUL_BIN at a consul binary";
+
+/// Where to look for one binary.
+struct Lookup {
+    /// The program's name, also looked up on `PATH`.
+    name: &'static str,
+    /// The variable that overrides the lookup; if set it must name an
+    /// executable file.
+    env_var: &'static str,
+    /// Paths tried after `PATH`.
+    fallbacks: Vec<PathBuf>,
+    /// How to install it.
+    hint: &'static str,
+}
+
+/// Reads an environment variable; injectable so tests need not mutate the
+/// process environment.
+type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+fn process_env(key: &str) -> Option<OsString> {
+    std::env::var_os(key)
+}
+
+fn is_executable(path: &Path) -> bool {
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn find(lookup: &Lookup, env: Env<'_>) -> Result<PathBuf> {
+    if let Some(value) = env(lookup.env_var).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(&value);
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        bail!(
+            "{}={} is not an executable file; fix or unset it. To get {}: {}",
+            lookup.env_var,
+            path.display(),
+            lookup.name,
+            lookup.hint
+        );
+    }
+    if let Some(path_var) = env("PATH") {
+        for dir in std::env::split_paths(&path_var) {
+            let candidate = dir.join(lookup.name);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+    }
+    for candidate in &lookup.fallbacks {
+        if is_executable(candidate) {
+            return Ok(candidate.clone());
+        }
+    }
+    let tried = lookup
+        .fallbacks
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "cannot find `{}`: {} is not set, it is not on PATH{}{}; {}",
+        lookup.name,
+        lookup.env_var,
+        if tried.is_empty() { "" } else { " nor at " },
+        tried,
+        lookup.hint
+    )
+}
+
+fn etcd_lookup() -> Lookup {
+    Lookup {
+        name: "etcd",
+        env_var: "TESTKIT_ETCD_BIN",
+        fallbacks: vec![PathBuf::from("/usr/bin/etcd")],
+        hint: ETCD_HINT,
+    }
+}
+
+fn etcdctl_lookup() -> Lookup {
+    Lookup {
+        name: "etcdctl",
+        env_var: "TESTKIT_ETCDCTL_BIN",
+        fallbacks: vec![PathBuf::from("/usr/bin/etcdctl")],
+        hint: ETCDCTL_HINT,
+    }
+}
+
+fn java_lookup() -> Lookup {
+    Lookup {
+        name: "java",
+        env_var: "TESTKIT_JAVA",
+        fallbacks: vec![PathBuf::from("/usr/bin/java")],
+        hint: JAVA_HINT,
+    }
+}
+
+fn consul_lookup(env: Env<'_>) -> Lookup {
+    let fallbacks = env("HOME")
+        .map(|home| {
+            vec![
+                PathBuf::from(home)
+                    .join(".cache/consul")
+                    .join(CONSUL_VERSION)
+                    .join("consul"),
+            ]
+        })
+        .unwrap_or_default();
+    Lookup {
+        name: "consul",
+        env_var: "CONSUL_BIN",
+        fallbacks,
+        hint: CONSUL_HINT,
+    }
+}
+
+/// The `etcd` server binary: `$TESTKIT_ETCD_BIN`, else `etcd` on `PATH`,
+/// else `/usr/bin/etcd`.
+///
+/// (The variable is not called `ETCD_*` because etcd reads every such
+/// variable as one of its flags.)
+///
+/// # Errors
+///
+/// If none is found, or the variable names something that is not an
+/// executable file; the message says how to install etcd.
+pub fn etcd_bin() -> Result<PathBuf> {
+    find(&etcd_lookup(), &process_env)
+}
+
+/// The `etcdctl` client: `$TESTKIT_ETCDCTL_BIN`, else `etcdctl` on `PATH`,
+/// else `/usr/bin/etcdctl`.
+///
+/// # Errors
+///
+/// As [`etcd_bin`].
+pub fn etcdctl_bin() -> Result<PathBuf> {
+    find(&etcdctl_lookup(), &process_env)
+}
+
+/// The Consul binary: `$CONSUL_BIN`, else `consul` on `PATH`, else
+/// `~/.cache/consul/1.14.11/consul` (where `scripts/build-consul.sh` puts it).
+///
+/// # Errors
+///
+/// If none is found; the message says to run `scripts/build-consul.sh`.
+pub fn consul_bin() -> Result<PathBuf> {
+    find(&consul_lookup(&process_env), &process_env)
+}
+
+/// The Java runtime that runs ZooKeeper: `$TESTKIT_JAVA`, else `java` on
+/// `PATH`, else `/usr/bin/java`.
+///
+/// # Errors
+///
+/// If none is found; the message says how to install it.
+pub fn java_bin() -> Result<PathBuf> {
+    find(&java_lookup(), &process_env)
+}
+
+/// The Java classpath of the ZooKeeper server: `$TESTKIT_ZK_CLASSPATH`, else
+/// Debian's `/usr/share/java/zookeeper.jar` (whose manifest lists its own
+/// dependencies) plus `slf4j-simple.jar` as the logging backend.
+///
+/// # Errors
+///
+/// If `zookeeper.jar` is missing; the message says how to install it.
+pub fn zk_classpath() -> Result<String> {
+    zk_classpath_in(&process_env, Path::new("/usr/share/java"))
+}
+
+fn zk_classpath_in(env: Env<'_>, java_dir: &Path) -> Result<String> {
+    if let Some(cp) = env("TESTKIT_ZK_CLASSPATH").filter(|v| !v.is_empty()) {
+        return cp
+            .into_string()
+            .map_err(|cp| anyhow::anyhow!("TESTKIT_ZK_CLASSPATH={cp:?} is not valid UTF-8"));
+    }
+    let zk = java_dir.join("zookeeper.jar");
+    if !zk.is_file() {
+        bail!(
+            "cannot find ZooKeeper: {} does not exist; {ZK_HINT}",
+            zk.display()
+        );
+    }
+    let mut cp = vec![zk];
+    // Without a binding slf4j logs nothing (and says so once); not fatal.
+    let simple = java_dir.join("slf4j-simple.jar");
+    if simple.is_file() {
+        cp.push(simple);
+    }
+    Ok(cp
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn override_pointing_nowhere_fails_with_hint() {
+        let env = env_of(&[
+            ("TESTKIT_ETCD_BIN", "/nonexistent/etcd"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let err = find(&etcd_lookup(), &env).unwrap_err().to_string();
+        assert!(err.contains("TESTKIT_ETCD_BIN=/nonexistent/etcd"), "{err}");
+        assert!(
+            err.contains("apt-get install etcd-server etcd-client"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nothing_found_fails_with_hint() {
+        let env = env_of(&[("PATH", "/nonexistent")]);
+        let lookup = Lookup {
+            fallbacks: vec![PathBuf::from("/nonexistent/consul")],
+            ..consul_lookup(&env)
+        };
+        let err = find(&lookup, &env).unwrap_err().to_string();
+        assert!(err.contains("scripts/build-consul.sh"), "{err}");
+        assert!(err.contains("/nonexistent/consul"), "{err}");
+    }
+
+    #[test]
+    fn zk_classpath_missing_jar_fails_with_hint() {
+        let env = env_of(&[]);
+        let err = zk_classpath_in(&env, Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apt-get install zookeeper default-jre-headless"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zk_classpath_override_wins() {
+        let env = env_of(&[("TESTKIT_ZK_CLASSPATH", "/a.jar:/b.jar")]);
+        assert_eq!(
+            zk_classpath_in(&env, Path::new("/nonexistent")).unwrap(),
+            "/a.jar:/b.jar"
+        );
+    }
+
+    #[test]
+    fn path_is_searched_before_fallbacks() {
+        let env = env_of(&[("PATH", "/nonexistent:/bin:/usr/bin")]);
+        let lookup = Lookup {
+            name: "sh",
+            env_var: "TESTKIT_TEST_SH",
+            fallbacks: vec![],
+            hint: "",
+        };
+        let found = find(&lookup, &env).unwrap();
+        assert!(found.ends_with("sh"), "{}", found.display());
+    }
+}

@@ -1,0 +1,377 @@
+//! etcd: one node ([`EtcdServer`]) or an N-member cluster ([`EtcdCluster`]).
+//!
+//! Each member listens on 127.0.0.1 only, with its own client and peer port
+//! and data directory under one temp dir. A member is ready when
+//! `GET /health` on its client port answers 200 (which needs a leader).
+//! Restarting a member on its existing data directory reuses the same
+//! command line: etcd ignores the `--initial-cluster*` flags once its data
+//! directory holds a member.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use tempfile::TempDir;
+use tracing::info;
+
+use crate::RegistryServer;
+use crate::bins::etcd_bin;
+use crate::process::{
+    Proc, STOP_GRACE, Spec, StartFailure, accepts_tcp, free_port, http_get, wait_ready,
+    with_port_retries,
+};
+
+/// How long a single node may take to become healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a cluster may take to elect a leader and become healthy.
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Distinguishes clusters started by one process (the cluster token).
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug)]
+struct Member {
+    client_port: u16,
+    proc: Proc,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn healthy(&self) -> bool {
+        matches!(http_get(self.client_port, "/health"), Ok((200, _)))
+    }
+}
+
+/// A throwaway etcd cluster of N members on loopback.
+///
+/// Members use `--heartbeat-interval=50 --election-timeout=500`, fast yet
+/// steady on a loaded two-core machine. Dropping the cluster kills every
+/// member and removes the data.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    ready_timeout: Duration,
+    /// Dropped after `members`, whose drop kills the processes.
+    dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `nodes` members and waits until every one is healthy.
+    ///
+    /// # Errors
+    ///
+    /// If etcd is missing (the message says how to install it), `nodes` is
+    /// 0, or the cluster is not healthy within 40 s (the message quotes the
+    /// members' logs).
+    pub fn start(nodes: usize) -> Result<Self> {
+        if nodes == 0 {
+            bail!("an etcd cluster needs at least one member");
+        }
+        Self::start_with(nodes, (50, 500), CLUSTER_READY_TIMEOUT)
+    }
+
+    fn start_with(nodes: usize, timing: (u32, u32), ready_timeout: Duration) -> Result<Self> {
+        let bin = etcd_bin()?;
+        let what = if nodes == 1 {
+            "etcd".to_owned()
+        } else {
+            format!("etcd cluster of {nodes}")
+        };
+        let cluster = with_port_retries(&what, || {
+            let mut cluster = Self::prepare(&bin, nodes, timing, ready_timeout)?;
+            cluster.spawn_all_and_wait()?;
+            Ok(cluster)
+        })?;
+        info!(
+            endpoints = %cluster.endpoints().join(","),
+            dir = %cluster.dir.path().display(),
+            "etcd started"
+        );
+        Ok(cluster)
+    }
+
+    /// Creates the temp dir and the members' command lines with fresh ports.
+    fn prepare(
+        bin: &std::path::Path,
+        nodes: usize,
+        (heartbeat_ms, election_ms): (u32, u32),
+        ready_timeout: Duration,
+    ) -> std::result::Result<Self, StartFailure> {
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-etcd-")
+            .tempdir()
+            .map_err(|e| {
+                StartFailure::Other(
+                    anyhow::Error::new(e).context("cannot create a temp dir for etcd"),
+                )
+            })?;
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let names: Vec<String> = (0..nodes).map(|i| format!("m{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "testkit-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let members = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, &(client, peer))| {
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let args: Vec<OsString> = vec![
+                    "--name".into(),
+                    name.into(),
+                    "--data-dir".into(),
+                    dir.path().join(format!("{name}.data")).into(),
+                    "--listen-client-urls".into(),
+                    client_url.clone().into(),
+                    "--advertise-client-urls".into(),
+                    client_url.into(),
+                    "--listen-peer-urls".into(),
+                    peer_url.clone().into(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer_url.into(),
+                    "--initial-cluster".into(),
+                    initial_cluster.clone().into(),
+                    "--initial-cluster-state".into(),
+                    "new".into(),
+                    "--initial-cluster-token".into(),
+                    token.clone().into(),
+                    "--logger=zap".into(),
+                    "--log-level=warn".into(),
+                    format!("--heartbeat-interval={heartbeat_ms}").into(),
+                    format!("--election-timeout={election_ms}").into(),
+                ];
+                let label = if nodes == 1 {
+                    format!("etcd (client port {client})")
+                } else {
+                    format!("etcd member {name} (client port {client})")
+                };
+                Member {
+                    client_port: client,
+                    proc: Proc::new(Spec {
+                        label,
+                        program: bin.to_owned(),
+                        args,
+                        cwd: dir.path().to_owned(),
+                        log: dir.path().join(format!("{name}.log")),
+                        env: Vec::new(),
+                        cleanup: Some(dir.path().to_owned()),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Self {
+            members,
+            ready_timeout,
+            dir,
+        })
+    }
+
+    fn spawn_all_and_wait(&mut self) -> std::result::Result<(), StartFailure> {
+        for m in &mut self.members {
+            m.proc.spawn().map_err(StartFailure::Other)?;
+        }
+        let ports: Vec<u16> = self.members.iter().map(|m| m.client_port).collect();
+        wait_ready(
+            self.members.iter_mut().map(|m| &mut m.proc),
+            self.ready_timeout,
+            "etcd",
+            |i| matches!(http_get(ports[i], "/health"), Ok((200, _))),
+        )
+    }
+
+    /// The members' client endpoints, `127.0.0.1:port` each (no scheme;
+    /// etcd-client and etcdctl accept that form).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The temp directory holding every member's data directory and log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn member(&mut self, i: usize) -> Result<&mut Member> {
+        let n = self.members.len();
+        match self.members.get_mut(i) {
+            Some(m) => Ok(m),
+            None => bail!("no etcd member {i}: the cluster has {n} (0..{n})"),
+        }
+    }
+
+    /// Stops member `i` (SIGTERM, SIGKILL after 10 s) and waits for its PID
+    /// to exit. Its data directory and ports are kept for [`Self::start_member`].
+    ///
+    /// # Errors
+    ///
+    /// If `i` is out of range or the process cannot be waited for.
+    pub fn stop_member(&mut self, i: usize) -> Result<()> {
+        self.member(i)?.proc.stop()
+    }
+
+    /// SIGKILLs member `i` (a crash) and waits for its PID to exit.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::stop_member`].
+    pub fn kill_member(&mut self, i: usize) -> Result<()> {
+        self.member(i)?.proc.kill()
+    }
+
+    /// Starts member `i` again on its ports and data directory. Waits until
+    /// it is healthy if a majority of members is then running; otherwise
+    /// (it cannot be healthy alone) only until its client port accepts
+    /// connections.
+    ///
+    /// # Errors
+    ///
+    /// If `i` is out of range, or the member exits or is not ready within
+    /// the deadline (the message quotes its log).
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let timeout = self.ready_timeout;
+        let n = self.members.len();
+        self.member(i)?;
+        let running = self
+            .members
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(j, m)| (j == i || m.proc.is_running()).then_some(()))
+            .count();
+        let quorum = running > n / 2;
+        let m = self.member(i)?;
+        m.proc.spawn()?;
+        let port = m.client_port;
+        wait_ready([&mut m.proc], timeout, "etcd member", |_| {
+            if quorum {
+                matches!(http_get(port, "/health"), Ok((200, _)))
+            } else {
+                accepts_tcp(port)
+            }
+        })
+        .map_err(StartFailure::into_error)
+    }
+
+    /// The PID of member `i` while it runs.
+    pub fn member_pid(&self, i: usize) -> Option<u32> {
+        self.members.get(i).and_then(|m| m.proc.pid())
+    }
+
+    /// Whether member `i` answers `/health` with 200 right now.
+    pub fn member_healthy(&self, i: usize) -> bool {
+        self.members.get(i).is_some_and(Member::healthy)
+    }
+}
+
+impl RegistryServer for EtcdCluster {
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn registry_addr(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        for m in &mut self.members {
+            m.proc.send_term();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for m in &mut self.members {
+            m.proc.wait_exit(deadline)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.spawn_all_and_wait().map_err(StartFailure::into_error)
+    }
+}
+
+/// A throwaway single-node etcd on loopback.
+///
+/// Uses `--heartbeat-interval=10 --election-timeout=100`, so it is ready in
+/// about 0.1 s. Dropping it kills the process and removes the data.
+///
+/// ```no_run
+/// use testkit::{EtcdServer, RegistryServer};
+/// let etcd = EtcdServer::start()?;
+/// assert_eq!(etcd.backend(), "etcd");
+/// println!("REGISTRY_ADDR={}", etcd.registry_addr());
+/// # anyhow::Ok(())
+/// ```
+#[derive(Debug)]
+pub struct EtcdServer {
+    inner: EtcdCluster,
+}
+
+impl EtcdServer {
+    /// Starts a node and waits until `/health` answers 200 (up to 20 s).
+    ///
+    /// # Errors
+    ///
+    /// If etcd is missing (the message says how to install it) or the node
+    /// is not healthy in time (the message quotes its log).
+    pub fn start() -> Result<Self> {
+        Ok(Self {
+            inner: EtcdCluster::start_with(1, (10, 100), READY_TIMEOUT)?,
+        })
+    }
+
+    /// The client endpoint, `127.0.0.1:port` (no scheme).
+    pub fn endpoint(&self) -> String {
+        self.inner
+            .endpoints()
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs the node (a crash) and waits for its PID to exit; data and
+    /// ports are kept for [`RegistryServer::start`].
+    ///
+    /// # Errors
+    ///
+    /// If the process cannot be waited for.
+    pub fn kill(&mut self) -> Result<()> {
+        self.inner.kill_member(0)
+    }
+
+    /// The PID while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.member_pid(0)
+    }
+
+    /// The temp directory holding the data directory and `m0.log`.
+    pub fn dir(&self) -> &std::path::Path {
+        self.inner.dir()
+    }
+}
+
+impl RegistryServer for EtcdServer {
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn registry_addr(&self) -> String {
+        self.endpoint()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.inner.stop()
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.inner.start_member(0)
+    }
+}

@@ -1,0 +1,383 @@
+//! ZooKeeper: a standalone server ([`ZkServer`]) or an N-member ensemble
+//! ([`ZkEnsemble`]), run straight from the JVM (no zkServer.sh, no systemd).
+//!
+//! Each member gets its own `zoo.cfg`, data directory (with a `myid` file in
+//! an ensemble) and log under one temp dir. `tickTime=500`, so the server
+//! grants session timeouts from 1 s to 10 s. A member is ready when the
+//! four-letter word `srvr` on its client port answers with a `Mode:` line
+//! (`standalone`, `leader` or `follower`).
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+use tracing::info;
+
+use crate::RegistryServer;
+use crate::bins::{java_bin, zk_classpath};
+use crate::process::{
+    Proc, STOP_GRACE, Spec, StartFailure, accepts_tcp, four_letter_word, free_port, wait_ready,
+    with_port_retries,
+};
+
+/// How long a standalone server may take to serve (a JVM start).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an ensemble may take to elect a leader and serve.
+const ENSEMBLE_READY_TIMEOUT: Duration = Duration::from_secs(40);
+
+#[derive(Debug)]
+struct Member {
+    client_port: u16,
+    proc: Proc,
+}
+
+/// Whether `srvr` on `port` reports a serving mode.
+fn serving(port: u16) -> bool {
+    four_letter_word(port, "srvr").is_ok_and(|answer| answer.contains("Mode: "))
+}
+
+/// A throwaway ZooKeeper ensemble of N members on loopback.
+///
+/// Dropping it kills every member and removes the data.
+#[derive(Debug)]
+pub struct ZkEnsemble {
+    members: Vec<Member>,
+    ready_timeout: Duration,
+    /// Dropped after `members`, whose drop kills the processes.
+    dir: TempDir,
+}
+
+impl ZkEnsemble {
+    /// Starts `nodes` members and waits until every one serves (reports
+    /// `Mode: leader` or `Mode: follower`; `standalone` for one node).
+    ///
+    /// # Errors
+    ///
+    /// If Java or ZooKeeper is missing (the message says how to install
+    /// them), `nodes` is 0, or a member does not serve within 40 s (the
+    /// message quotes its log).
+    pub fn start(nodes: usize) -> Result<Self> {
+        if nodes == 0 {
+            bail!("a ZooKeeper ensemble needs at least one member");
+        }
+        Self::start_with(nodes, ENSEMBLE_READY_TIMEOUT)
+    }
+
+    fn start_with(nodes: usize, ready_timeout: Duration) -> Result<Self> {
+        let java = java_bin()?;
+        let classpath = zk_classpath()?;
+        let what = if nodes == 1 {
+            "ZooKeeper".to_owned()
+        } else {
+            format!("ZooKeeper ensemble of {nodes}")
+        };
+        let ensemble = with_port_retries(&what, || {
+            let mut ensemble = Self::prepare(&java, &classpath, nodes, ready_timeout)?;
+            ensemble.spawn_all_and_wait()?;
+            Ok(ensemble)
+        })?;
+        info!(
+            connect = %ensemble.connect_string(),
+            dir = %ensemble.dir.path().display(),
+            "ZooKeeper started"
+        );
+        Ok(ensemble)
+    }
+
+    /// Writes every member's `zoo.cfg` (and `myid`) with fresh ports.
+    fn prepare(
+        java: &Path,
+        classpath: &str,
+        nodes: usize,
+        ready_timeout: Duration,
+    ) -> std::result::Result<Self, StartFailure> {
+        let other = |e: anyhow::Error| StartFailure::Other(e);
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-zk-")
+            .tempdir()
+            .context("cannot create a temp dir for ZooKeeper")
+            .map_err(other)?;
+        // (client, quorum, election) per member.
+        let ports: Vec<(u16, u16, u16)> = (0..nodes)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let mut servers = String::new();
+        if nodes > 1 {
+            for (i, (_, quorum, election)) in ports.iter().enumerate() {
+                let _ = writeln!(servers, "server.{}=127.0.0.1:{quorum}:{election}", i + 1);
+            }
+        }
+        let mut members = Vec::with_capacity(nodes);
+        for (i, &(client, _, _)) in ports.iter().enumerate() {
+            let id = i + 1;
+            let member_dir = dir.path().join(format!("zk{id}"));
+            let data_dir = member_dir.join("data");
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))
+                .map_err(other)?;
+            if nodes > 1 {
+                std::fs::write(data_dir.join("myid"), format!("{id}\n"))
+                    .context("cannot write myid")
+                    .map_err(other)?;
+            }
+            let cfg = format!(
+                "tickTime=500\n\
+                 initLimit=20\n\
+                 syncLimit=10\n\
+                 dataDir={data}\n\
+                 clientPort={client}\n\
+                 clientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n\
+                 4lw.commands.whitelist=ruok,srvr,mntr\n\
+                 maxClientCnxns=0\n\
+                 autopurge.purgeInterval=0\n\
+                 {servers}",
+                data = data_dir.display(),
+            );
+            let cfg_path = member_dir.join("zoo.cfg");
+            std::fs::write(&cfg_path, cfg)
+                .with_context(|| format!("cannot write {}", cfg_path.display()))
+                .map_err(other)?;
+            let args: Vec<OsString> = vec![
+                "-Xmx64m".into(),
+                "-XX:+UseSerialGC".into(),
+                "-XX:TieredStopAtLevel=1".into(),
+                "-XX:-UsePerfData".into(),
+                "-Djava.net.preferIPv4Stack=true".into(),
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=error".into(),
+                "-Dzookeeper.admin.enableServer=false".into(),
+                "-cp".into(),
+                classpath.into(),
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+                cfg_path.into(),
+            ];
+            let label = if nodes == 1 {
+                format!("ZooKeeper (client port {client})")
+            } else {
+                format!("ZooKeeper member {id} (client port {client})")
+            };
+            members.push(Member {
+                client_port: client,
+                proc: Proc::new(Spec {
+                    label,
+                    program: java.to_owned(),
+                    args,
+                    cwd: member_dir.clone(),
+                    log: member_dir.join("zookeeper.log"),
+                    env: Vec::new(),
+                    cleanup: Some(dir.path().to_owned()),
+                }),
+            });
+        }
+        Ok(Self {
+            members,
+            ready_timeout,
+            dir,
+        })
+    }
+
+    fn spawn_all_and_wait(&mut self) -> std::result::Result<(), StartFailure> {
+        for m in &mut self.members {
+            m.proc.spawn().map_err(StartFailure::Other)?;
+        }
+        let ports: Vec<u16> = self.members.iter().map(|m| m.client_port).collect();
+        wait_ready(
+            self.members.iter_mut().map(|m| &mut m.proc),
+            self.ready_timeout,
+            "ZooKeeper",
+            |i| serving(ports[i]),
+        )
+    }
+
+    /// The connect string, `127.0.0.1:p1,127.0.0.1:p2,...`.
+    pub fn connect_string(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The temp directory holding every member's config, data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn member(&mut self, i: usize) -> Result<&mut Member> {
+        let n = self.members.len();
+        match self.members.get_mut(i) {
+            Some(m) => Ok(m),
+            None => bail!("no ZooKeeper member {i}: the ensemble has {n} (0..{n})"),
+        }
+    }
+
+    /// Stops member `i` (SIGTERM, SIGKILL after 10 s) and waits for its PID
+    /// to exit (about 2 s). Its data and ports are kept.
+    ///
+    /// # Errors
+    ///
+    /// If `i` is out of range or the process cannot be waited for.
+    pub fn stop_member(&mut self, i: usize) -> Result<()> {
+        self.member(i)?.proc.stop()
+    }
+
+    /// SIGKILLs member `i` (a crash) and waits for its PID to exit.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::stop_member`].
+    pub fn kill_member(&mut self, i: usize) -> Result<()> {
+        self.member(i)?.proc.kill()
+    }
+
+    /// Starts member `i` again on its ports and data. Waits until it serves
+    /// if a majority of members is then running; otherwise (it cannot serve
+    /// without a quorum) only until its client port accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// If `i` is out of range, or the member exits or is not ready within
+    /// the deadline (the message quotes its log).
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let timeout = self.ready_timeout;
+        let n = self.members.len();
+        self.member(i)?;
+        let running = self
+            .members
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(j, m)| (j == i || m.proc.is_running()).then_some(()))
+            .count();
+        let quorum = running > n / 2;
+        let m = self.member(i)?;
+        m.proc.spawn()?;
+        let port = m.client_port;
+        wait_ready([&mut m.proc], timeout, "ZooKeeper member", |_| {
+            if quorum {
+                serving(port)
+            } else {
+                accepts_tcp(port)
+            }
+        })
+        .map_err(StartFailure::into_error)
+    }
+
+    /// The PID of member `i` while it runs.
+    pub fn member_pid(&self, i: usize) -> Option<u32> {
+        self.members.get(i).and_then(|m| m.proc.pid())
+    }
+
+    /// The `Mode:` member `i` reports right now (`standalone`, `leader`,
+    /// `follower`), if it serves.
+    pub fn member_mode(&self, i: usize) -> Option<String> {
+        let port = self.members.get(i)?.client_port;
+        let answer = four_letter_word(port, "srvr").ok()?;
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("Mode: "))
+            .map(|m| m.trim().to_owned())
+    }
+}
+
+impl RegistryServer for ZkEnsemble {
+    fn backend(&self) -> &'static str {
+        "zookeeper"
+    }
+
+    fn registry_addr(&self) -> String {
+        self.connect_string()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        for m in &mut self.members {
+            m.proc.send_term();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for m in &mut self.members {
+            m.proc.wait_exit(deadline)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.spawn_all_and_wait().map_err(StartFailure::into_error)
+    }
+}
+
+/// A throwaway standalone ZooKeeper on loopback.
+///
+/// Dropping it kills the JVM and removes the data.
+///
+/// ```no_run
+/// use testkit::{RegistryServer, ZkServer};
+/// let zk = ZkServer::start()?;
+/// assert_eq!(zk.backend(), "zookeeper");
+/// println!("REGISTRY_ADDR={}", zk.connect_string());
+/// # anyhow::Ok(())
+/// ```
+#[derive(Debug)]
+pub struct ZkServer {
+    inner: ZkEnsemble,
+}
+
+impl ZkServer {
+    /// Starts the server and waits until `srvr` reports `Mode: standalone`
+    /// (up to 20 s).
+    ///
+    /// # Errors
+    ///
+    /// If Java or ZooKeeper is missing (the message says how to install
+    /// them) or the server does not serve in time (the message quotes its
+    /// log).
+    pub fn start() -> Result<Self> {
+        Ok(Self {
+            inner: ZkEnsemble::start_with(1, READY_TIMEOUT)?,
+        })
+    }
+
+    /// The connect string, `127.0.0.1:port`.
+    pub fn connect_string(&self) -> String {
+        self.inner.connect_string()
+    }
+
+    /// SIGKILLs the server (a crash) and waits for its PID to exit; data and
+    /// port are kept for [`RegistryServer::start`].
+    ///
+    /// # Errors
+    ///
+    /// If the process cannot be waited for.
+    pub fn kill(&mut self) -> Result<()> {
+        self.inner.kill_member(0)
+    }
+
+    /// The JVM's PID while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.member_pid(0)
+    }
+
+    /// The temp directory holding `zoo.cfg`, the data and the log.
+    pub fn dir(&self) -> &Path {
+        self.inner.dir()
+    }
+}
+
+impl RegistryServer for ZkServer {
+    fn backend(&self) -> &'static str {
+        "zookeeper"
+    }
+
+    fn registry_addr(&self) -> String {
+        self.connect_string()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.inner.stop()
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.inner.start_member(0)
+    }
+}
