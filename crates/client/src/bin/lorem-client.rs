@@ -1,0 +1,240 @@
+//! `lorem-client`: calls the lorem service through discovery.
+//!
+//! The registry comes from the environment (`REGISTRY`, `REGISTRY_ADDR`...,
+//! see `registry::Settings`); logs go to stderr, filtered by `RUST_LOG`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use client::load::{self, LoadOptions, LoadReport};
+use client::repeat::{self, RepeatOptions};
+use client::{
+    Balancer, BalancerOptions, ClientOptions, Kind, LoremClient, LoremRequest, Strategy, gateway,
+};
+
+/// Calls the lorem service through service discovery.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The service to discover.
+    #[arg(long, global = true, default_value = "lorem", env = "LOREM_SERVICE")]
+    service: String,
+    /// How long a request waits for an instance while none is registered.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    wait_timeout: Duration,
+    /// Tries per request, the first included.
+    #[arg(long, global = true, default_value_t = client::DEFAULT_ATTEMPTS)]
+    attempts: u32,
+    /// Deadline of one try.
+    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
+    try_timeout: Duration,
+    /// How instances are chosen: round-robin or weighted.
+    #[arg(long, global = true, default_value = "round-robin")]
+    strategy: Strategy,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One request every interval, logging each answer (like go-kit's client).
+    Loop {
+        /// Time between two requests.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many requests (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// An HTTP gateway: POST /sd-lorem, GET /instances, GET /health.
+    Gateway {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "GATEWAY_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Bounded load through the balancer, with a latency and spread report.
+    Load {
+        /// Stop after this many requests.
+        #[arg(long, required_unless_present = "duration")]
+        requests: Option<u64>,
+        /// Stop after this long (at most 10 minutes).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = load::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        /// Print one JSON object on stdout instead of the text report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// What to generate: word, sentence or paragraph.
+    #[arg(long, default_value = "sentence")]
+    kind: Kind,
+    /// Smallest length.
+    #[arg(long, default_value_t = 5)]
+    min: u32,
+    /// Largest length.
+    #[arg(long, default_value_t = 20)]
+    max: u32,
+}
+
+impl RequestArgs {
+    fn request(&self) -> LoremRequest {
+        LoremRequest::new(self.kind, self.min, self.max)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    client::init_tracing();
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Load {
+            requests,
+            duration,
+            concurrency,
+            json,
+            request,
+        } => {
+            let options = LoadOptions {
+                requests: *requests,
+                duration: *duration,
+                concurrency: *concurrency,
+                request: request.request(),
+            };
+            return run_load(&cli, &options, *json).await;
+        }
+        Command::Loop {
+            interval,
+            count,
+            request,
+        } => run_loop(&cli, *interval, *count, request.request()).await,
+        Command::Gateway { listen } => run_gateway(&cli, *listen).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("lorem-client: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
+    let settings = registry::Settings::from_env().context("reading the registry settings")?;
+    let registry = registry::connect(&settings)
+        .await
+        .with_context(|| format!("connecting to the {} registry", settings.backend.name()))?;
+    let balancer = Balancer::new(
+        registry,
+        &cli.service,
+        BalancerOptions {
+            strategy: cli.strategy,
+            wait_timeout: cli.wait_timeout,
+        },
+    );
+    let options = ClientOptions {
+        attempts: cli.attempts,
+        try_timeout: cli.try_timeout,
+        ..ClientOptions::default()
+    };
+    Ok(LoremClient::new(balancer, options)?)
+}
+
+async fn run_loop(
+    cli: &Cli,
+    interval: Duration,
+    count: Option<u64>,
+    request: LoremRequest,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(cli).await?;
+    let options = RepeatOptions {
+        interval,
+        count,
+        request,
+    };
+    tokio::select! {
+        summary = repeat::run(&client, &options) => {
+            tracing::info!(ok = summary.ok, failed = summary.failed, "done");
+            Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        () = shutdown_signal() => {
+            tracing::info!("interrupted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_gateway(cli: &Cli, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let client = connect(cli).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    gateway::serve(listener, client, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_load(cli: &Cli, options: &LoadOptions, json: bool) -> ExitCode {
+    let report = match connect(cli).await {
+        Ok(client) => load::run(&client, options)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(error) => Err(error),
+    };
+    let report = report.unwrap_or_else(|error| {
+        tracing::error!("{error:#}");
+        // Nothing could be sent: every request counts as failed (at least
+        // one, so that the exit status says so).
+        LoadReport::all_failed(options.requests.unwrap_or(1), &format!("{error:#}"))
+    });
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

@@ -1,0 +1,405 @@
+//! Requests through the balancer, with retries on another instance.
+//!
+//! [`Client`] is service-agnostic: it POSTs to a path on an instance chosen
+//! by the [`Balancer`]. A connection error, a per-try timeout or a 5xx is
+//! retried on a *different* instance than the ones that already failed this
+//! request, up to [`ClientOptions::attempts`] tries in all; any other answer
+//! (2xx, 4xx...) is returned as is. [`LoremClient`] adds the lorem API on
+//! top: `POST /lorem/{kind}/{min}/{max}` answering `{"message": "..."}`.
+
+use std::error::Error as _;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use registry::Instance;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::balancer::{Balancer, Snapshot};
+use crate::error::{Error, Result};
+
+/// The header through which an instance names itself.
+pub const INSTANCE_HEADER: &str = "x-instance-id";
+
+/// Default [`ClientOptions::attempts`].
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Default [`ClientOptions::try_timeout`].
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Tries per request, the first included (at least 1): bounds the work a
+    /// single request can cause when instances fail.
+    pub attempts: u32,
+    /// Deadline of one try, from connecting to the end of the body, so that a
+    /// hung instance costs one try rather than the whole request.
+    pub try_timeout: Duration,
+    /// Pause before a retry that has to go back to an instance which already
+    /// failed this request (every live instance has failed it), so that the
+    /// attempts are not burnt in a tight loop.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempts: DEFAULT_ATTEMPTS,
+            try_timeout: DEFAULT_TRY_TIMEOUT,
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What an instance answered, after any retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status: always below 500, since 5xx answers are retried and
+    /// end as [`Error::Exhausted`].
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+    /// The id of the instance that answered: its `x-instance-id` header, or
+    /// the registry id if it sent none.
+    pub instance: String,
+    /// How many tries failed before this answer.
+    pub retries: u32,
+    /// Time from the call to the end of the answer, retries and waiting for
+    /// an instance included.
+    pub latency: Duration,
+}
+
+/// A service-agnostic HTTP client over a [`Balancer`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    balancer: Balancer,
+    http: reqwest::Client,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// A client sending through `balancer`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for zero attempts or a zero try timeout;
+    /// [`Error::Http`] if the HTTP client cannot be built.
+    pub fn new(balancer: Balancer, options: ClientOptions) -> Result<Self> {
+        if options.attempts == 0 {
+            return Err(Error::InvalidOptions(
+                "attempts must be at least 1".to_owned(),
+            ));
+        }
+        if options.try_timeout.is_zero() {
+            return Err(Error::InvalidOptions(
+                "the per-try timeout must be more than 0s".to_owned(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            // Instances are reached directly, never through an HTTP proxy
+            // from the environment.
+            .no_proxy()
+            .connect_timeout(options.try_timeout)
+            .build()
+            .map_err(|e| Error::Http(Box::new(e)))?;
+        Ok(Client {
+            balancer,
+            http,
+            options,
+        })
+    }
+
+    /// The balancer requests go through.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// The live set of the service now.
+    pub fn instances(&self) -> Snapshot {
+        self.balancer.instances()
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// POSTs to `path` (which starts with `/`) on an instance, with retries.
+    ///
+    /// # Errors
+    /// [`Error::NoInstance`] if no instance appeared within the wait;
+    /// [`Error::Exhausted`] if every attempt failed with a connection error,
+    /// a timeout or a 5xx. A 4xx is an `Ok` answer here.
+    pub async fn post(&self, path: &str) -> Result<Answer> {
+        let started = Instant::now();
+        let service = self.balancer.service();
+        let mut failed: Vec<String> = Vec::new();
+        let mut last = String::new();
+        let mut last_instance = String::new();
+        for attempt in 1..=self.options.attempts {
+            let instance = self.balancer.next(&failed).await?;
+            if failed.contains(&instance.id) {
+                tokio::time::sleep(self.options.retry_backoff).await;
+            }
+            match self.try_once(&instance, path).await {
+                Ok((status, body, answered_by)) if status < 500 => {
+                    return Ok(Answer {
+                        status,
+                        body,
+                        instance: answered_by,
+                        retries: attempt - 1,
+                        latency: started.elapsed(),
+                    });
+                }
+                Ok((status, body, answered_by)) => {
+                    last = format!("HTTP {status}: {}", body.trim());
+                    last_instance = answered_by;
+                }
+                Err(error) => {
+                    last = error;
+                    last_instance = instance.id.clone();
+                }
+            }
+            let retrying = attempt < self.options.attempts;
+            tracing::warn!(
+                service = %service,
+                instance = %instance.id,
+                addr = %instance.authority(),
+                attempt,
+                error = %last,
+                retrying,
+                "attempt failed"
+            );
+            if !failed.contains(&instance.id) {
+                failed.push(instance.id);
+            }
+        }
+        Err(Error::Exhausted {
+            service: service.to_owned(),
+            attempts: self.options.attempts,
+            instance: last_instance,
+            last,
+        })
+    }
+
+    /// One try on one instance: `(status, body, answering id)`, or a
+    /// description of the transport failure.
+    async fn try_once(
+        &self,
+        instance: &Instance,
+        path: &str,
+    ) -> std::result::Result<(u16, String, String), String> {
+        let url = format!("http://{}{}", instance.authority(), path);
+        let response = self
+            .http
+            .post(&url)
+            .timeout(self.options.try_timeout)
+            .send()
+            .await
+            .map_err(|e| self.describe(&e))?;
+        let status = response.status().as_u16();
+        let answered_by = response
+            .headers()
+            .get(INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| instance.id.clone());
+        let body = response.text().await.map_err(|e| self.describe(&e))?;
+        Ok((status, body, answered_by))
+    }
+
+    fn describe(&self, error: &reqwest::Error) -> String {
+        if error.is_timeout() {
+            return format!(
+                "timed out after {}",
+                humantime::format_duration(self.options.try_timeout)
+            );
+        }
+        // reqwest's own message is generic and repeats the URL; the causes
+        // name the problem ("Connection refused (os error 111)").
+        let mut causes = Vec::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let what = if error.is_connect() {
+            "cannot connect"
+        } else if error.is_body() || error.is_decode() {
+            "cannot read the answer"
+        } else {
+            "request failed"
+        };
+        match causes.last() {
+            Some(cause) => format!("{what}: {cause}"),
+            None => format!("{what}: {error}"),
+        }
+    }
+}
+
+/// What to generate: the path segment of the lorem API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Words.
+    Word,
+    /// Sentences.
+    Sentence,
+    /// Paragraphs.
+    Paragraph,
+}
+
+impl Kind {
+    /// The name used in paths and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Word => "word",
+            Kind::Sentence => "sentence",
+            Kind::Paragraph => "paragraph",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "word" | "words" => Ok(Kind::Word),
+            "sentence" | "sentences" => Ok(Kind::Sentence),
+            "paragraph" | "paragraphs" => Ok(Kind::Paragraph),
+            _ => Err(Error::InvalidOptions(format!(
+                "unknown kind {s:?}; expected word, sentence or paragraph"
+            ))),
+        }
+    }
+}
+
+/// One lorem request: `kind` with a length between `min` and `max`.
+///
+/// The range is checked by the server (which answers 400 for a bad one), so
+/// that every client sees the same rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoremRequest {
+    /// What to generate.
+    pub kind: Kind,
+    /// Smallest length.
+    pub min: u32,
+    /// Largest length.
+    pub max: u32,
+}
+
+impl LoremRequest {
+    /// A request for `kind` between `min` and `max`.
+    pub fn new(kind: Kind, min: u32, max: u32) -> Self {
+        LoremRequest { kind, min, max }
+    }
+
+    /// The request's path on an instance.
+    pub fn path(&self) -> String {
+        format!("/lorem/{}/{}/{}", self.kind, self.min, self.max)
+    }
+}
+
+impl Default for LoremRequest {
+    fn default() -> Self {
+        LoremRequest::new(Kind::Sentence, 5, 20)
+    }
+}
+
+/// A successful lorem answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lorem {
+    /// The generated text.
+    pub message: String,
+    /// The id of the instance that answered.
+    pub instance: String,
+    /// How many tries failed before this answer.
+    pub retries: u32,
+    /// Time from the call to the answer, retries included.
+    pub latency: Duration,
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The lorem service's client: [`Client`] plus its API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LoremClient {
+    client: Client,
+}
+
+impl LoremClient {
+    /// A lorem client over `balancer`.
+    ///
+    /// # Errors
+    /// As [`Client::new`].
+    pub fn new(balancer: Balancer, options: ClientOptions) -> Result<Self> {
+        Ok(LoremClient {
+            client: Client::new(balancer, options)?,
+        })
+    }
+
+    /// The generic client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The balancer requests go through.
+    pub fn balancer(&self) -> &Balancer {
+        self.client.balancer()
+    }
+
+    /// Asks an instance for lorem ipsum.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] for a 4xx (a bad range...), not retried;
+    /// [`Error::BadResponse`] for a 2xx without a `message`; otherwise as
+    /// [`Client::post`].
+    pub async fn lorem(&self, request: &LoremRequest) -> Result<Lorem> {
+        let answer = self.client.post(&request.path()).await?;
+        match answer.status {
+            200..=299 => match serde_json::from_str::<MessageBody>(&answer.body) {
+                Ok(body) => Ok(Lorem {
+                    message: body.message,
+                    instance: answer.instance,
+                    retries: answer.retries,
+                    latency: answer.latency,
+                }),
+                Err(error) => Err(Error::BadResponse {
+                    instance: answer.instance,
+                    reason: format!("expected {{\"message\": ...}}: {error}"),
+                }),
+            },
+            400..=499 => {
+                let message = serde_json::from_str::<ErrorBody>(&answer.body)
+                    .map(|b| b.error)
+                    .unwrap_or_else(|_| answer.body.trim().to_owned());
+                Err(Error::Rejected {
+                    instance: answer.instance,
+                    status: answer.status,
+                    message,
+                    body: answer.body,
+                })
+            }
+            status => Err(Error::BadResponse {
+                instance: answer.instance,
+                reason: format!("unexpected HTTP status {status}"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The one error type of the crate, in domain words.
+
+use std::time::Duration;
+
+/// Everything that can go wrong when calling a service through the balancer.
+///
+/// Messages say what failed, with which value, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No instance of the service was in the registry for the whole wait.
+    #[error(
+        "no instance of service {service:?} appeared within {}; is a server of it running and registered in the same registry?",
+        humantime::format_duration(*waited)
+    )]
+    NoInstance {
+        /// The service that was looked up.
+        service: String,
+        /// How long we waited for one to appear.
+        waited: Duration,
+    },
+
+    /// Every attempt failed with a connection error, a timeout or a 5xx.
+    #[error(
+        "{service} request failed after {attempts} attempt(s); last error from instance {instance:?}: {last}"
+    )]
+    Exhausted {
+        /// The service that was called.
+        service: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The instance that failed last.
+        instance: String,
+        /// What went wrong the last time.
+        last: String,
+    },
+
+    /// An instance refused the request (a 4xx): it is not retried, since
+    /// another instance would refuse it too.
+    #[error("instance {instance:?} refused the request with {status}: {message}")]
+    Rejected {
+        /// The instance that answered.
+        instance: String,
+        /// The HTTP status (400-499).
+        status: u16,
+        /// The `error` field of the JSON body, or the body itself.
+        message: String,
+        /// The raw body, so that a gateway can pass it through.
+        body: String,
+    },
+
+    /// An instance answered 2xx with a body that is not what the service
+    /// promises.
+    #[error("instance {instance:?} answered with an unexpected body: {reason}")]
+    BadResponse {
+        /// The instance that answered.
+        instance: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The options cannot be used (zero attempts, a bad range...).
+    #[error("invalid client options: {0}")]
+    InvalidOptions(String),
+
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl Error {
+    /// True when no instance of the service was available: a gateway answers
+    /// 503 for it.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::NoInstance { .. })
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,142 @@
+//! The HTTP gateway: `lorem-client gateway`, go-kit's `/sd-lorem` endpoint
+//! in front of the discovered instances.
+//!
+//! | route              | answer                                                          |
+//! |--------------------|-----------------------------------------------------------------|
+//! | `POST /sd-lorem`   | `{"requestType":"sentence","min":5,"max":20}` -> `{"message": ...}` from an instance, with its `x-instance-id` |
+//! | `GET /instances`   | the live set, as a JSON array of instances                      |
+//! | `GET /health`      | `{"status": true}`                                              |
+//!
+//! Errors are JSON `{"error": "..."}`: 400 for a body that is not such a
+//! request (an instance's own 400 is passed through as is), 503 when no
+//! instance appeared within the wait, 502 when every attempt failed.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::client::{INSTANCE_HEADER, Kind, LoremClient, LoremRequest};
+use crate::error::Error;
+
+/// The body of `POST /sd-lorem`, as go-kit's client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayRequest {
+    request_type: String,
+    min: u32,
+    max: u32,
+}
+
+/// The gateway's routes, sending through `client`.
+pub fn router(client: LoremClient) -> Router {
+    Router::new()
+        .route("/sd-lorem", post(sd_lorem))
+        .route("/instances", get(instances))
+        .route("/health", get(health))
+        .with_state(client)
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then lets
+/// requests in flight finish.
+///
+/// # Errors
+/// An I/O error if serving fails.
+pub async fn serve(
+    listener: TcpListener,
+    client: LoremClient,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, service = %client.balancer().service(), "gateway listening");
+    axum::serve(listener, router(client))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!(%addr, "gateway stopped");
+    Ok(())
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn with_instance(mut response: Response, instance: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(instance) {
+        response.headers_mut().insert(INSTANCE_HEADER, value);
+    }
+    response
+}
+
+async fn sd_lorem(State(client): State<LoremClient>, body: Bytes) -> Response {
+    let parsed: GatewayRequest = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a JSON body like {{\"requestType\":\"sentence\",\"min\":5,\"max\":20}} \
+                     with non-negative integers: {error}"
+                ),
+            );
+        }
+    };
+    let kind: Kind = match parsed.request_type.parse() {
+        Ok(kind) => kind,
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown requestType {:?}; expected word, sentence or paragraph",
+                    parsed.request_type
+                ),
+            );
+        }
+    };
+    let request = LoremRequest::new(kind, parsed.min, parsed.max);
+    match client.lorem(&request).await {
+        Ok(lorem) => {
+            tracing::debug!(instance = %lorem.instance, retries = lorem.retries, "served");
+            with_instance(
+                axum::Json(json!({ "message": lorem.message })).into_response(),
+                &lorem.instance,
+            )
+        }
+        Err(Error::Rejected {
+            instance,
+            status,
+            message,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let response = if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            } else {
+                json_error(status, message)
+            };
+            with_instance(response, &instance)
+        }
+        Err(error) if error.is_unavailable() => {
+            tracing::warn!(%error, "no instance for a gateway request");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        Err(error) => {
+            tracing::warn!(%error, "gateway request failed");
+            json_error(StatusCode::BAD_GATEWAY, error.to_string())
+        }
+    }
+}
+
+async fn instances(State(client): State<LoremClient>) -> Response {
+    axum::Json(client.balancer().instances().to_vec()).into_response()
+}
+
+async fn health() -> Response {
+    axum::Json(json!({ "status": true })).into_response()
+}

@@ -1,0 +1,465 @@
+//! The balancer and the retrying client against real lorem servers (and
+//! small stubs where a server must misbehave), over the in-process registry.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use client::{Balancer, BalancerOptions, ClientOptions, Error, Kind, LoremRequest, Strategy};
+use common::{DEADLINE, Stub, closed_port, lorem_client, start_lorem, wait_for_ids};
+use futures::StreamExt;
+use registry::{Instance, MemoryRegistry, Registrar, WatchStream, Watcher};
+
+fn registry() -> MemoryRegistry {
+    MemoryRegistry::new(Duration::from_secs(10))
+}
+
+fn sentence() -> LoremRequest {
+    LoremRequest::new(Kind::Sentence, 5, 20)
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_over_three_instances() {
+    let registry = registry();
+    let mut servers = Vec::new();
+    for id in ["a", "b", "c"] {
+        servers.push(start_lorem(registry.clone(), "lorem", id).await);
+    }
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["a", "b", "c"]).await;
+
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..30 {
+        let lorem = client.lorem(&sentence()).await.expect("request succeeds");
+        assert_eq!(lorem.retries, 0);
+        assert!(!lorem.message.is_empty());
+        *served.entry(lorem.instance).or_default() += 1;
+    }
+    assert_eq!(
+        served,
+        BTreeMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
+    );
+    for server in servers {
+        server.shutdown().await.expect("clean shutdown");
+    }
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_the_weights() {
+    let registry = registry();
+    let mut registrations = Vec::new();
+    for (id, weight) in [("a", 1), ("b", 2), ("c", 3)] {
+        // Picking never connects, so the addresses need no server.
+        let instance = Instance::new("lorem", id, "127.0.0.1", 9).with_weight(weight);
+        registrations.push(registry.register(instance).await.expect("register"));
+    }
+    let balancer = Balancer::new(
+        registry.clone(),
+        "lorem",
+        BalancerOptions {
+            strategy: Strategy::WeightedRoundRobin,
+            ..BalancerOptions::default()
+        },
+    );
+    wait_for_ids(&balancer, &["a", "b", "c"]).await;
+
+    let mut picks = Vec::new();
+    for _ in 0..60 {
+        picks.push(balancer.pick(&[]).expect("an instance").id);
+    }
+    let count = |id: &str| picks.iter().filter(|p| *p == id).count();
+    assert_eq!((count("a"), count("b"), count("c")), (10, 20, 30));
+    // Smooth: c never gets more than two turns in a row.
+    assert!(
+        !picks.windows(3).any(|w| w.iter().all(|p| p == "c")),
+        "{picks:?}"
+    );
+    // Excluding an id skips it.
+    for _ in 0..10 {
+        let id = balancer.pick(&["c".to_owned()]).expect("an instance").id;
+        assert_ne!(id, "c");
+    }
+    assert!(
+        balancer
+            .pick(&["a".to_owned(), "b".to_owned(), "c".to_owned()])
+            .is_none()
+    );
+    assert_eq!(
+        "weighted".parse::<Strategy>().unwrap(),
+        Strategy::WeightedRoundRobin
+    );
+    assert!("fastest".parse::<Strategy>().is_err());
+    for registration in registrations {
+        registration.deregister().await.expect("deregister");
+    }
+}
+
+#[tokio::test]
+async fn requests_retry_away_from_a_dead_instance() {
+    let registry = registry();
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    // Registered, but nothing listens on its port: like a crashed server
+    // whose registration has not expired yet.
+    let dead = registry
+        .register(Instance::new(
+            "lorem",
+            "dead",
+            "127.0.0.1",
+            closed_port().await,
+        ))
+        .await
+        .expect("register");
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["dead", "live"]).await;
+
+    let mut retries = 0;
+    for _ in 0..20 {
+        let lorem = client
+            .lorem(&sentence())
+            .await
+            .expect("no request fails: the dead instance is retried away from");
+        assert_eq!(lorem.instance, "live");
+        retries += lorem.retries;
+    }
+    // Round-robin sends every other first try to the dead instance, and a
+    // retry does not take a turn, so exactly half the requests were retried.
+    assert_eq!(retries, 10);
+    dead.deregister().await.expect("deregister");
+    live.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_on_another_instance() {
+    let registry = registry();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let broken = Stub::start(Router::new().route(
+        "/lorem/{kind}/{min}/{max}",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }
+        }),
+    ))
+    .await;
+    let _broken = registry
+        .register(Instance::new(
+            "lorem",
+            "broken",
+            "127.0.0.1",
+            broken.addr.port(),
+        ))
+        .await
+        .expect("register");
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["broken", "live"]).await;
+
+    for _ in 0..6 {
+        let lorem = client.lorem(&sentence()).await.expect("5xx is retried");
+        assert_eq!(lorem.instance, "live");
+    }
+    assert!(
+        hits.load(Ordering::SeqCst) >= 2,
+        "the broken stub was tried"
+    );
+
+    // With only broken instances the retries run out, with a clear error.
+    live.shutdown().await.expect("clean shutdown");
+    wait_for_ids(client.balancer(), &["broken"]).await;
+    let before = hits.load(Ordering::SeqCst);
+    let error = client
+        .lorem(&sentence())
+        .await
+        .expect_err("every try fails");
+    assert!(
+        matches!(error, Error::Exhausted { attempts: 3, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("HTTP 500"), "{error}");
+    assert_eq!(hits.load(Ordering::SeqCst) - before, 3, "bounded attempts");
+    broken.stop().await;
+}
+
+#[tokio::test]
+async fn client_errors_are_returned_without_retry() {
+    let registry = registry();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let picky = Stub::start(Router::new().route(
+        "/lorem/{kind}/{min}/{max}",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    [("x-instance-id", "picky-1")],
+                    r#"{"error":"nope"}"#,
+                )
+            }
+        }),
+    ))
+    .await;
+    let registration = registry
+        .register(Instance::new(
+            "lorem",
+            "picky",
+            "127.0.0.1",
+            picky.addr.port(),
+        ))
+        .await
+        .expect("register");
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["picky"]).await;
+    let error = client
+        .lorem(&sentence())
+        .await
+        .expect_err("a 400 is an error");
+    match &error {
+        Error::Rejected {
+            instance,
+            status,
+            message,
+            body,
+        } => {
+            // The instance names itself through x-instance-id.
+            assert_eq!(
+                (instance.as_str(), *status, message.as_str(), body.as_str()),
+                ("picky-1", 400, "nope", r#"{"error":"nope"}"#)
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a 4xx is not retried");
+    let answer = client
+        .client()
+        .post(&sentence().path())
+        .await
+        .expect("a 4xx is an answer");
+    assert_eq!((answer.status, answer.retries), (400, 0));
+    registration.deregister().await.expect("deregister");
+    picky.stop().await;
+
+    // A real server refuses a bad range the same way.
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    wait_for_ids(client.balancer(), &["live"]).await;
+    let error = client
+        .lorem(&LoremRequest::new(Kind::Word, 20, 5))
+        .await
+        .expect_err("min > max is refused");
+    assert!(
+        matches!(&error, Error::Rejected { status: 400, instance, .. } if instance == "live"),
+        "{error:?}"
+    );
+    live.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_hung_instance_costs_one_try_timeout() {
+    let registry = registry();
+    // Accepts connections, never answers.
+    let hung = Stub::start(Router::new().route(
+        "/lorem/{kind}/{min}/{max}",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        }),
+    ))
+    .await;
+    let _hung = registry
+        .register(Instance::new(
+            "lorem",
+            "hung",
+            "127.0.0.1",
+            hung.addr.port(),
+        ))
+        .await
+        .expect("register");
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions {
+            try_timeout: Duration::from_millis(300),
+            ..ClientOptions::default()
+        },
+    );
+    wait_for_ids(client.balancer(), &["hung", "live"]).await;
+    let mut retried = 0;
+    for _ in 0..4 {
+        let lorem = client
+            .lorem(&sentence())
+            .await
+            .expect("timeouts are retried");
+        assert_eq!(lorem.instance, "live");
+        retried += lorem.retries;
+    }
+    assert!(retried >= 1, "the hung instance was tried and timed out");
+    live.shutdown().await.expect("clean shutdown");
+    drop(hung);
+}
+
+#[tokio::test]
+async fn a_request_on_an_empty_set_waits_for_an_instance() {
+    let registry = registry();
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions {
+            wait_timeout: DEADLINE,
+            ..BalancerOptions::default()
+        },
+        ClientOptions::default(),
+    );
+    assert!(client.balancer().instances().is_empty());
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.lorem(&sentence()).await }
+    });
+    // The request is parked, not failed, while nothing is registered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the request did not wait");
+    let server = start_lorem(registry.clone(), "lorem", "late").await;
+    let lorem = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the request finishes once an instance registers")
+        .expect("no panic")
+        .expect("the request succeeds");
+    assert_eq!(lorem.instance, "late");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_request_fails_clearly_when_no_instance_appears() {
+    let registry = registry();
+    let client = lorem_client(
+        &registry,
+        "nobody",
+        BalancerOptions {
+            wait_timeout: Duration::from_millis(200),
+            ..BalancerOptions::default()
+        },
+        ClientOptions::default(),
+    );
+    let error = client
+        .lorem(&sentence())
+        .await
+        .expect_err("nothing to call");
+    assert!(error.is_unavailable(), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "no instance of service \"nobody\" appeared within 200ms; is a server of it running and registered in the same registry?"
+    );
+}
+
+#[tokio::test]
+async fn the_set_follows_registrations() {
+    let registry = registry();
+    let balancer = Balancer::new(registry.clone(), "lorem", BalancerOptions::default());
+    wait_for_ids(&balancer, &[]).await;
+    let x = registry
+        .register(Instance::new("lorem", "x", "127.0.0.1", 1001))
+        .await
+        .expect("register");
+    wait_for_ids(&balancer, &["x"]).await;
+    let y = registry
+        .register(Instance::new("lorem", "y", "127.0.0.1", 1002))
+        .await
+        .expect("register");
+    // Another service does not leak in.
+    let other = registry
+        .register(Instance::new("other", "z", "127.0.0.1", 1003))
+        .await
+        .expect("register");
+    wait_for_ids(&balancer, &["x", "y"]).await;
+    x.deregister().await.expect("deregister");
+    wait_for_ids(&balancer, &["y"]).await;
+    // Same id, new port: the set changes.
+    let y2 = registry
+        .register(Instance::new("lorem", "y", "127.0.0.1", 2002))
+        .await
+        .expect("register");
+    let mut set = balancer.subscribe();
+    let moved = tokio::time::timeout(DEADLINE, set.wait_for(|s| s.iter().any(|i| i.port == 2002)))
+        .await
+        .map(|r| r.is_ok());
+    assert!(matches!(moved, Ok(true)), "the new port was not seen");
+    drop(y);
+    y2.deregister().await.expect("deregister");
+    wait_for_ids(&balancer, &[]).await;
+    other.deregister().await.expect("deregister");
+}
+
+/// A watcher whose stream the test drives by hand.
+struct ScriptedWatcher {
+    stream: std::sync::Mutex<Option<WatchStream>>,
+}
+
+#[async_trait::async_trait]
+impl Watcher for ScriptedWatcher {
+    async fn instances(&self, _service: &str) -> registry::Result<Vec<Instance>> {
+        Ok(Vec::new())
+    }
+    async fn services(&self) -> registry::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    fn watch(&self, _service: &str) -> WatchStream {
+        self.stream
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| futures::stream::pending().boxed())
+    }
+}
+
+#[tokio::test]
+async fn a_watch_error_keeps_the_last_good_set() {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<registry::Result<Vec<Instance>>>();
+    let watcher = ScriptedWatcher {
+        stream: std::sync::Mutex::new(Some(rx.boxed())),
+    };
+    let balancer = Balancer::new(watcher, "lorem", BalancerOptions::default());
+    let a = Instance::new("lorem", "a", "127.0.0.1", 1001);
+    tx.unbounded_send(Ok(vec![a.clone()])).unwrap();
+    wait_for_ids(&balancer, &["a"]).await;
+    tx.unbounded_send(Err(registry::Error::Closed { backend: "memory" }))
+        .unwrap();
+    let b = Instance::new("lorem", "b", "127.0.0.1", 1002);
+    // The error is followed by a good snapshot: only that one changes the set.
+    tx.unbounded_send(Ok(vec![a.clone(), b])).unwrap();
+    wait_for_ids(&balancer, &["a", "b"]).await;
+    tx.unbounded_send(Err(registry::Error::Closed { backend: "memory" }))
+        .unwrap();
+    // Give the error time to be handled: the set must not change.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(balancer.instances().len(), 2);
+    assert_eq!(
+        balancer.pick(&[]).map(|i| i.service),
+        Some("lorem".to_owned())
+    );
+}

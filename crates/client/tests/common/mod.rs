@@ -1,0 +1,141 @@
+//! Helpers shared by the client tests: real lorem servers on 127.0.0.1:0,
+//! small axum stubs, and deadline loops.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use client::{Balancer, BalancerOptions, ClientOptions, LoremClient, Snapshot};
+use lorem::server::{RunningServer, ServerOptions};
+use registry::{MemoryRegistry, Registrar};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Generous bound on every wait in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts a real lorem server with `id` for `service` and waits until it is
+/// registered.
+pub async fn start_lorem<R: Registrar + 'static>(
+    registrar: R,
+    service: &str,
+    id: &str,
+) -> RunningServer {
+    let mut options = ServerOptions::new(id);
+    options.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    options.service = service.to_owned();
+    options.drain_delay = Duration::ZERO;
+    options.shutdown_timeout = Duration::from_secs(5);
+    let server = lorem::server::start(options, registrar)
+        .await
+        .expect("the lorem server starts");
+    wait_until(&format!("lorem server {id} registered"), || {
+        let registered = server.is_registered();
+        async move { registered }
+    })
+    .await;
+    server
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after
+/// [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the balancer's set has exactly `ids` (sorted).
+pub async fn wait_for_ids(balancer: &Balancer, ids: &[&str]) -> Snapshot {
+    let mut set = balancer.subscribe();
+    let wanted: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    let seen = tokio::time::timeout(
+        DEADLINE,
+        set.wait_for(|set| set.iter().map(|i| i.id.clone()).collect::<Vec<_>>() == wanted),
+    )
+    .await
+    .map(|r| r.is_ok());
+    assert!(
+        matches!(seen, Ok(true)),
+        "the balancer never saw exactly {ids:?}; it has {:?}",
+        balancer
+            .instances()
+            .iter()
+            .map(|i| &i.id)
+            .collect::<Vec<_>>()
+    );
+    balancer.instances()
+}
+
+/// A balancer and lorem client over `registry`.
+pub fn lorem_client(
+    registry: &MemoryRegistry,
+    service: &str,
+    balancer: BalancerOptions,
+    client: ClientOptions,
+) -> LoremClient {
+    let balancer = Balancer::new(registry.clone(), service, balancer);
+    LoremClient::new(balancer, client).expect("valid client options")
+}
+
+/// A port on 127.0.0.1 with nothing listening on it.
+pub async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    port
+}
+
+/// A running axum stub; dropping `stop` ends it.
+pub struct Stub {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stub {
+    /// Serves `router` on 127.0.0.1:0.
+    pub async fn start(router: axum::Router) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the stub serves");
+        });
+        Stub {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops it and waits for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("the stub stops in time")
+            .expect("the stub task ends cleanly");
+    }
+}

@@ -1,0 +1,152 @@
+//! The gateway (`lorem-client gateway`) in front of a real lorem server.
+
+mod common;
+
+use std::time::Duration;
+
+use client::{BalancerOptions, ClientOptions, gateway};
+use common::{DEADLINE, lorem_client, start_lorem, wait_for_ids};
+use registry::MemoryRegistry;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct Gateway {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_gateway(client: client::LoremClient) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(gateway::serve(listener, client, async move {
+        let _ = stopped.await;
+    }));
+    Gateway { url, stop, task }
+}
+
+impl Gateway {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the gateway stops in time")
+            .expect("no panic")
+            .expect("the gateway exits cleanly");
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &str) -> (u16, Option<String>, Value) {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = response.status().as_u16();
+    let instance = response
+        .headers()
+        .get("x-instance-id")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body: Value = response.json().await.expect("a JSON body");
+    (status, instance, body)
+}
+
+#[tokio::test]
+async fn the_gateway_answers_from_a_discovered_instance() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let server = start_lorem(registry.clone(), "lorem", "g1").await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["g1"]).await;
+    let gateway = start_gateway(client).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let sd = format!("{}/sd-lorem", gateway.url);
+
+    let (status, instance, body) =
+        post(&http, &sd, r#"{"requestType":"sentence","min":5,"max":20}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(instance.as_deref(), Some("g1"));
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+
+    let (status, _, body) = post(&http, &sd, "{not json").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().is_some(), "{body}");
+
+    let (status, _, body) = post(&http, &sd, r#"{"requestType":"poem","min":1,"max":2}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("poem"), "{body}");
+
+    let (status, _, body) = post(&http, &sd, r#"{"requestType":"word","min":-1,"max":2}"#).await;
+    assert_eq!(status, 400, "{body}");
+
+    // The instance's own 400 is passed through, with its id.
+    let (status, instance, body) =
+        post(&http, &sd, r#"{"requestType":"word","min":9,"max":2}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(instance.as_deref(), Some("g1"));
+    assert!(body["error"].as_str().is_some(), "{body}");
+
+    let instances: Value = http
+        .get(format!("{}/instances", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instances[0]["id"], "g1", "{instances}");
+    assert_eq!(instances.as_array().map(Vec::len), Some(1));
+
+    let health: Value = http
+        .get(format!("{}/health", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, json!({"status": true}));
+
+    gateway.stop().await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn the_gateway_says_503_when_no_instance_appears() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions {
+            wait_timeout: Duration::from_millis(200),
+            ..BalancerOptions::default()
+        },
+        ClientOptions::default(),
+    );
+    let gateway = start_gateway(client).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (status, instance, body) = post(
+        &http,
+        &format!("{}/sd-lorem", gateway.url),
+        r#"{"requestType":"sentence","min":5,"max":20}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(instance, None);
+    assert!(
+        body["error"].as_str().unwrap().contains("no instance"),
+        "{body}"
+    );
+    gateway.stop().await;
+}

@@ -1,0 +1,88 @@
+//! `load` and `loop` in-process against real lorem servers.
+
+mod common;
+
+use std::time::Duration;
+
+use client::load::{self, LoadOptions};
+use client::repeat::{self, RepeatOptions};
+use client::{BalancerOptions, ClientOptions, LoremRequest};
+use common::{lorem_client, start_lorem, wait_for_ids};
+use registry::MemoryRegistry;
+
+#[tokio::test]
+async fn load_reports_counts_latency_and_spread() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let a = start_lorem(registry.clone(), "lorem", "a").await;
+    let b = start_lorem(registry.clone(), "lorem", "b").await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["a", "b"]).await;
+
+    let report = load::run(
+        &client,
+        &LoadOptions {
+            requests: Some(200),
+            duration: Some(Duration::from_secs(60)),
+            concurrency: 4,
+            request: LoremRequest::default(),
+        },
+    )
+    .await
+    .expect("valid options");
+    assert_eq!((report.ok, report.failed), (200, 0), "{report}");
+    assert_eq!(report.per_instance.values().sum::<u64>(), 200);
+    assert_eq!(report.per_instance.len(), 2, "{report}");
+    for count in report.per_instance.values() {
+        assert!(*count >= 80, "round-robin spreads the load: {report}");
+    }
+    assert!(
+        report.p50_ms > 0.0 && report.p99_ms >= report.p50_ms,
+        "{report}"
+    );
+    assert!(report.rps > 0.0);
+
+    // A duration bound alone stops the run too.
+    let report = load::run(
+        &client,
+        &LoadOptions {
+            requests: None,
+            duration: Some(Duration::from_millis(300)),
+            concurrency: 2,
+            request: LoremRequest::default(),
+        },
+    )
+    .await
+    .expect("valid options");
+    assert!(report.ok > 0 && report.failed == 0, "{report}");
+
+    let error = load::run(
+        &client,
+        &LoadOptions {
+            requests: None,
+            duration: None,
+            ..LoadOptions::default()
+        },
+    )
+    .await
+    .expect_err("one bound is required");
+    assert!(error.to_string().contains("--requests"), "{error}");
+
+    let summary = repeat::run(
+        &client,
+        &RepeatOptions {
+            interval: Duration::from_millis(10),
+            count: Some(4),
+            request: LoremRequest::default(),
+        },
+    )
+    .await;
+    assert_eq!((summary.ok, summary.failed), (4, 0));
+
+    a.shutdown().await.expect("clean shutdown");
+    b.shutdown().await.expect("clean shutdown");
+}
