@@ -1,0 +1,519 @@
+//! The Consul backend: the HTTP API of a Consul agent (tested with 1.14).
+//!
+//! | operation    | Consul                                                                      |
+//! |--------------|-----------------------------------------------------------------------------|
+//! | connect      | `GET /v1/status/leader` (proves the agent answers; needs no ACL)            |
+//! | register     | `GET /v1/agent/service/<id>` (id collision check), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` |
+//! | keep alive   | one task per registrar: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3 |
+//! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" answer means the agent forgot the instance: register it again; connection errors: retry with backoff |
+//! | deregister   | `PUT /v1/agent/service/deregister/<id>`                                     |
+//! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
+//! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
+//! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
+//! | watch        | the health query as a blocking query: `&index=N&wait=60000ms`               |
+//!
+//! Field mapping: `id` -> `ID`, `service` -> `Name` (`Service` when read),
+//! `address` -> `Address` (an empty one reads as the node's address),
+//! `port` -> `Port`, `tags` -> `Tags`, `metadata` -> `Meta`, `weight` ->
+//! `Weights.Passing` (`Weights.Warning` is 1). The TTL check has the id
+//! `service:<id>`, the TTL of [`Settings::ttl`], and
+//! `DeregisterCriticalServiceAfter` = max(1 minute, 10 x TTL).
+//!
+//! Consul's rules that show through:
+//! - Service ids are unique per *agent*, across all services: registering an
+//!   id the agent already has under another service name fails with
+//!   [`Error::Rejected`] rather than replace the other service's instance.
+//! - Registrations belong to the agent they were made on; one registrar
+//!   talks to one agent (one address).
+//! - A service with no checks counts as passing, so registrations written by
+//!   other tools without any check are discovered.
+//! - Watches follow Consul's blocking-query rules: a return is not
+//!   necessarily a change (repeats are dropped), the index is reset to 0 when
+//!   it goes backwards (an agent restarted with fresh state), an index of 0
+//!   in an answer is replaced by 1, and the loop sends at most one request
+//!   per 50 ms. A blocking request's timeout is `wait + wait/16 (Consul's
+//!   jitter) + REGISTRY_TIMEOUT`; every other call is bounded by
+//!   `REGISTRY_TIMEOUT`.
+//!
+//! Conventions of Consul's own tools are honoured: `CONSUL_HTTP_ADDR` when no
+//! address is configured (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`
+//! when no token is configured, sent as `X-Consul-Token`. This build speaks
+//! plain HTTP only: an `https://` address is refused with
+//! [`Error::InvalidConfig`].
+//!
+//! What `curl -s 'http://127.0.0.1:8500/v1/health/service/lorem?passing' | jq`
+//! shows for one of our instances (real output of a Consul 1.14.11 dev agent,
+//! abbreviated):
+//!
+//! ```text
+//! [
+//!   {
+//!     "Node": {
+//!       "Node": "dev",
+//!       "Address": "127.0.0.1",
+//!       "Datacenter": "dc1",
+//!       ...
+//!     },
+//!     "Service": {
+//!       "ID": "lorem-8080",
+//!       "Service": "lorem",
+//!       "Tags": [ "v1" ],
+//!       "Address": "127.0.0.1",
+//!       "Meta": { "version": "0.1.0" },
+//!       "Port": 8080,
+//!       "Weights": { "Passing": 1, "Warning": 1 },
+//!       ...
+//!     },
+//!     "Checks": [
+//!       {
+//!         "Node": "dev",
+//!         "CheckID": "serfHealth",
+//!         "Name": "Serf Health Status",
+//!         "Status": "passing",
+//!         "Output": "Agent alive and reachable",
+//!         ...
+//!       },
+//!       {
+//!         "Node": "dev",
+//!         "CheckID": "service:lorem-8080",
+//!         "Name": "registry TTL",
+//!         "Status": "passing",
+//!         "Notes": "kept passing every TTL/3 by the registrar that registered this instance",
+//!         "Output": "",
+//!         "ServiceID": "lorem-8080",
+//!         "ServiceName": "lorem",
+//!         "Type": "ttl",
+//!         ...
+//!       }
+//!     ]
+//!   }
+//! ]
+//! ```
+
+mod api;
+mod keeper;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use self::api::{Api, BACKEND, validate_service};
+use self::keeper::{Command, Keeper};
+use crate::config::{ConsulConfig, Endpoint, Settings, endpoints_or_default};
+use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::error::{Error, Result, with_deadline};
+use crate::model::Instance;
+use crate::util::{Backoff, SnapshotSink, spawn_watch};
+
+/// The agent address used when none is configured.
+const DEFAULT_ADDR: &str = "127.0.0.1:8500";
+/// How long a blocking query may wait for a change before the agent answers
+/// anyway.
+const WATCH_WAIT: Duration = Duration::from_secs(60);
+/// The least time between two requests of one watch, even when the agent
+/// answers at once.
+const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How many services [`ConsulRegistry::services`] reads at once.
+const SERVICES_CONCURRENCY: usize = 8;
+
+/// A registry on a Consul agent's HTTP API.
+///
+/// Cheap to clone: clones share one HTTP client and one registrar task,
+/// which heartbeats all the registrations made through them.
+#[derive(Debug, Clone)]
+pub struct ConsulRegistry {
+    api: Api,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl ConsulRegistry {
+    /// Connects to the agent named by `config.addr` (else `CONSUL_HTTP_ADDR`,
+    /// else `127.0.0.1:8500`) and checks that it answers within
+    /// `settings.timeout`. Registrations made through the result use
+    /// `settings.ttl` as their check TTL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unusable address (more than one, an
+    /// `https://` one, a malformed one) or token; [`Error::Unavailable`]
+    /// naming the address if the agent cannot be reached or does not answer
+    /// within the timeout.
+    pub async fn connect(config: &ConsulConfig, settings: &Settings) -> Result<Self> {
+        let endpoint = agent_endpoint(config)?;
+        if endpoint.scheme.as_deref() == Some("https") {
+            return Err(Error::InvalidConfig(format!(
+                "consul address {} uses https, but this build of the registry speaks plain HTTP only \
+                 (reqwest without TLS); use an http:// address, such as the local agent's",
+                endpoint.url("http")
+            )));
+        }
+        let addr = endpoint.authority();
+        let token = match &config.token {
+            Some(token) => Some(token.clone()),
+            None => std::env::var("CONSUL_HTTP_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(token.trim()).map_err(|_| {
+                Error::InvalidConfig(
+                    "the Consul ACL token (ConsulConfig::token or CONSUL_HTTP_TOKEN) contains \
+                     characters not allowed in an HTTP header"
+                        .to_owned(),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert("X-Consul-Token", value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(settings.timeout)
+            .build()
+            .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
+        let api = Api::new(http, endpoint.url("http"), addr.clone(), settings.timeout);
+
+        let leader = tokio::time::timeout(settings.timeout, api.leader())
+            .await
+            .map_err(|_| {
+                Error::unavailable(
+                    BACKEND,
+                    addr.clone(),
+                    format!(
+                        "the agent did not answer within {:?} (REGISTRY_TIMEOUT)",
+                        settings.timeout
+                    ),
+                )
+            })?
+            .map_err(|error| match error {
+                Error::Timeout { after, .. } => Error::unavailable(
+                    BACKEND,
+                    addr.clone(),
+                    format!("the agent did not answer within {after:?} (REGISTRY_TIMEOUT)"),
+                ),
+                other => other,
+            })?;
+        if leader.is_empty() {
+            tracing::warn!(backend = BACKEND, %addr,
+                "the Consul cluster has no leader yet; reads fail until it elects one");
+        }
+        tracing::info!(backend = BACKEND, %addr, ttl = ?settings.ttl, "connected to the Consul agent");
+        let commands = Keeper::spawn(api.clone(), settings.ttl);
+        Ok(ConsulRegistry { api, commands })
+    }
+
+    /// Sends a command to the registrar task and waits for its reply.
+    async fn ask<T>(
+        &self,
+        operation: &'static str,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        ask(&self.commands, self.api.timeout(), operation, command).await
+    }
+}
+
+/// Sends a command to a registrar task and waits for its reply, under the
+/// `REGISTRY_TIMEOUT` deadline.
+async fn ask<T>(
+    commands: &mpsc::UnboundedSender<Command>,
+    timeout: Duration,
+    operation: &'static str,
+    command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+) -> Result<T> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(command(reply))
+        .map_err(|_| Error::Closed { backend: BACKEND })?;
+    with_deadline(BACKEND, operation, timeout, async {
+        answer
+            .await
+            .map_err(|_| Error::Closed { backend: BACKEND })?
+    })
+    .await
+}
+
+/// The one agent address: `config.addr`, else `CONSUL_HTTP_ADDR`, else the
+/// default (logged).
+fn agent_endpoint(config: &ConsulConfig) -> Result<Endpoint> {
+    let endpoints = if config.addr.is_empty() {
+        match std::env::var("CONSUL_HTTP_ADDR")
+            .ok()
+            .filter(|a| !a.trim().is_empty())
+        {
+            Some(addr) => {
+                tracing::info!(backend = BACKEND, %addr, "REGISTRY_ADDR not set; using CONSUL_HTTP_ADDR");
+                let mut endpoint = Endpoint::parse(&addr)
+                    .map_err(|e| Error::InvalidConfig(format!("CONSUL_HTTP_ADDR: {e}")))?;
+                // Consul's tools read CONSUL_HTTP_SSL=true as "https".
+                let ssl = std::env::var("CONSUL_HTTP_SSL")
+                    .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"));
+                if endpoint.scheme.is_none() && ssl {
+                    endpoint.scheme = Some("https".to_owned());
+                }
+                vec![endpoint]
+            }
+            None => endpoints_or_default(BACKEND, &[], DEFAULT_ADDR)?,
+        }
+    } else {
+        endpoints_or_default(BACKEND, &config.addr, DEFAULT_ADDR)?
+    };
+    match <[Endpoint; 1]>::try_from(endpoints) {
+        Ok([endpoint]) => Ok(endpoint),
+        Err(endpoints) => Err(Error::InvalidConfig(format!(
+            "consul needs exactly one agent address, got {}: {}; registrations belong to the agent \
+             they are made on, so give the address of one (usually local) agent",
+            endpoints.len(),
+            endpoints
+                .iter()
+                .map(Endpoint::authority)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+#[async_trait]
+impl Registrar for ConsulRegistry {
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        instance.validate()?;
+        api::addressable("id", &instance.id)?;
+        api::addressable("service", &instance.service)?;
+        let token = self
+            .ask("register", |reply| Command::Register {
+                instance: instance.clone(),
+                reply,
+            })
+            .await?;
+        let keeper = ConsulKeepAlive {
+            commands: self.commands.clone(),
+            timeout: self.api.timeout(),
+            id: instance.id.clone(),
+            token,
+        };
+        Ok(Registration::new(instance, Box::new(keeper)))
+    }
+}
+
+/// The keep-alive of one registration: a handle on the registrar task.
+struct ConsulKeepAlive {
+    commands: mpsc::UnboundedSender<Command>,
+    timeout: Duration,
+    id: String,
+    token: u64,
+}
+
+#[async_trait]
+impl KeepAlive for ConsulKeepAlive {
+    async fn deregister(self: Box<Self>) -> Result<()> {
+        let ConsulKeepAlive {
+            commands,
+            timeout,
+            id,
+            token,
+        } = *self;
+        // Once sent, the command is carried out even if the deadline passes:
+        // the heartbeats stop regardless.
+        ask(&commands, timeout, "deregister", |reply| {
+            Command::Deregister { id, token, reply }
+        })
+        .await
+    }
+
+    fn abandon(self: Box<Self>) {
+        let _ = self.commands.send(Command::Abandon {
+            id: self.id,
+            token: self.token,
+        });
+    }
+}
+
+#[async_trait]
+impl Watcher for ConsulRegistry {
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        validate_service(service)?;
+        let (instances, _) = with_deadline(
+            BACKEND,
+            "read",
+            self.api.timeout(),
+            self.api.healthy(service, None),
+        )
+        .await?;
+        Ok(sorted(instances))
+    }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        let api = &self.api;
+        with_deadline(BACKEND, "read", api.timeout(), async {
+            let names = api.catalog_services().await?;
+            let live: Vec<Result<Option<String>>> = futures::stream::iter(
+                names
+                    .into_iter()
+                    .filter(|name| name != "consul" && validate_service(name).is_ok()),
+            )
+            .map(|name| async move {
+                let (instances, _) = api.healthy(&name, None).await?;
+                Ok((!instances.is_empty()).then_some(name))
+            })
+            .buffer_unordered(SERVICES_CONCURRENCY)
+            .collect()
+            .await;
+            let mut names = live
+                .into_iter()
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>>>()?;
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    fn watch(&self, service: &str) -> WatchStream {
+        let api = self.api.clone();
+        let service = service.to_owned();
+        spawn_watch(move |sink| watch_loop(api, service, sink))
+    }
+}
+
+/// Sorts by id and drops repeated ids (the same id on two nodes).
+fn sorted(mut instances: Vec<Instance>) -> Vec<Instance> {
+    instances.sort_by(|a, b| a.id.cmp(&b.id));
+    instances.dedup_by(|a, b| a.id == b.id);
+    instances
+}
+
+/// The index of the next blocking query, after an answer carrying `answer`
+/// to a query sent with `sent` (Consul's rules for blocking queries).
+fn next_index(sent: u64, answer: u64) -> u64 {
+    if answer < sent {
+        // The index went backwards (e.g. an agent restarted with fresh
+        // state): start over with a non-blocking read.
+        0
+    } else {
+        // Never block on 0 after the first call: it would return at once.
+        answer.max(1)
+    }
+}
+
+/// One watch: blocking health queries, one full snapshot per answer.
+async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
+    if let Err(error) = validate_service(&service) {
+        sink.error(error).await;
+        return;
+    }
+    let mut index = 0u64;
+    let mut backoff = Backoff::reconnect();
+    let mut failing = false;
+    let mut last_request: Option<Instant> = None;
+    loop {
+        if let Some(at) = last_request {
+            tokio::time::sleep_until(at + WATCH_MIN_INTERVAL).await;
+        }
+        last_request = Some(Instant::now());
+        let blocking = (index > 0).then_some((index, WATCH_WAIT));
+        match api.healthy(&service, blocking).await {
+            Ok((instances, answer)) => {
+                if failing {
+                    tracing::info!(backend = BACKEND, %service, "watch recovered");
+                    failing = false;
+                }
+                backoff.reset();
+                tracing::debug!(backend = BACKEND, %service, index, answer, instances = instances.len(), "watch answer");
+                index = next_index(index, answer);
+                if !sink.snapshot(instances).await {
+                    return;
+                }
+            }
+            Err(error) => {
+                if failing {
+                    tracing::debug!(backend = BACKEND, %service, %error, "watch failed again");
+                } else {
+                    tracing::warn!(backend = BACKEND, %service, %error, "watch failed; retrying with backoff");
+                }
+                failing = true;
+                if !sink.error(error).await {
+                    return;
+                }
+                // After an error, read the whole state afresh.
+                index = 0;
+                backoff.wait().await;
+            }
+        }
+        if sink.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_query_index_rules() {
+        assert_eq!(next_index(0, 0), 1);
+        assert_eq!(next_index(0, 42), 42);
+        assert_eq!(next_index(42, 42), 42);
+        assert_eq!(next_index(42, 50), 50);
+        assert_eq!(next_index(42, 7), 0);
+        assert_eq!(next_index(1, 0), 0);
+    }
+
+    #[test]
+    fn one_agent_address_only_and_no_https() {
+        let two = ConsulConfig {
+            addr: vec!["127.0.0.1:8500".into(), "127.0.0.1:8501".into()],
+            token: None,
+        };
+        let err = agent_endpoint(&two).unwrap_err().to_string();
+        assert!(err.contains("exactly one agent address"), "{err}");
+        let one = ConsulConfig {
+            addr: vec!["http://127.0.0.1:8500/".into()],
+            token: None,
+        };
+        assert_eq!(
+            agent_endpoint(&one).unwrap().url("http"),
+            "http://127.0.0.1:8500"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_is_refused_clearly() {
+        let config = ConsulConfig {
+            addr: vec!["https://127.0.0.1:8501".into()],
+            token: None,
+        };
+        let err = ConsulRegistry::connect(&config, &Settings::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        assert!(err.to_string().contains("plain HTTP only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_agent_is_unavailable_and_named() {
+        // Bind then drop a listener, so the port is (very likely) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let config = ConsulConfig {
+            addr: vec![format!("127.0.0.1:{port}")],
+            token: None,
+        };
+        let settings = Settings {
+            timeout: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        let err = ConsulRegistry::connect(&config, &settings)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}

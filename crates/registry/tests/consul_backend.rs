@@ -1,0 +1,573 @@
+//! Consul-specific behaviour, against real dev agents started by `testkit`:
+//! recovery after an agent restart, registrations written by other clients
+//! (curl-style JSON, the `consul` CLI, the catalog API), TTL expiry of
+//! abandoned instances, id collisions, and the cost of an idle watch.
+//!
+//! The generic behaviour every backend shares is in `conformance.rs`.
+//! Needs the Consul binary (`CONSUL_BIN`, `consul` on PATH, or
+//! `~/.cache/consul/1.14.11/consul`; build it with `scripts/build-consul.sh`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
+use registry::consul::ConsulRegistry;
+use registry::{
+    BackendConfig, ConsulConfig, Error, Instance, Registrar, Settings, WatchStream, Watcher,
+};
+use serde_json::{Value, json};
+use testkit::{ConsulAgent, RegistryServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Generous deadline for anything that should happen within a few seconds.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "registry=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a dev agent without blocking the runtime's other tasks.
+async fn start_agent() -> Result<ConsulAgent> {
+    tokio::task::spawn_blocking(ConsulAgent::start)
+        .await
+        .context("the agent start task panicked")?
+        .context("cannot start a Consul dev agent (install it with scripts/build-consul.sh, or set CONSUL_BIN)")
+}
+
+fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (ConsulConfig, Settings) {
+    let config = ConsulConfig {
+        addr: vec![addr.to_owned()],
+        token: token.map(str::to_owned),
+    };
+    let settings = Settings {
+        backend: BackendConfig::Consul(config.clone()),
+        ttl,
+        timeout: Duration::from_secs(3),
+    };
+    (config, settings)
+}
+
+async fn connect(addr: &str, ttl: Duration) -> Result<ConsulRegistry> {
+    let (config, settings) = settings(addr, ttl, None);
+    Ok(ConsulRegistry::connect(&config, &settings).await?)
+}
+
+fn lorem(id: &str) -> Instance {
+    Instance::new("lorem", id, "127.0.0.1", 8080)
+}
+
+fn ids(instances: &[Instance]) -> Vec<&str> {
+    instances.iter().map(|i| i.id.as_str()).collect()
+}
+
+/// Reads the watch until a snapshot satisfies `done`, or fails naming `what`.
+/// Error items (the agent is down) are counted and skipped.
+async fn wait_for(
+    watch: &mut WatchStream,
+    what: &str,
+    done: impl Fn(&[Instance]) -> bool,
+) -> Result<Vec<Instance>> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut errors = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Err(_) => {
+                bail!("the watch never showed {what} within {PATIENCE:?} ({errors} error items)")
+            }
+            Ok(None) => bail!("the watch ended while waiting for {what}"),
+            Ok(Some(Ok(snapshot))) if done(&snapshot) => return Ok(snapshot),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(error))) => {
+                errors += 1;
+                eprintln!("watch error item while waiting for {what}: {error}");
+            }
+        }
+    }
+}
+
+/// Polls `instances` until `done`, or fails naming `what`.
+async fn poll_instances(
+    registry: &ConsulRegistry,
+    service: &str,
+    what: &str,
+    done: impl Fn(&[Instance]) -> bool,
+) -> Result<Vec<Instance>> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let last = registry.instances(service).await;
+        if let Ok(instances) = &last {
+            if done(instances) {
+                return Ok(instances.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{what} never happened within {PATIENCE:?}; last read: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain HTTP call to the agent, as another client (curl) would make it.
+async fn http(
+    method: reqwest::Method,
+    addr: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method, format!("http://{addr}{path}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    ensure!(status.is_success(), "{path}: HTTP {status}: {text}");
+    Ok(if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)?
+    })
+}
+
+/// Runs the `consul` CLI against the agent.
+async fn consul_cli(addr: &str, args: &[&str]) -> Result<String> {
+    let bin = testkit::consul_bin()?;
+    let output = tokio::process::Command::new(bin)
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", format!("http://{addr}"))
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "consul {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<()> {
+    init_tracing();
+    let mut agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(3)).await?;
+    let a = registry.register(lorem("a")).await?;
+    let b = registry
+        .register(Instance::new("ipsum", "b", "127.0.0.1", 8081).with_weight(2))
+        .await?;
+    let mut watch = registry.watch("lorem");
+    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+
+    agent = tokio::task::spawn_blocking(move || agent.stop().map(|()| agent)).await??;
+    // While the agent is down, calls fail at once with transient errors and
+    // the registrar keeps retrying its heartbeats (with backoff).
+    let err = registry
+        .register(lorem("c"))
+        .await
+        .expect_err("the agent is down");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    let err = registry
+        .instances("lorem")
+        .await
+        .expect_err("the agent is down");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    // Stay down longer than the TTL, as in a real outage.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let agent = tokio::task::spawn_blocking(move || agent.start().map(|()| agent)).await??;
+    let restarted = Instant::now();
+    // A fresh agent knows nothing: the heartbeats find the checks gone and
+    // register both instances again; the watch reads the new state.
+    wait_for(&mut watch, "a back after the restart", |s| ids(s) == ["a"]).await?;
+    let watch_back = restarted.elapsed();
+    let ipsum = poll_instances(&registry, "ipsum", "b re-registered", |s| ids(s) == ["b"]).await?;
+    assert_eq!(ipsum[0].weight, 2);
+    let all_back = restarted.elapsed();
+    println!(
+        "consul agent restart: watch showed the re-registered instance {watch_back:?} after the agent was ready, \
+         both instances back after {all_back:?} (TTL 3s)"
+    );
+    assert_eq!(registry.services().await?, ["ipsum", "lorem"]);
+
+    a.deregister().await?;
+    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    b.deregister().await?;
+    drop(agent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_by_other_clients_are_discovered_and_critical_ones_are_not() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(3)).await?;
+    let put = reqwest::Method::PUT;
+
+    // curl-style: no checks, no weights, no address.
+    http(
+        put.clone(),
+        &addr,
+        "/v1/agent/service/register",
+        Some(json!({"ID": "f1", "Name": "foreign", "Port": 9000})),
+    )
+    .await?;
+    // Through the catalog, on a node of its own: the node's address is used.
+    http(
+        put.clone(),
+        &addr,
+        "/v1/catalog/register",
+        Some(json!({
+            "Node": "external", "Address": "10.0.0.9",
+            "Service": {"ID": "f2", "Service": "foreign", "Port": 9001}
+        })),
+    )
+    .await?;
+    // Accepted by Consul but not by our model (an empty tag, a space in the
+    // id): skipped with a warning, not fatal.
+    http(
+        put.clone(),
+        &addr,
+        "/v1/agent/service/register",
+        Some(json!({"ID": "bad one", "Name": "foreign", "Port": 9002, "Tags": [""]})),
+    )
+    .await?;
+    // A TTL check that was never passed is critical.
+    http(
+        put.clone(),
+        &addr,
+        "/v1/agent/service/register",
+        Some(json!({"ID": "c1", "Name": "critical", "Port": 9003, "Check": {"TTL": "30s"}})),
+    )
+    .await?;
+    // And the consul CLI's own way.
+    consul_cli(
+        &addr,
+        &[
+            "services",
+            "register",
+            "-name=cli",
+            "-id=cli1",
+            "-port=7000",
+            "-address=127.0.0.2",
+            "-tag=t1",
+            "-meta=zone=eu",
+        ],
+    )
+    .await?;
+
+    let foreign = registry.instances("foreign").await?;
+    assert_eq!(
+        foreign,
+        vec![
+            Instance::new("foreign", "f1", "127.0.0.1", 9000),
+            Instance::new("foreign", "f2", "10.0.0.9", 9001),
+        ]
+    );
+    assert!(foreign.iter().all(|i| i.weight == 1));
+    assert_eq!(
+        registry.instances("cli").await?,
+        vec![
+            Instance::new("cli", "cli1", "127.0.0.2", 7000)
+                .with_tag("t1")
+                .with_metadata("zone", "eu")
+        ]
+    );
+    assert_eq!(registry.instances("critical").await?, vec![]);
+    assert_eq!(registry.services().await?, ["cli", "foreign"]);
+
+    let mut watch = registry.watch("foreign");
+    wait_for(&mut watch, "f1 and f2", |s| ids(s) == ["f1", "f2"]).await?;
+
+    // Passing the foreign check makes it live; the CLI sees ours too.
+    http(put.clone(), &addr, "/v1/agent/check/pass/service:c1", None).await?;
+    poll_instances(&registry, "critical", "c1 passing", |s| ids(s) == ["c1"]).await?;
+    let ours = registry.register(lorem("a")).await?;
+    let listed = consul_cli(&addr, &["catalog", "services"]).await?;
+    assert!(
+        listed.lines().any(|l| l.trim() == "lorem"),
+        "consul catalog services: {listed}"
+    );
+    ours.deregister().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_layout_as_consul_shows_it() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(10)).await?;
+    let instance = lorem("lorem-1")
+        .with_tag("v1")
+        .with_metadata("zone", "eu")
+        .with_weight(3);
+    let registration = registry.register(instance.clone()).await?;
+    let health = http(
+        reqwest::Method::GET,
+        &addr,
+        "/v1/health/service/lorem?passing",
+        None,
+    )
+    .await?;
+    println!(
+        "GET /v1/health/service/lorem?passing\n{}",
+        serde_json::to_string_pretty(&health)?
+    );
+    let entry = &health[0];
+    let service = &entry["Service"];
+    assert_eq!(service["ID"], "lorem-1");
+    assert_eq!(service["Service"], "lorem");
+    assert_eq!(service["Address"], "127.0.0.1");
+    assert_eq!(service["Port"], 8080);
+    assert_eq!(service["Tags"], json!(["v1"]));
+    assert_eq!(service["Meta"], json!({"zone": "eu"}));
+    assert_eq!(service["Weights"], json!({"Passing": 3, "Warning": 1}));
+    let checks = entry["Checks"].as_array().context("Checks")?;
+    let ttl = checks
+        .iter()
+        .find(|c| c["CheckID"] == "service:lorem-1")
+        .context("our TTL check")?;
+    assert_eq!(ttl["Status"], "passing");
+    assert_eq!(ttl["Type"], "ttl");
+    assert_eq!(registry.instances("lorem").await?, vec![instance]);
+    registration.deregister().await?;
+    assert_eq!(registry.instances("lorem").await?, vec![]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_instance_leaves_after_the_ttl_while_its_sibling_stays() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let ttl = Duration::from_secs(2);
+    let registry = connect(&agent.http_addr(), ttl).await?;
+    let a = registry.register(lorem("a")).await?;
+    let b = registry.register(lorem("b")).await?;
+    let mut watch = registry.watch("lorem");
+    wait_for(&mut watch, "a and b", |s| ids(s) == ["a", "b"]).await?;
+
+    let abandoned = Instant::now();
+    b.abandon();
+    wait_for(&mut watch, "b gone", |s| ids(s) == ["a"]).await?;
+    let gone = abandoned.elapsed();
+    println!(
+        "consul crash detection: abandoned instance left the passing set after {gone:?} (TTL {ttl:?})"
+    );
+
+    // `a` is still heartbeated well past its TTL.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(ids(&registry.instances("lorem").await?), ["a"]);
+    // The abandoned one is still registered, only critical.
+    let all = http(
+        reqwest::Method::GET,
+        &agent.http_addr(),
+        "/v1/health/service/lorem",
+        None,
+    )
+    .await?;
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    a.deregister().await?;
+    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_taken_by_another_service_is_rejected() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(3)).await?;
+    let a = registry.register(lorem("a")).await?;
+
+    let err = registry
+        .register(Instance::new("ipsum", "a", "127.0.0.1", 9090))
+        .await
+        .expect_err("the id is taken by lorem");
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    assert!(err.to_string().contains("unique per agent"), "{err}");
+
+    // Also when another client holds the id.
+    consul_cli(
+        &addr,
+        &["services", "register", "-name=other", "-id=x", "-port=7000"],
+    )
+    .await?;
+    let err = registry
+        .register(lorem("x"))
+        .await
+        .expect_err("x is taken by other");
+    assert!(err.to_string().contains("\"other\""), "{err}");
+    assert_eq!(registry.instances("other").await?.len(), 1);
+
+    // Re-registering the same id for the same service replaces it.
+    let a2 = registry.register(lorem("a").with_tag("v2")).await?;
+    assert_eq!(
+        registry.instances("lorem").await?,
+        vec![lorem("a").with_tag("v2")]
+    );
+    // The replaced handle does not remove the newer registration.
+    a.deregister().await?;
+    assert_eq!(
+        registry.instances("lorem").await?,
+        vec![lorem("a").with_tag("v2")]
+    );
+    assert_eq!(registry.instances("ipsum").await?, vec![]);
+    a2.deregister().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_removed_behind_our_back_is_registered_again() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(2)).await?;
+    let a = registry.register(lorem("a")).await?;
+    let mut watch = registry.watch("lorem");
+    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+    consul_cli(&addr, &["services", "deregister", "-id=a"]).await?;
+    let removed = Instant::now();
+    wait_for(&mut watch, "a removed", |s| s.is_empty()).await?;
+    wait_for(&mut watch, "a registered again", |s| ids(s) == ["a"]).await?;
+    println!(
+        "consul: instance removed by the CLI was back after {:?} (TTL 2s)",
+        removed.elapsed()
+    );
+    a.deregister().await?;
+    Ok(())
+}
+
+/// A TCP proxy that records what clients send, to count requests and see
+/// headers.
+struct RecordingProxy {
+    addr: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingProxy {
+    async fn start(upstream: String) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..1000 {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(pipe(inbound, outbound, recorded.clone()));
+            }
+        });
+        Ok(RecordingProxy { addr, seen, task })
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&seen).matches(needle).count()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(inbound: TcpStream, outbound: TcpStream, seen: Arc<Mutex<Vec<u8>>>) {
+    let (mut from_client, mut to_client) = inbound.into_split();
+    let (mut from_server, mut to_server) = outbound.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.len() < 4 << 20 {
+                    seen.extend_from_slice(&buf[..n]);
+                }
+            }
+            if to_server.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let down = tokio::io::copy(&mut from_server, &mut to_client);
+    let _ = tokio::join!(up, down);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_does_not_busy_loop_and_the_token_is_sent() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let proxy = RecordingProxy::start(agent.http_addr()).await?;
+    let (config, settings) = settings(&proxy.addr, Duration::from_secs(3), Some("s3cr3t-token"));
+    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let a = registry.register(lorem("a")).await?;
+    let mut watch = registry.watch("lorem");
+    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+
+    // Heartbeats change check outputs but not the passing set: the watch
+    // may wake up, but must stay far from a busy loop.
+    let before = proxy.count("GET /v1/health/service/lorem");
+    let idle = Duration::from_secs(4);
+    tokio::time::sleep(idle).await;
+    let requests = proxy.count("GET /v1/health/service/lorem") - before;
+    let heartbeats = proxy.count("PUT /v1/agent/check/pass/service:a");
+    println!(
+        "consul watch: {requests} health requests and {heartbeats} heartbeats in {idle:?} without changes"
+    );
+    assert!(
+        requests < 100,
+        "{requests} requests in {idle:?}: the watch busy-loops"
+    );
+    assert!(heartbeats >= 1, "no heartbeat went through the proxy");
+
+    let token_headers = proxy.count("s3cr3t-token");
+    assert!(
+        token_headers >= requests + heartbeats,
+        "the ACL token was not sent on every request ({token_headers})"
+    );
+    a.deregister().await?;
+    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_is_unavailable_within_the_timeout() -> Result<()> {
+    init_tracing();
+    // Accepts connections (the kernel does) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?.to_string();
+    let (config, mut settings) = settings(&addr, Duration::from_secs(3), None);
+    settings.timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = ConsulRegistry::connect(&config, &settings)
+        .await
+        .expect_err("nothing answers");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    assert!(started.elapsed() < PATIENCE, "connect hung");
+    drop(silent);
+    Ok(())
+}
