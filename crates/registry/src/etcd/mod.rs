@@ -1,0 +1,497 @@
+//! The etcd backend: one lease per registrar, one key per instance.
+//!
+//! | operation   | etcd (v3 API, through `etcd-client`)                                        |
+//! |-------------|-----------------------------------------------------------------------------|
+//! | connect     | gRPC channel to every endpoint, checked with a `Range` (count only)          |
+//! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar) + `Put key lease=L`  |
+//! | keep alive  | `LeaseKeepAlive` every granted TTL / 3 on one stream; a reply with TTL 0     |
+//! |             | means the lease is gone: grant a new one and `Put` every live key again     |
+//! | deregister  | `Txn { if lease(key) == L then Delete key }`                                  |
+//! | abandon     | `LeaseGrant` (never kept alive) + `Txn { if lease(key) == L then Put key     |
+//! |             | lease=new }`: the key expires one TTL later, as after a crash                |
+//! | instances   | `Range <prefix>/<service>/` page by page, all pages at one revision          |
+//! | services    | `Range <prefix>/` page by page, skipping past each service once it is found  |
+//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1           |
+//!
+//! # Storage layout
+//!
+//! Each instance is one key, `<prefix>/<service>/<id>` (the prefix is
+//! `REGISTRY_PREFIX`, `/services` by default), whose value is the instance's
+//! JSON ([`Instance::to_json`]) and which is attached to its registrar's
+//! lease, so it disappears by itself one TTL after its process stops
+//! renewing that lease:
+//!
+//! ```text
+//! $ etcdctl get --prefix /services/lorem/
+//! /services/lorem/lorem-1
+//! {"id":"lorem-1","service":"lorem","address":"127.0.0.1","port":8081,"tags":["v1"],"metadata":{},"weight":1}
+//! /services/lorem/lorem-2
+//! {"id":"lorem-2","service":"lorem","address":"127.0.0.1","port":8082,"tags":[],"metadata":{"zone":"eu"},"weight":2}
+//! ```
+//!
+//! Any tool can register an instance by writing that JSON under that key
+//! (with or without a lease): `etcdctl put /services/lorem/x '{"id":"x",...}'`.
+//! Values that are not an instance, or whose `service`/`id` differ from their
+//! key, are skipped with a warning.
+//!
+//! # Recovery
+//!
+//! - A broken keep-alive stream (server restart, network trouble) is reopened
+//!   with backoff; the lease survives as long as the server still knows it.
+//! - A lease the server no longer knows (revoked with `etcdctl lease revoke`,
+//!   expired during a partition, data lost in a restart) is replaced by a new
+//!   one and every live instance is put again, retried with backoff.
+//! - A watch whose history was compacted, or whose stream broke, reads a
+//!   fresh snapshot and watches again from its revision; it emits the fresh
+//!   snapshot only if it differs, and never an empty set in between.
+//! - A watch that cannot read sends one `Err` item per outage and keeps
+//!   retrying with backoff; the next `Ok` is a full snapshot.
+//! - Every request is retried on transport errors until `REGISTRY_TIMEOUT`:
+//!   the gRPC channel balances over all endpoints and keeps trying a stopped
+//!   member's, so with one member of three down a retry reaches a live one.
+//! - A key deleted by another tool while our lease lives is not put back
+//!   until the next lease change.
+
+mod lease;
+mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{EtcdConfig, Settings, endpoints_or_default};
+use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::error::{Error, Result, with_deadline};
+use crate::model::{Instance, validate_name};
+use crate::util::{Backoff, spawn_watch};
+
+use self::lease::Command;
+
+const BACKEND: &str = "etcd";
+const DEFAULT_ADDR: &str = "127.0.0.1:2379";
+/// Keys read per `Range` request: small enough for a page of the largest
+/// instances the model allows to fit the decoding limit below.
+const DEFAULT_PAGE_SIZE: usize = 128;
+/// gRPC decoding limit for range replies (tonic's default is 4 MiB).
+const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 ping interval; etcd refuses pings more often than every 5 s.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A registrar and watcher over an etcd cluster.
+///
+/// Cheap to clone: clones share one gRPC channel and one registrar task, which
+/// holds ONE lease for all the registrations made through any of them.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    ctx: Ctx,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("addr", &self.ctx.addr)
+            .field("prefix", &self.ctx.prefix)
+            .field("ttl", &self.ctx.ttl)
+            .field("timeout", &self.ctx.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every etcd call needs: the clients, where the keys live, the limits.
+#[derive(Clone)]
+struct Ctx {
+    kv: KvClient,
+    watch: WatchClient,
+    lease: LeaseClient,
+    /// `REGISTRY_PREFIX`, without a trailing slash.
+    prefix: Arc<str>,
+    /// The endpoints, comma-separated, for error messages.
+    addr: Arc<str>,
+    ttl: Duration,
+    timeout: Duration,
+    page_size: usize,
+    /// Test knob: a pause between a watch's snapshot and its watch request.
+    watch_start_delay: Duration,
+}
+
+impl Ctx {
+    /// `<prefix>/<service>/`: every instance of `service`, and nothing else.
+    fn service_prefix(&self, service: &str) -> String {
+        format!("{}/{service}/", self.prefix)
+    }
+
+    /// `<prefix>/<service>/<id>`.
+    fn instance_key(&self, instance: &Instance) -> String {
+        format!("{}/{}/{}", self.prefix, instance.service, instance.id)
+    }
+
+    /// Turns an etcd client error into ours, naming what we were doing.
+    fn error(&self, operation: &'static str, error: etcd_client::Error) -> Error {
+        map_error(&self.addr, operation, error)
+    }
+
+    /// Runs one etcd request under `REGISTRY_TIMEOUT`, retrying transport
+    /// failures (a stopped cluster member, a leader election) with a short
+    /// backoff while time remains. The channel balances over every endpoint
+    /// and keeps trying a stopped member's, so a retry usually reaches a
+    /// live one. Every request we make is idempotent or harmless to repeat.
+    async fn call<T, F, Fut>(&self, operation: &'static str, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+        loop {
+            let error = match tokio::time::timeout_at(deadline, request()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        backend: BACKEND,
+                        operation,
+                        after: self.timeout,
+                    });
+                }
+            };
+            let delay = backoff.next_delay();
+            if kind_of(&error) != Kind::Unavailable
+                || tokio::time::Instant::now() + delay >= deadline
+            {
+                return Err(self.error(operation, error));
+            }
+            tracing::debug!(backend = BACKEND, operation, %error, "etcd request failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Runs `fut` under `REGISTRY_TIMEOUT`.
+    async fn deadline<T>(
+        &self,
+        operation: &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        with_deadline(BACKEND, operation, self.timeout, fut).await
+    }
+}
+
+// gRPC status codes (stable numbers from the gRPC spec), so that we need not
+// name tonic's types.
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_OUT_OF_RANGE: i32 = 11;
+const GRPC_INTERNAL: i32 = 13;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// How we treat a gRPC status from etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Transport trouble, no leader, a deadline: may go away by itself.
+    Unavailable,
+    /// The lease we named is unknown to the server.
+    LeaseLost,
+    /// The requested revision was compacted away.
+    Compacted,
+    /// A refusal of a well-formed request (permission, quota...).
+    Rejected,
+}
+
+/// Sorts a gRPC status code and message into a [`Kind`].
+fn classify(code: i32, message: &str) -> Kind {
+    match code {
+        GRPC_CANCELLED
+        | GRPC_UNKNOWN
+        | GRPC_DEADLINE_EXCEEDED
+        | GRPC_INTERNAL
+        | GRPC_UNAVAILABLE => Kind::Unavailable,
+        GRPC_NOT_FOUND if message.contains("lease not found") => Kind::LeaseLost,
+        GRPC_OUT_OF_RANGE if message.contains("compacted") => Kind::Compacted,
+        _ => Kind::Rejected,
+    }
+}
+
+/// The [`Kind`] of an etcd client error; errors without a gRPC status are
+/// transport errors.
+fn kind_of(error: &etcd_client::Error) -> Kind {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => classify(status.code().into(), status.message()),
+        // `LeaseClient::keep_alive` checks the first reply itself and says
+        // so when its TTL is 0.
+        etcd_client::Error::LeaseKeepAliveError(message) if message.contains("lease not found") => {
+            Kind::LeaseLost
+        }
+        _ => Kind::Unavailable,
+    }
+}
+
+/// Turns an etcd client error into ours: transport trouble is `Unavailable`
+/// (naming `addr`), an unknown lease is `LeaseLost`, other refusals are
+/// `Rejected`.
+fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> Error {
+    let message = match &error {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+        other => other.to_string(),
+    };
+    match kind_of(&error) {
+        Kind::Unavailable | Kind::Compacted => Error::unavailable(BACKEND, addr, error),
+        Kind::LeaseLost => Error::LeaseLost {
+            backend: BACKEND,
+            reason: format!("{operation}: {message}"),
+        },
+        Kind::Rejected => Error::Rejected {
+            backend: BACKEND,
+            operation,
+            reason: message,
+        },
+    }
+}
+
+impl EtcdRegistry {
+    /// Connects to the etcd endpoints of `config` (default `127.0.0.1:2379`)
+    /// and checks, within `settings.timeout`, that they answer.
+    ///
+    /// No lease is taken until the first registration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unusable address (`https://` is not
+    /// supported: this build has no TLS); [`Error::Unavailable`] naming the
+    /// endpoints if none answered within the timeout; `Rejected` if etcd
+    /// refused the read (authentication is not supported).
+    pub async fn connect(config: &EtcdConfig, settings: &Settings) -> Result<Self> {
+        let endpoints = endpoints_or_default(BACKEND, &config.addr, DEFAULT_ADDR)?;
+        if let Some(tls) = endpoints
+            .iter()
+            .find(|e| e.scheme.as_deref() == Some("https"))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "etcd address {:?} uses https, but this build has no TLS support; use http:// or host:port",
+                tls.url("https")
+            )));
+        }
+        let urls: Vec<String> = endpoints.iter().map(|e| e.url("http")).collect();
+        let addr: Arc<str> = urls.join(",").into();
+        let timeout = settings.timeout;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(HTTP2_PING_INTERVAL, timeout)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true);
+
+        let unreachable = |addr: &str| {
+            Error::unavailable(
+                BACKEND,
+                addr,
+                format!("no answer within {timeout:?} (REGISTRY_TIMEOUT); is etcd running there?"),
+            )
+        };
+        let client =
+            match tokio::time::timeout(timeout, Client::connect(&urls, Some(options))).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(error)) => return Err(map_error(&addr, "connect", error)),
+                Err(_) => return Err(unreachable(&addr)),
+            };
+        let ctx = Ctx {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+            lease: client.lease_client(),
+            prefix: config.prefix.trim_end_matches('/').into(),
+            addr: addr.clone(),
+            ttl: settings.ttl,
+            timeout,
+            page_size: DEFAULT_PAGE_SIZE,
+            watch_start_delay: Duration::ZERO,
+        };
+
+        // The channel connects lazily: one read proves the endpoints answer.
+        let root = format!("{}/", ctx.prefix);
+        let probe = ctx
+            .call("connect", || {
+                let mut kv = ctx.kv.clone();
+                let root = root.clone();
+                async move {
+                    kv.get(
+                        root,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(Error::Timeout { .. }) => return Err(unreachable(&addr)),
+            Err(error) => return Err(error),
+        }
+        tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, "connected to etcd");
+
+        let commands = lease::spawn(ctx.clone());
+        Ok(EtcdRegistry { ctx, commands })
+    }
+
+    /// Testing knob: how many keys each `Range` request reads (default 128).
+    #[doc(hidden)]
+    pub fn with_page_size(mut self, keys: usize) -> Self {
+        self.ctx.page_size = keys.max(1);
+        self
+    }
+
+    /// Testing knob: a pause between a watch's snapshot read and its watch
+    /// request, so that a test can compact the history in between.
+    #[doc(hidden)]
+    pub fn with_watch_start_delay(mut self, delay: Duration) -> Self {
+        self.ctx.watch_start_delay = delay;
+        self
+    }
+}
+
+#[async_trait]
+impl Registrar for EtcdRegistry {
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        instance.validate()?;
+        let key = self.ctx.instance_key(&instance);
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Register {
+                instance: instance.clone(),
+                reply,
+            })
+            .map_err(|_| Error::Closed { backend: BACKEND })?;
+        // If the deadline passes, `answer` is dropped and the registrar
+        // undoes the registration once it gets to it.
+        let token = self
+            .ctx
+            .deadline("register", async {
+                answer
+                    .await
+                    .map_err(|_| Error::Closed { backend: BACKEND })?
+            })
+            .await?;
+        tracing::info!(backend = BACKEND, service = %instance.service, id = %instance.id, key, "registered");
+        Ok(Registration::new(
+            instance,
+            Box::new(EtcdKeepAlive {
+                commands: self.commands.clone(),
+                key,
+                token,
+                timeout: self.ctx.timeout,
+            }),
+        ))
+    }
+}
+
+/// The keep-alive of one registration: a ticket with the registrar task.
+struct EtcdKeepAlive {
+    commands: mpsc::UnboundedSender<Command>,
+    key: String,
+    /// Which registration of `key` this is, so that an old handle never
+    /// removes a newer registration of the same id.
+    token: u64,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl KeepAlive for EtcdKeepAlive {
+    async fn deregister(self: Box<Self>) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Deregister {
+                key: self.key.clone(),
+                token: self.token,
+                reply,
+            })
+            .map_err(|_| Error::Closed { backend: BACKEND })?;
+        with_deadline(BACKEND, "deregister", self.timeout, async {
+            answer
+                .await
+                .map_err(|_| Error::Closed { backend: BACKEND })?
+        })
+        .await?;
+        tracing::info!(backend = BACKEND, key = %self.key, "deregistered");
+        Ok(())
+    }
+
+    fn abandon(self: Box<Self>) {
+        // Fails only if the registrar is gone, and then nothing keeps the
+        // key alive anyway.
+        let _ = self.commands.send(Command::Abandon {
+            key: self.key.clone(),
+            token: self.token,
+        });
+    }
+}
+
+#[async_trait]
+impl Watcher for EtcdRegistry {
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        validate_name("service", service)?;
+        let (instances, _revision) = self
+            .ctx
+            .deadline("read", read::snapshot(&self.ctx, service))
+            .await?;
+        Ok(instances.into_values().collect())
+    }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        let services = self.ctx.deadline("read", read::services(&self.ctx)).await?;
+        Ok(services.into_iter().collect())
+    }
+
+    fn watch(&self, service: &str) -> WatchStream {
+        let ctx = self.ctx.clone();
+        let service = service.to_owned();
+        spawn_watch(move |mut sink| async move {
+            if let Err(error) = validate_name("service", &service) {
+                sink.error(error).await;
+                return;
+            }
+            read::watch(ctx, service, sink).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_are_classified() {
+        assert_eq!(
+            classify(GRPC_NOT_FOUND, "etcdserver: requested lease not found"),
+            Kind::LeaseLost
+        );
+        assert_eq!(
+            classify(GRPC_UNAVAILABLE, "etcdserver: no leader"),
+            Kind::Unavailable
+        );
+        assert_eq!(
+            classify(
+                GRPC_OUT_OF_RANGE,
+                "etcdserver: mvcc: required revision has been compacted"
+            ),
+            Kind::Compacted
+        );
+        assert_eq!(classify(7, "etcdserver: permission denied"), Kind::Rejected);
+        assert_eq!(classify(GRPC_NOT_FOUND, "something else"), Kind::Rejected);
+    }
+
+    #[test]
+    fn transport_errors_are_unavailable_and_name_the_address() {
+        let error = map_error(
+            "http://127.0.0.1:1",
+            "read",
+            etcd_client::Error::InvalidArgs("x".into()),
+        );
+        assert!(error.is_transient(), "{error:?}");
+        assert!(error.to_string().contains("http://127.0.0.1:1"), "{error}");
+    }
+}

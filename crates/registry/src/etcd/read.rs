@@ -1,0 +1,386 @@
+//! Paged reads at one revision, and the watch that continues from them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use etcd_client::{GetOptions, KeyValue, WatchOptions};
+
+use super::{BACKEND, Ctx, Kind, kind_of};
+use crate::error::{Error, Result};
+use crate::model::Instance;
+use crate::util::{Backoff, SnapshotSink, decode_record};
+
+/// How many times a paged read starts over when the revision it started at
+/// is compacted between two pages.
+const COMPACTED_RETRIES: usize = 3;
+
+/// The instances of one service by key, as of one revision.
+pub(super) type Instances = BTreeMap<String, Instance>;
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (never for our prefixes): no upper bound.
+    vec![0]
+}
+
+/// The key right after `key`.
+fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// One `Range` page of `[start, end)`, at `revision` (0 = the newest).
+struct Page {
+    kvs: Vec<KeyValue>,
+    more: bool,
+    revision: i64,
+}
+
+/// Reads one page; `None` if `revision` has been compacted away.
+async fn page(ctx: &Ctx, start: Vec<u8>, end: Vec<u8>, revision: i64) -> Result<Option<Page>> {
+    let limit = i64::try_from(ctx.page_size).unwrap_or(i64::MAX);
+    let mut options = GetOptions::new().with_range(end).with_limit(limit);
+    if revision > 0 {
+        options = options.with_revision(revision);
+    }
+    let response = ctx
+        .call("read", || {
+            let mut kv = ctx.kv.clone();
+            let (start, options) = (start.clone(), options.clone());
+            async move {
+                match kv.get(start, Some(options)).await {
+                    Ok(response) => Ok(Some(response)),
+                    Err(error) if kind_of(&error) == Kind::Compacted => Ok(None),
+                    Err(error) => Err(error),
+                }
+            }
+        })
+        .await?;
+    Ok(response.map(|mut response| Page {
+        revision: response.header().map_or(revision, |h| h.revision()),
+        more: response.more(),
+        kvs: response.take_kvs(),
+    }))
+}
+
+/// Where a paged scan goes after a page.
+enum Next {
+    /// Just after the last key read.
+    AfterLast,
+    /// To this key (skipping what lies between).
+    SkipTo(Vec<u8>),
+}
+
+/// Reads `[start, end)` page by page, all pages at the revision of the first,
+/// handing every key to `visit`; starts over (a few times) if that revision
+/// is compacted midway. Returns the revision read.
+async fn scan<S: Default>(
+    ctx: &Ctx,
+    start: &str,
+    end: Vec<u8>,
+    mut visit: impl FnMut(&mut S, &KeyValue),
+    mut next: impl FnMut(&S, &KeyValue) -> Next,
+) -> Result<(S, i64)> {
+    let mut attempts = 0;
+    'again: loop {
+        let mut state = S::default();
+        let mut from = start.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let page = match page(ctx, from, end.clone(), revision).await? {
+                Some(page) => page,
+                None if attempts < COMPACTED_RETRIES => {
+                    attempts += 1;
+                    tracing::debug!(
+                        backend = BACKEND,
+                        start,
+                        revision,
+                        "revision compacted during a paged read; reading again"
+                    );
+                    continue 'again;
+                }
+                None => {
+                    return Err(Error::unavailable(
+                        BACKEND,
+                        &*ctx.addr,
+                        format!(
+                            "revision {revision} compacted during every attempt to read {start}"
+                        ),
+                    ));
+                }
+            };
+            revision = page.revision;
+            for kv in &page.kvs {
+                visit(&mut state, kv);
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => {
+                    from = match next(&state, last) {
+                        Next::AfterLast => key_after(last.key()),
+                        Next::SkipTo(key) => key,
+                    };
+                    if from >= end {
+                        return Ok((state, revision));
+                    }
+                }
+                _ => return Ok((state, revision)),
+            }
+        }
+    }
+}
+
+/// Decodes one key/value found under `<prefix>/<service>/`.
+fn decode(service_prefix: &str, service: &str, kv: &KeyValue) -> Option<(String, Instance)> {
+    let Ok(key) = std::str::from_utf8(kv.key()) else {
+        tracing::warn!(backend = BACKEND, key = ?String::from_utf8_lossy(kv.key()), "skipping a key that is not UTF-8 under the registry prefix");
+        return None;
+    };
+    let id = key.strip_prefix(service_prefix)?;
+    let instance = decode_record(BACKEND, key, service, id, kv.value())?;
+    Some((key.to_owned(), instance))
+}
+
+/// The live instances of `service` by key, and the revision they were read at.
+pub(super) async fn snapshot(ctx: &Ctx, service: &str) -> Result<(Instances, i64)> {
+    let prefix = ctx.service_prefix(service);
+    scan(
+        ctx,
+        &prefix,
+        prefix_end(&prefix),
+        |instances: &mut Instances, kv| {
+            if let Some((key, instance)) = decode(&prefix, service, kv) {
+                instances.insert(key, instance);
+            }
+        },
+        |_, _| Next::AfterLast,
+    )
+    .await
+}
+
+/// The names of the services with at least one valid instance.
+pub(super) async fn services(ctx: &Ctx) -> Result<BTreeSet<String>> {
+    let root = format!("{}/", ctx.prefix);
+    // The service part of a key, if it has the shape <root><service>/<id>.
+    let service_of = |key: &[u8]| -> Option<String> {
+        let rest = std::str::from_utf8(key).ok()?.strip_prefix(root.as_str())?;
+        let (service, _id) = rest.split_once('/')?;
+        Some(service.to_owned())
+    };
+    let (services, _revision) = scan(
+        ctx,
+        &root,
+        prefix_end(&root),
+        |found: &mut BTreeSet<String>, kv| {
+            let Some(service) = service_of(kv.key()) else {
+                tracing::warn!(backend = BACKEND, key = %String::from_utf8_lossy(kv.key()),
+                    "skipping a key that is not <prefix>/<service>/<id>");
+                return;
+            };
+            if found.contains(&service) {
+                return;
+            }
+            let service_prefix = format!("{root}{service}/");
+            if decode(&service_prefix, &service, kv).is_some() {
+                found.insert(service);
+            }
+        },
+        // Once a service is known to be live, skip the rest of its keys:
+        // `<root><service>0` is the first key after `<root><service>/...`.
+        |found, last| match service_of(last.key()) {
+            Some(service) if found.contains(&service) => {
+                Next::SkipTo(format!("{root}{service}0").into_bytes())
+            }
+            _ => Next::AfterLast,
+        },
+    )
+    .await?;
+    Ok(services)
+}
+
+/// Why one round of [`watch_round`] ended.
+enum End {
+    /// The consumer dropped the stream.
+    Closed,
+    /// The history the watch needed was compacted: read a fresh snapshot.
+    Compacted,
+    /// The snapshot or the watch request failed.
+    Failed(Error),
+    /// The watch stream broke after it had started.
+    Broken(Error),
+}
+
+/// Feeds `sink` with full snapshots of `service` until the consumer leaves.
+pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
+    let mut backoff = Backoff::reconnect();
+    // Errors reported to the consumer since the last good snapshot; one Err
+    // item per outage is enough, later failures are only logged.
+    let mut reported = false;
+    let mut compactions_in_a_row = 0u32;
+    loop {
+        match watch_round(&ctx, &service, &mut sink, &mut backoff, &mut reported).await {
+            End::Closed => return,
+            End::Compacted => {
+                compactions_in_a_row += 1;
+                tracing::info!(backend = BACKEND, service = %service,
+                    "watch history compacted; reading a fresh snapshot");
+                if compactions_in_a_row > 1 {
+                    backoff.wait().await;
+                }
+            }
+            End::Broken(error) => {
+                compactions_in_a_row = 0;
+                tracing::warn!(backend = BACKEND, service = %service, %error,
+                    "watch stream broke; reading a fresh snapshot");
+                backoff.wait().await;
+            }
+            End::Failed(error) => {
+                compactions_in_a_row = 0;
+                if reported {
+                    tracing::debug!(backend = BACKEND, service = %service, %error, "watch still failing; retrying");
+                } else {
+                    tracing::warn!(backend = BACKEND, service = %service, %error, "watch failed; retrying");
+                    reported = true;
+                    if !sink.error(error).await {
+                        return;
+                    }
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// One snapshot, then one watch from the snapshot's revision, until
+/// something ends it.
+async fn watch_round(
+    ctx: &Ctx,
+    service: &str,
+    sink: &mut SnapshotSink,
+    backoff: &mut Backoff,
+    reported: &mut bool,
+) -> End {
+    let (mut instances, revision) = match ctx.deadline("read", snapshot(ctx, service)).await {
+        Ok(read) => read,
+        Err(error) => return End::Failed(error),
+    };
+    if !sink.snapshot(instances.values().cloned().collect()).await {
+        return End::Closed;
+    }
+    if *reported {
+        tracing::info!(
+            backend = BACKEND,
+            service,
+            instances = instances.len(),
+            "watch recovered"
+        );
+        *reported = false;
+    }
+    if !ctx.watch_start_delay.is_zero() {
+        tokio::time::sleep(ctx.watch_start_delay).await;
+    }
+
+    // Starting right after the snapshot's revision, no change can fall
+    // between the read and the watch.
+    let prefix = ctx.service_prefix(service);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = match ctx
+        .call("watch", || {
+            let mut watch = ctx.watch.clone();
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { watch.watch(prefix, Some(options)).await }
+        })
+        .await
+    {
+        Ok(stream) => stream,
+        Err(error) => return End::Failed(error),
+    };
+    tracing::debug!(backend = BACKEND, service, revision, "watching");
+
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                return End::Broken(Error::unavailable(
+                    BACKEND,
+                    &*ctx.addr,
+                    "the watch stream was closed by the server",
+                ));
+            }
+            Err(error) => return End::Broken(ctx.error("watch", error)),
+        };
+        if response.compact_revision() > 0 {
+            tracing::debug!(
+                backend = BACKEND,
+                service,
+                from = revision + 1,
+                compacted = response.compact_revision(),
+                "watch start revision compacted"
+            );
+            return End::Compacted;
+        }
+        if response.canceled() {
+            return End::Broken(Error::unavailable(
+                BACKEND,
+                &*ctx.addr,
+                format!(
+                    "the server cancelled the watch: {}",
+                    response.cancel_reason()
+                ),
+            ));
+        }
+        if response.created() {
+            backoff.reset();
+        }
+        let mut changed = false;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            // A deleted key comes back with version 0; a put has version >= 1.
+            // (etcd-client's `event_type` panics on unknown types; this
+            // cannot.)
+            let found = if kv.version() == 0 {
+                None
+            } else {
+                decode(&prefix, service, kv).map(|(_, instance)| instance)
+            };
+            changed |= match found {
+                Some(instance) => {
+                    instances.insert(key, instance.clone()).as_ref() != Some(&instance)
+                }
+                None => instances.remove(&key).is_some(),
+            };
+        }
+        if changed {
+            tracing::debug!(
+                backend = BACKEND,
+                service,
+                instances = instances.len(),
+                "watch updated"
+            );
+            if !sink.snapshot(instances.values().cloned().collect()).await {
+                return End::Closed;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end("/services/lorem/"), b"/services/lorem0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(key_after(b"/a"), b"/a\0".to_vec());
+    }
+}

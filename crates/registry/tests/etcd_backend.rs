@@ -1,0 +1,563 @@
+//! etcd-specific behaviour, against real etcd servers started by `testkit`:
+//! the storage layout as `etcdctl` sees it, garbage under the prefix, lease
+//! loss and server restarts, compaction under a watch, paged reads, abandon
+//! next to live registrations on one lease, and a 3-member cluster losing a
+//! member. The behaviour every backend shares is in `conformance.rs`.
+//!
+//! Needs `etcd` and `etcdctl` 3.4+ (`apt-get install etcd-server etcd-client`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use futures::StreamExt;
+use registry::{
+    BackendConfig, Error, EtcdConfig, Instance, Registrar, Settings, WatchStream, Watcher,
+    etcd::EtcdRegistry,
+};
+use testkit::{EtcdCluster, EtcdServer, RegistryServer};
+
+/// Short enough to keep the tests quick, long enough for a loaded machine.
+const TTL: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long any expected change may take to show up.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "registry=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn settings(addr: &str) -> Settings {
+    Settings {
+        backend: BackendConfig::Etcd(EtcdConfig {
+            addr: addr.split(',').map(str::to_owned).collect(),
+            prefix: "/services".to_owned(),
+        }),
+        ttl: TTL,
+        timeout: TIMEOUT,
+    }
+}
+
+async fn connect(addr: &str) -> Result<EtcdRegistry> {
+    let settings = settings(addr);
+    let BackendConfig::Etcd(config) = &settings.backend else {
+        bail!("settings() builds an etcd config")
+    };
+    Ok(EtcdRegistry::connect(config, &settings).await?)
+}
+
+fn lorem(id: &str) -> Instance {
+    Instance::new("lorem", id, "127.0.0.1", 8080)
+}
+
+/// Runs blocking server control (start, stop, etcdctl) off the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Runs `etcdctl` against `endpoints`; returns stdout, fails with stderr.
+fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String> {
+    let bin = testkit::etcdctl_bin()?;
+    let output = blocking(|| {
+        let mut command = Command::new(&bin);
+        // etcdctl reads ETCDCTL_* (and etcd ETCD_*) variables as flags.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD") {
+                command.env_remove(&key);
+            }
+        }
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--command-timeout=5s")
+            .args(args)
+            .output()
+    })
+    .with_context(|| format!("running {} {args:?}", bin.display()))?;
+    ensure!(
+        output.status.success(),
+        "etcdctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The current revision of the store, read with etcdctl.
+fn revision(endpoints: &str) -> Result<i64> {
+    let out = etcdctl(endpoints, &["get", "/no-such-key", "-w", "json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    json["header"]["revision"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no revision in {out}"))
+}
+
+/// The lease (hex, as etcdctl takes it) that `key` is attached to.
+fn lease_of(endpoints: &str, key: &str) -> Result<String> {
+    let out = etcdctl(endpoints, &["get", key, "-w", "json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let lease = json["kvs"][0]["lease"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("{key} has no lease: {out}"))?;
+    Ok(format!("{lease:x}"))
+}
+
+/// Everything a watch produced while we waited: snapshots (as id lists)
+/// and errors.
+#[derive(Debug, Default)]
+struct Seen {
+    snapshots: Vec<Vec<String>>,
+    errors: Vec<String>,
+}
+
+fn ids(instances: &[Instance]) -> Vec<String> {
+    instances.iter().map(|i| i.id.clone()).collect()
+}
+
+/// Reads `watch` until a snapshot's ids equal `want`, or fails after
+/// `PATIENCE` naming what was seen.
+async fn wait_for(watch: &mut WatchStream, want: &[&str], seen: &mut Seen) -> Result<Instant> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let item = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .map_err(|_| anyhow!("the watch never showed {want:?}; saw {seen:?}"))?
+            .ok_or_else(|| anyhow!("the watch ended; saw {seen:?}"))?;
+        match item {
+            Ok(snapshot) => {
+                let got = ids(&snapshot);
+                seen.snapshots.push(got.clone());
+                if got == want {
+                    return Ok(Instant::now());
+                }
+            }
+            Err(error) => seen.errors.push(error.to_string()),
+        }
+    }
+}
+
+/// Polls `instances(service)` until its ids equal `want`.
+async fn poll_until(registry: &EtcdRegistry, service: &str, want: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match registry.instances(service).await {
+            Ok(found) if ids(&found) == want => return Ok(()),
+            other => last = Some(format!("{other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("instances({service}) never became {want:?}; last {last:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_is_what_etcdctl_shows_and_etcdctl_writes_are_discovered() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &[], &mut seen).await?;
+
+    let a = lorem("a").with_tag("v1").with_metadata("zone", "eu");
+    let _a = registry.register(a.clone()).await?;
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+    let shown = etcdctl(&ep, &["get", "--prefix", "/services/lorem/"])?;
+    println!("$ etcdctl get --prefix /services/lorem/\n{shown}");
+    assert_eq!(
+        shown,
+        format!(
+            "/services/lorem/a\n{}\n",
+            String::from_utf8(a.to_json()).unwrap()
+        )
+    );
+
+    // Another tool registers in our layout, without a lease: discovered.
+    let b = r#"{"id":"b","service":"lorem","address":"10.0.0.2","port":9000}"#;
+    etcdctl(&ep, &["put", "/services/lorem/b", b])?;
+    wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+    assert_eq!(
+        registry.instances("lorem").await?[1],
+        Instance::new("lorem", "b", "10.0.0.2", 9000)
+    );
+    assert_eq!(registry.services().await?, vec!["lorem".to_owned()]);
+    etcdctl(&ep, &["del", "/services/lorem/b"])?;
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+    assert!(seen.errors.is_empty(), "{seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_under_the_prefix_is_skipped_and_the_watch_keeps_working() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let _a = registry.register(lorem("a")).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+
+    let other_id = String::from_utf8(lorem("zz").to_json())?;
+    let other_service = String::from_utf8(Instance::new("ipsum", "c", "h", 1).to_json())?;
+    for (key, value) in [
+        ("/services/lorem/bad", "not json"),
+        ("/services/lorem/wrong-id", other_id.as_str()),
+        ("/services/lorem/c", other_service.as_str()),
+        (
+            "/services/lorem/deep/er",
+            r#"{"id":"er","service":"lorem","address":"h","port":1}"#,
+        ),
+        (
+            "/services/lorem/noport",
+            r#"{"id":"noport","service":"lorem","address":"h"}"#,
+        ),
+        ("/services/junk/x", "{}"),
+        ("/services/loose-key", "x"),
+    ] {
+        etcdctl(&ep, &["put", key, value])?;
+    }
+    // The watch saw every put; none of them changes the live set.
+    let _b = registry.register(lorem("b")).await?;
+    wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+    assert!(
+        seen.snapshots.iter().all(|s| !s.is_empty()),
+        "a spurious empty set: {seen:?}"
+    );
+    assert_eq!(ids(&registry.instances("lorem").await?), ["a", "b"]);
+    // `junk` has only garbage: not a live service.
+    assert_eq!(registry.services().await?, vec!["lorem".to_owned()]);
+
+    // Garbage overwriting a live instance removes it; a fresh watch agrees.
+    etcdctl(&ep, &["put", "/services/lorem/a", "garbage"])?;
+    wait_for(&mut watch, &["b"], &mut seen).await?;
+    let mut fresh = registry.watch("lorem");
+    wait_for(&mut fresh, &["b"], &mut Seen::default()).await?;
+    assert!(seen.errors.is_empty(), "{seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_lease_is_replaced_and_the_instances_come_back() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let _a = registry.register(lorem("a")).await?;
+    let _b = registry.register(lorem("b")).await?;
+    let lease = lease_of(&ep, "/services/lorem/a")?;
+    assert_eq!(
+        lease,
+        lease_of(&ep, "/services/lorem/b")?,
+        "one lease per registrar"
+    );
+
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+    let revoked = Instant::now();
+    etcdctl(&ep, &["lease", "revoke", &lease])?;
+    wait_for(&mut watch, &[], &mut seen).await?;
+    let back = wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+    println!(
+        "etcd: lease revoked with etcdctl -> both instances registered again in {:?}",
+        back - revoked
+    );
+    let new_lease = lease_of(&ep, "/services/lorem/a")?;
+    assert_ne!(new_lease, lease);
+    assert_eq!(new_lease, lease_of(&ep, "/services/lorem/b")?);
+
+    // The new lease is kept alive.
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(ids(&registry.instances("lorem").await?), ["a", "b"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarts_keep_or_restore_the_registrations() -> Result<()> {
+    init_tracing();
+    let mut etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let _a = registry.register(lorem("a")).await?;
+    let watcher = connect(&ep).await?;
+    let mut watch = watcher.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+
+    // Same data: the lease survives the restart and is renewed in time.
+    let lease = lease_of(&ep, "/services/lorem/a")?;
+    blocking(|| etcd.restart())?;
+    poll_until(&registry, "lorem", &["a"]).await?;
+    tokio::time::sleep(TTL * 2).await;
+    poll_until(&registry, "lorem", &["a"]).await?;
+    assert_eq!(
+        lease_of(&ep, "/services/lorem/a")?,
+        lease,
+        "the same lease, renewed"
+    );
+
+    // Data lost: a new lease, and the instance is put back by itself.
+    let data = etcd.dir().join("m0.data");
+    blocking(|| -> Result<()> {
+        etcd.stop()?;
+        std::fs::remove_dir_all(&data)?;
+        etcd.start()
+    })?;
+    let restarted = Instant::now();
+    poll_until(&registry, "lorem", &["a"]).await?;
+    println!(
+        "etcd: restart with data lost -> instance registered again {:?} after the server was back",
+        restarted.elapsed()
+    );
+    assert_ne!(lease_of(&ep, "/services/lorem/a")?, lease);
+    // The watch got an error during the outage, then recovered by itself.
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+    println!("etcd: watch items during the outages: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistration_during_an_outage_is_applied_when_the_server_is_back() -> Result<()> {
+    init_tracing();
+    let mut etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let a = registry.register(lorem("a")).await?;
+    let _b = registry.register(lorem("b")).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+    blocking(|| etcd.stop())?;
+    let err = a.deregister().await.expect_err("etcd is down");
+    assert!(err.is_transient(), "{err:?}");
+    // The watch reports the outage as an error item and stays open.
+    let error = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .context("no error item while etcd was down")?
+        .context("the watch ended")?
+        .expect_err("etcd is down; the watch cannot have news");
+    println!("etcd: watch during the outage: {error}");
+    blocking(|| etcd.start())?;
+    // The lease survived (same data) and still holds b; a must go anyway.
+    wait_for(&mut watch, &["b"], &mut seen).await?;
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(ids(&registry.instances("lorem").await?), ["b"]);
+    assert!(
+        seen.snapshots.iter().all(|s| !s.is_empty()),
+        "a spurious empty set: {seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_compacted_before_the_watch_starts_gives_a_fresh_snapshot() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let a = registry.register(lorem("a")).await?;
+    // The watch reads its snapshot, then waits before watching from the
+    // snapshot's revision + 1: long enough to change and compact.
+    let watcher = connect(&ep)
+        .await?
+        .with_watch_start_delay(Duration::from_secs(3));
+    let mut watch = watcher.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+    let before = revision(&ep)?;
+
+    let _b = registry.register(lorem("b")).await?;
+    let _c = registry.register(lorem("c")).await?;
+    a.deregister().await?;
+    for i in 0..20 {
+        etcdctl(&ep, &["put", "/services/lorem/churn", &format!("{i}")])?;
+    }
+    etcdctl(&ep, &["del", "/services/lorem/churn"])?;
+    let now = revision(&ep)?;
+    ensure!(now > before + 1, "no change happened: {before} -> {now}");
+    etcdctl(&ep, &["compact", &now.to_string()])?;
+
+    wait_for(&mut watch, &["b", "c"], &mut seen).await?;
+    assert!(
+        seen.snapshots.iter().all(|s| !s.is_empty()),
+        "a spurious empty set: {seen:?}"
+    );
+    assert!(
+        seen.errors.is_empty(),
+        "compaction is not an error: {seen:?}"
+    );
+    // And the new watch follows changes.
+    let _d = registry.register(lorem("d")).await?;
+    wait_for(&mut watch, &["b", "c", "d"], &mut seen).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_behind_a_compaction_catches_up_correctly() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &[], &mut seen).await?;
+
+    // Nobody reads the watch while many changes of large values happen,
+    // then the history is compacted.
+    let mut kept = Vec::new();
+    let padding = "x".repeat(250);
+    for i in 0..200 {
+        let mut instance = lorem(&format!("i{i:03}"));
+        for t in 0..20 {
+            instance = instance.with_tag(format!("{t:02}{padding}"));
+        }
+        let registration = registry.register(instance).await?;
+        if i % 2 == 0 {
+            kept.push(registration);
+        } else {
+            registration.deregister().await?;
+        }
+    }
+    etcdctl(&ep, &["compact", &revision(&ep)?.to_string()])?;
+    let want: Vec<String> = (0..200).step_by(2).map(|i| format!("i{i:03}")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    wait_for(&mut watch, &want, &mut seen).await?;
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    assert_eq!(ids(&registry.instances("lorem").await?), want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_span_many_pages() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?.with_page_size(3);
+    let mut registrations = Vec::new();
+    for i in 0..11 {
+        registrations.push(registry.register(lorem(&format!("a{i:02}"))).await?);
+    }
+    // Names that sort right next to `lorem` and each other, so that skipping
+    // past a service must not skip a neighbour.
+    let services = ["lorem-x", "lorem.x", "lorem0", "lorem_x", "lorem", "a", "z"];
+    for service in services {
+        for id in ["1", "2", "3", "4"] {
+            registrations.push(
+                registry
+                    .register(Instance::new(service, id, "127.0.0.1", 1))
+                    .await?,
+            );
+        }
+    }
+    etcdctl(&ep, &["put", "/services/lorem/a05x", "garbage"])?;
+    etcdctl(&ep, &["put", "/services/only-garbage/1", "garbage"])?;
+
+    let want: Vec<String> = (0..11)
+        .map(|i| format!("a{i:02}"))
+        .chain(["1", "2", "3", "4"].map(String::from))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let found = ids(&registry.instances("lorem").await?);
+    assert_eq!(found, want);
+    let mut names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    names.sort();
+    assert_eq!(registry.services().await?, names);
+    let mut watch = registry.watch("lorem");
+    let first = watch.next().await.expect("watch streams do not end")?;
+    assert_eq!(ids(&first), want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_expires_only_the_abandoned_instance_of_a_shared_lease() -> Result<()> {
+    init_tracing();
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    let _a = registry.register(lorem("a")).await?;
+    let b = registry.register(lorem("b")).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a", "b"], &mut seen).await?;
+
+    let abandoned = Instant::now();
+    b.abandon();
+    let gone = wait_for(&mut watch, &["a"], &mut seen).await?;
+    println!(
+        "etcd: abandon -> gone after {:?} (TTL {TTL:?})",
+        gone - abandoned
+    );
+    // Not removed at once, as a deregistration would.
+    assert!(gone - abandoned >= TTL / 2, "{:?}", gone - abandoned);
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(ids(&registry.instances("lorem").await?), ["a"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_losing_a_member_keeps_registrations_and_watches_working() -> Result<()> {
+    init_tracing();
+    let mut cluster = blocking(|| EtcdCluster::start(3))?;
+    let addr = cluster.registry_addr();
+    let registry = connect(&addr).await?;
+    let _a = registry.register(lorem("a")).await?;
+    let mut watch = registry.watch("lorem");
+    let mut seen = Seen::default();
+    wait_for(&mut watch, &["a"], &mut seen).await?;
+
+    for member in [0, 1] {
+        blocking(|| cluster.stop_member(member))?;
+        let stopped = Instant::now();
+        let id = format!("m{member}");
+        let registration = registry.register(lorem(&id)).await;
+        let registration = match registration {
+            Ok(r) => r,
+            // The first call after the stop may have gone to the stopped
+            // member; the next one must not.
+            Err(error) if error.is_transient() => registry.register(lorem(&id)).await?,
+            Err(error) => return Err(error.into()),
+        };
+        wait_for(&mut watch, &["a", &id], &mut seen).await?;
+        // Keep-alives go on: nothing expires over several TTLs.
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(ids(&registry.instances("lorem").await?), ["a", id.as_str()]);
+        registration.deregister().await?;
+        wait_for(&mut watch, &["a"], &mut seen).await?;
+        println!(
+            "etcd: member {member} stopped -> register, watch, keep-alive, deregister fine ({:?})",
+            stopped.elapsed()
+        );
+        blocking(|| cluster.start_member(member))?;
+    }
+    println!("etcd cluster: watch items: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_nothing_fails_within_the_timeout_naming_the_address() -> Result<()> {
+    init_tracing();
+    let port = testkit::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    // A guard against hanging only; the deadline inside is REGISTRY_TIMEOUT.
+    let err = tokio::time::timeout(PATIENCE, connect(&addr))
+        .await
+        .context("connect hung")?
+        .expect_err("nothing listens there");
+    println!(
+        "etcd: connect to nothing failed after {:?}: {err}",
+        started.elapsed()
+    );
+    let err = err.downcast::<Error>()?;
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    Ok(())
+}
