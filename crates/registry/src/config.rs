@@ -354,7 +354,7 @@ impl Endpoint {
         } else {
             rest.rsplit_once(':').ok_or_else(|| bad("has no port"))?
         };
-        if host.is_empty() || host.contains('/') || host.contains(' ') {
+        if host.is_empty() || host.contains(['/', ' ', ',', '@', '?', '#']) {
             return Err(bad("has no valid host"));
         }
         let port: u16 = port
@@ -515,6 +515,8 @@ pub async fn connect(settings: &Settings) -> Result<DynRegistry> {
 mod tests {
     use super::*;
 
+    // figment's own error type is large; this is test-only plumbing.
+    #[allow(clippy::result_large_err)]
     fn load(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings> {
         let mut out = None;
         figment::Jail::expect_with(|jail| {
@@ -631,5 +633,6 @@ mod tests {
         assert!(Endpoint::parse("zk://h:1").is_err());
         assert!(Endpoint::parse("h:0").is_err());
         assert!(Endpoint::parse("h:x").is_err());
+        assert!(Endpoint::parse("a:1,b:2").is_err());
     }
 }

@@ -178,7 +178,11 @@ fn invalid(message: String) -> Error {
 /// # Errors
 /// [`Error::InvalidInstance`] naming `what` and the value.
 pub fn validate_name(what: &str, value: &str) -> Result<()> {
+    // `.` and `..` are valid characters but not valid path segments (etcd
+    // keys, ZooKeeper nodes, Consul URLs), so they are refused everywhere.
     let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
         && value.len() <= MAX_NAME_LEN
         && value
             .bytes()
@@ -187,7 +191,7 @@ pub fn validate_name(what: &str, value: &str) -> Result<()> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "{what} {value:?} must match [A-Za-z0-9._-]{{1,{MAX_NAME_LEN}}}"
+            "{what} {value:?} must match [A-Za-z0-9._-]{{1,{MAX_NAME_LEN}}} and not be . or .."
         )))
     }
 }
@@ -284,6 +288,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "id \"\"",
+            ),
+            (
+                Instance {
+                    id: "..".into(),
+                    ..ok.clone()
+                },
+                "not be . or ..",
             ),
             (
                 Instance {

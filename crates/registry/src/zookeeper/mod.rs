@@ -1,0 +1,392 @@
+//! The ZooKeeper backend: one session per registrar, one ephemeral node per
+//! instance.
+//!
+//! | operation    | ZooKeeper                                                                  |
+//! |--------------|----------------------------------------------------------------------------|
+//! | connect      | open a session (timeout below); retried with backoff until `REGISTRY_TIMEOUT` |
+//! | register     | `mkdir -p <prefix>/<service>` (persistent), then `create -e <prefix>/<service>/<id>` holding [`Instance::to_json`] |
+//! | keep alive   | the session itself: zookeeper-client pings every third of the session timeout |
+//! | replace      | our own node: `set`; another session's node: one `multi { delete; create -e }` |
+//! | deregister   | `delete` the node, if our session owns it                                  |
+//! | abandon      | one `multi { delete; create -e }` moves the node to a throwaway session, which is then dropped without `CloseSession`: the server expires it after the session timeout, exactly as after a crash |
+//! | session lost | open a new session and create every live node again, with backoff          |
+//! | reconnected  | verify every node we own (events and requests may have been lost)          |
+//! | instances    | `ls <prefix>/<service>`, then one multi-read of every child's data         |
+//! | services     | `ls <prefix>`, then the above for every service                            |
+//! | watch        | `addWatch -m PERSISTENT_RECURSIVE <prefix>/<service>` (works before the node exists), one `get` per changed child; after every reconnect, `addWatch` again and a full re-read |
+//!
+//! # Layout
+//!
+//! Each instance is an EPHEMERAL node `<prefix>/<service>/<id>` (prefix
+//! `REGISTRY_PREFIX`, default `/services`) whose data is the instance JSON;
+//! the parents are persistent and left in place. With `lorem` instances `a`
+//! and `b` registered, `zkCli.sh`:
+//!
+//! ```text
+//! [zk: 127.0.0.1:2181(CONNECTED) 0] ls /services
+//! [lorem]
+//! [zk: 127.0.0.1:2181(CONNECTED) 1] ls /services/lorem
+//! [a, b]
+//! [zk: 127.0.0.1:2181(CONNECTED) 2] get /services/lorem/a
+//! {"id":"a","service":"lorem","address":"127.0.0.1","port":8080,"tags":["v1"],"metadata":{},"weight":1}
+//! [zk: 127.0.0.1:2181(CONNECTED) 3] stat /services/lorem/a
+//! ...
+//! ephemeralOwner = 0x1000017d3f50000
+//! ...
+//! ```
+//!
+//! Another tool may write instances in that layout (`create -e
+//! /services/lorem/c '{"id":"c",...}'`, ephemeral or not): they are discovered
+//! like ours. Children whose data is not an instance, or whose JSON names
+//! another service or id than its path, are skipped with a warning. The ids
+//! `.` and `..`, valid in the model, cannot be ZooKeeper node names and are
+//! refused here.
+//!
+//! # Session timeout
+//!
+//! The session timeout is [`ZookeeperConfig::effective_session_timeout`]:
+//! the `session_timeout` setting if given, else the TTL but never less than
+//! 6 s. An instance of a crashed process disappears one session timeout
+//! (plus up to one server `tickTime`) after its last ping. The 6 s floor is
+//! there because zookeeper-client gives a session up about 1.4 x its timeout
+//! after the last reply it received, and a ZooKeeper restart takes 3-4 s
+//! (SIGTERM about 2 s, then JVM start): shorter sessions would be lost across
+//! every restart, and their instances would flicker out of the registry.
+//! The server clamps the timeout it grants to 2..20 x its `tickTime`
+//! (4-40 s with the default 2 s tick); the granted value is logged.
+//!
+//! # One session per registry value
+//!
+//! [`ZookeeperRegistry::connect`] opens one session, owned by a background
+//! task (the registrar): it creates the nodes, notices `Disconnected`,
+//! `SyncConnected` and `Expired`, and re-establishes everything. Reads and
+//! watches made through the same value (or its clones) use that same
+//! session rather than one of their own: a persistent watch is only
+//! server-side state of a session, so one session means one recovery path
+//! for registrations and watches alike, and one connection for a process
+//! that both registers and discovers. Watching never holds back registering:
+//! each watch stream reads in its own task. When the session is replaced,
+//! every watch stream adds its watch on the new one and re-reads the full
+//! state. Besides the session events, the registrar checks every session
+//! timeout, in one multi-read, that its nodes are still there and its own
+//! (another client may have deleted one), and restores them if not. Ids
+//! must be unique within a service: two registrars registering the same id
+//! take the node from each other at every check, with a warning each time.
+//!
+//! After a reconnect that keeps the session, zookeeper-client leaves two
+//! things to us: events that happened while disconnected are lost
+//! (ZOOKEEPER-4698), hence a full re-read; and version 0.11.2 does not
+//! re-send persistent watches to the server at all (its `resend_watches`
+//! only sends the data, exist and child lists), hence each watch stream adds
+//! its watch again before that re-read.
+//!
+//! Abandoned nodes are the one exception to one session per value: each is
+//! handed to a throwaway session opened for that purpose and never closed,
+//! so that only that node expires while the registrar keeps the others
+//! alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+use zookeeper_client as zk;
+
+use crate::config::{Endpoint, Settings, ZookeeperConfig, endpoints_or_default};
+use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::error::{Error, Result, with_deadline};
+use crate::model::{Instance, validate_name};
+
+mod read;
+mod registrar;
+
+use registrar::Command;
+
+/// The backend's name in errors and logs.
+const BACKEND: &str = "zookeeper";
+/// Where to connect when `REGISTRY_ADDR` is not set.
+const DEFAULT_ADDR: &str = "127.0.0.1:2181";
+
+/// A connection to a ZooKeeper ensemble: registers instances as ephemeral
+/// nodes of one session, and reads and watches them.
+///
+/// Cheap to clone; clones share the session and its background task. The
+/// session is closed (and every node still registered through it removed)
+/// once the last clone, registration and watch stream are dropped.
+#[derive(Clone)]
+pub struct ZookeeperRegistry {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ZookeeperRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperRegistry")
+            .field("addr", &self.shared.params.connect_string)
+            .field("prefix", &self.shared.params.prefix)
+            .field("session_timeout", &self.shared.params.session_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every handle, registration and watch of one registry shares.
+#[derive(Debug)]
+struct Shared {
+    params: Params,
+    /// The registrar task's mailbox; the task ends when every sender is gone.
+    commands: mpsc::UnboundedSender<Command>,
+    /// The current session; `None` while a lost one is being replaced.
+    session: watch::Receiver<Option<zk::Client>>,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+struct Params {
+    /// `host:port,host:port`, as zookeeper-client wants it; also the address
+    /// named in errors.
+    connect_string: String,
+    /// The root of our nodes, `/services` by default.
+    prefix: String,
+    /// The deadline of every call (`REGISTRY_TIMEOUT`).
+    timeout: Duration,
+    /// The session timeout we ask for.
+    session_timeout: Duration,
+}
+
+impl Params {
+    /// `<prefix>/<service>`.
+    fn service_path(&self, service: &str) -> String {
+        format!("{}/{service}", self.prefix)
+    }
+
+    /// `<prefix>/<service>/<id>`.
+    fn node_path(&self, service: &str, id: &str) -> String {
+        format!("{}/{service}/{id}", self.prefix)
+    }
+
+    /// Maps a zookeeper-client error into ours, naming what we were doing.
+    fn error(&self, operation: &'static str, error: zk::Error) -> Error {
+        map_error(&self.connect_string, operation, error)
+    }
+}
+
+/// A failed ZooKeeper request, kept as the `source` of an [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} failed: {source}")]
+struct RequestError {
+    operation: &'static str,
+    #[source]
+    source: zk::Error,
+}
+
+/// Maps a zookeeper-client error into our error type.
+fn map_error(addr: &str, operation: &'static str, error: zk::Error) -> Error {
+    use zk::Error as Z;
+    match error {
+        Z::SessionExpired | Z::SessionMoved | Z::ClientClosed => Error::LeaseLost {
+            backend: BACKEND,
+            reason: format!("{operation} failed: {error}; a new session is being opened"),
+        },
+        Z::NoAuth
+        | Z::AuthFailed
+        | Z::InvalidAcl
+        | Z::QuotaExceeded
+        | Z::NoChildrenForEphemerals
+        | Z::NotEmpty
+        | Z::NotReadOnly
+        | Z::BadArguments(_) => Error::Rejected {
+            backend: BACKEND,
+            operation,
+            reason: error.to_string(),
+        },
+        other => Error::unavailable(
+            BACKEND,
+            addr,
+            RequestError {
+                operation,
+                source: other,
+            },
+        ),
+    }
+}
+
+/// Checks a service name or id: the model's rules, plus ZooKeeper's own
+/// (`.` and `..` are not node names).
+fn validate_node_name(what: &str, value: &str) -> Result<()> {
+    validate_name(what, value)?;
+    if value == "." || value == ".." {
+        return Err(Error::InvalidInstance(format!(
+            "{what} {value:?} cannot be a ZooKeeper node name; use letters, digits, '.', '_' or '-' but not \".\" or \"..\" alone"
+        )));
+    }
+    Ok(())
+}
+
+impl ZookeeperRegistry {
+    /// Opens a session to the ensemble in `config.addr` (default
+    /// `127.0.0.1:2181`) and starts the task that keeps it, and every
+    /// instance registered through it, alive.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an address with an `https://` scheme (TLS
+    /// is not supported); [`Error::Unavailable`] naming the address(es) if
+    /// no session could be opened within `settings.timeout`.
+    pub async fn connect(config: &ZookeeperConfig, settings: &Settings) -> Result<Self> {
+        // Accept "a:1,b:2" in one entry too, as a ZooKeeper connect string.
+        let addrs: Vec<String> = config
+            .addr
+            .iter()
+            .flat_map(|entry| entry.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let endpoints = endpoints_or_default(BACKEND, &addrs, DEFAULT_ADDR)?;
+        if let Some(endpoint) = endpoints
+            .iter()
+            .find(|e| e.scheme.as_deref() == Some("https"))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "zookeeper address {} asks for TLS, which this client does not support; give host:port",
+                endpoint.url("https")
+            )));
+        }
+        let params = Params {
+            connect_string: endpoints
+                .iter()
+                .map(Endpoint::authority)
+                .collect::<Vec<_>>()
+                .join(","),
+            prefix: config.prefix.clone(),
+            timeout: settings.timeout,
+            session_timeout: config.effective_session_timeout(settings.ttl),
+        };
+        let client = registrar::open_session(&params).await?;
+        tracing::info!(
+            backend = BACKEND,
+            addr = %params.connect_string,
+            session = %client.session_id(),
+            requested = ?params.session_timeout,
+            granted = ?client.session_timeout(),
+            "zookeeper session opened"
+        );
+        let (commands, mailbox) = mpsc::unbounded_channel();
+        let (publish, session) = watch::channel(Some(client.clone()));
+        tokio::spawn(registrar::Registrar::new(params.clone(), client, publish, mailbox).run());
+        Ok(ZookeeperRegistry {
+            shared: Arc::new(Shared {
+                params,
+                commands,
+                session,
+            }),
+        })
+    }
+
+    /// Sends `command` to the registrar task and waits for its reply under
+    /// the deadline.
+    async fn ask<T>(
+        shared: &Shared,
+        operation: &'static str,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        shared
+            .commands
+            .send(command(reply))
+            .map_err(|_| Error::Closed { backend: BACKEND })?;
+        with_deadline(BACKEND, operation, shared.params.timeout, async {
+            answer
+                .await
+                .map_err(|_| Error::Closed { backend: BACKEND })?
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Registrar for ZookeeperRegistry {
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        instance.validate()?;
+        validate_node_name("service", &instance.service)?;
+        validate_node_name("id", &instance.id)?;
+        let path = self
+            .shared
+            .params
+            .node_path(&instance.service, &instance.id);
+        let token = Self::ask(&self.shared, "register", |reply| Command::Register {
+            instance: instance.clone(),
+            reply,
+        })
+        .await?;
+        Ok(Registration::new(
+            instance,
+            Box::new(ZookeeperKeepAlive {
+                shared: self.shared.clone(),
+                path,
+                token,
+            }),
+        ))
+    }
+}
+
+/// Keeps one node registered: a handle on the registrar task.
+struct ZookeeperKeepAlive {
+    shared: Arc<Shared>,
+    path: String,
+    /// Which registration of the path this is, so that a stale handle never
+    /// removes a newer registration of the same id.
+    token: u64,
+}
+
+#[async_trait]
+impl KeepAlive for ZookeeperKeepAlive {
+    async fn deregister(self: Box<Self>) -> Result<()> {
+        let ZookeeperKeepAlive {
+            shared,
+            path,
+            token,
+        } = *self;
+        ZookeeperRegistry::ask(&shared, "deregister", |reply| Command::Deregister {
+            path,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    fn abandon(self: Box<Self>) {
+        let command = Command::Abandon {
+            path: self.path.clone(),
+            token: self.token,
+        };
+        if self.shared.commands.send(command).is_err() {
+            tracing::debug!(backend = BACKEND, path = %self.path, "registrar already gone; nothing to abandon");
+        }
+    }
+}
+
+#[async_trait]
+impl Watcher for ZookeeperRegistry {
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        validate_node_name("service", service)?;
+        let shared = &self.shared;
+        with_deadline(BACKEND, "read", shared.params.timeout, async {
+            let client = read::current_session(&shared.session).await?;
+            let instances = read::read_service(&shared.params, &client, service).await?;
+            Ok(instances.into_values().collect())
+        })
+        .await
+    }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        let shared = &self.shared;
+        with_deadline(BACKEND, "read", shared.params.timeout, async {
+            let client = read::current_session(&shared.session).await?;
+            read::read_services(&shared.params, &client).await
+        })
+        .await
+    }
+
+    fn watch(&self, service: &str) -> WatchStream {
+        read::watch(self.shared.clone(), service.to_owned())
+    }
+}

@@ -1,0 +1,791 @@
+//! One conformance suite that every backend must pass.
+//!
+//! Each behaviour is one generic `async fn` taking a [`Harness`]; the
+//! `conformance!` macro calls it once per backend: the in-process `memory`
+//! registry, and real etcd, ZooKeeper and Consul servers started by the
+//! `testkit` on loopback. Nothing here mocks a backend.
+//!
+//! Behaviours a backend cannot offer are listed in [`NOT_APPLICABLE`], with
+//! the reason, and the test says so in its output instead of skipping silently:
+//! - memory has no separate server process to restart (8) or to point at a
+//!   wrong address (9: it has no address), and nothing but our own code can
+//!   write into it, so there is no garbage to skip (7).
+//!
+//! Timings (how long a crash took to be noticed, how long a restart took to
+//! heal) are printed, never asserted beyond generous deadlines.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use registry::{
+    BackendConfig, ConsulConfig, DynRegistry, Error, EtcdConfig, Instance, MemoryRegistry,
+    Registrar, Settings, WatchStream, Watcher, ZookeeperConfig,
+};
+use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
+
+/// The registration TTL every backend runs the suite with.
+const TTL: Duration = Duration::from_secs(2);
+/// The per-call deadline (REGISTRY_TIMEOUT) of the suite.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// (backend, behaviour, why it does not apply).
+const NOT_APPLICABLE: &[(&str, &str, &str)] = &[
+    (
+        "memory",
+        "garbage",
+        "only this process writes the memory registry, through validated calls",
+    ),
+    (
+        "memory",
+        "restart",
+        "the memory registry has no server to restart; it lives and dies with the process",
+    ),
+    (
+        "memory",
+        "unreachable",
+        "the memory registry has no address to get wrong",
+    ),
+    (
+        "memory",
+        "sigkill",
+        "a killed process takes its memory registry with it; abandon() covers the crash",
+    ),
+];
+
+fn not_applicable(backend: &str, behaviour: &str) -> bool {
+    match NOT_APPLICABLE
+        .iter()
+        .find(|(b, what, _)| *b == backend && *what == behaviour)
+    {
+        Some((_, _, why)) => {
+            println!("conformance {backend} {behaviour}: does not apply: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A backend under test: its server (if any) and the settings to reach it.
+struct Harness {
+    backend: &'static str,
+    server: Option<Box<dyn RegistryServer>>,
+    settings: Settings,
+    /// Shared store for the memory backend, so that separate "connections"
+    /// of one test see each other while tests stay isolated.
+    memory: Option<MemoryRegistry>,
+}
+
+impl Harness {
+    fn memory() -> Harness {
+        Harness {
+            backend: "memory",
+            server: None,
+            settings: settings(BackendConfig::default()),
+            memory: Some(MemoryRegistry::new(TTL)),
+        }
+    }
+
+    fn etcd() -> Harness {
+        let server = EtcdServer::start().expect("start etcd (see testkit for how to install it)");
+        let config = EtcdConfig {
+            addr: vec![server.registry_addr()],
+            ..EtcdConfig::default()
+        };
+        Harness::real("etcd", Box::new(server), BackendConfig::Etcd(config))
+    }
+
+    fn zookeeper() -> Harness {
+        let server =
+            ZkServer::start().expect("start ZooKeeper (see testkit for how to install it)");
+        let config = ZookeeperConfig {
+            addr: vec![server.registry_addr()],
+            ..ZookeeperConfig::default()
+        };
+        Harness::real(
+            "zookeeper",
+            Box::new(server),
+            BackendConfig::Zookeeper(config),
+        )
+    }
+
+    fn consul() -> Harness {
+        let server =
+            ConsulAgent::start().expect("start Consul (run scripts/build-consul.sh to build it)");
+        let config = ConsulConfig {
+            addr: vec![server.registry_addr()],
+            token: None,
+        };
+        Harness::real("consul", Box::new(server), BackendConfig::Consul(config))
+    }
+
+    fn real(backend: &'static str, server: Box<dyn RegistryServer>, config: BackendConfig) -> Self {
+        Harness {
+            backend,
+            server: Some(server),
+            settings: settings(config),
+            memory: None,
+        }
+    }
+
+    /// A new, separate connection to the backend.
+    async fn connect(&self) -> DynRegistry {
+        match &self.memory {
+            Some(memory) => Arc::new(memory.clone()),
+            None => registry::connect(&self.settings)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {}: {e}", self.backend)),
+        }
+    }
+
+    /// How long an abandoned instance may take to disappear: the TTL, or the
+    /// ZooKeeper session timeout.
+    fn expiry(&self) -> Duration {
+        match &self.settings.backend {
+            BackendConfig::Zookeeper(zk) => zk.effective_session_timeout(self.settings.ttl),
+            _ => self.settings.ttl,
+        }
+    }
+
+    fn server(&mut self) -> &mut dyn RegistryServer {
+        self.server
+            .as_deref_mut()
+            .expect("this backend has a server")
+    }
+}
+
+fn settings(backend: BackendConfig) -> Settings {
+    Settings {
+        backend,
+        ttl: TTL,
+        timeout: TIMEOUT,
+    }
+}
+
+fn instance(service: &str, id: &str, port: u16) -> Instance {
+    Instance::new(service, id, "127.0.0.1", port)
+}
+
+fn ids(instances: &[Instance]) -> Vec<&str> {
+    instances.iter().map(|i| i.id.as_str()).collect()
+}
+
+/// Reads the watch until a snapshot satisfies `done`, or fails after `within`
+/// naming what never happened. Error items are tolerated (the stream must
+/// carry on behind them). Returns the matching snapshot.
+async fn await_snapshot(
+    watch: &mut WatchStream,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[Instance]) -> bool,
+) -> Vec<Instance> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(snapshot))) => {
+                if done(&snapshot) {
+                    return snapshot;
+                }
+                last = Some(ids(&snapshot).join(","));
+            }
+            Ok(Some(Err(error))) => println!("  watch reported (and carries on): {error}"),
+            Ok(None) => panic!("the watch stream ended while waiting for {what}"),
+            Err(_) => panic!("{what} did not happen within {within:?}; last snapshot: {last:?}"),
+        }
+    }
+}
+
+/// Polls `instances()` until `done`, for checks that do not use a watch.
+async fn await_instances(
+    watcher: &dyn Watcher,
+    service: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[Instance]) -> bool,
+) -> Vec<Instance> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match watcher.instances(service).await {
+            Ok(found) if done(&found) => return found,
+            Ok(found) => ids(&found).join(","),
+            Err(error) => format!("error: {error}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}; last read: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// 1. A registered instance is visible to a separate watcher within a deadline.
+async fn visible(h: Harness) {
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let mut watch = watcher.watch("svc1");
+    await_snapshot(&mut watch, TIMEOUT, "the first, empty snapshot", |s| {
+        s.is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    let a = registrar
+        .register(instance("svc1", "a", 9001))
+        .await
+        .unwrap();
+    await_snapshot(&mut watch, TIMEOUT, "instance a to appear", |s| {
+        ids(s) == ["a"]
+    })
+    .await;
+    println!(
+        "conformance {} visible: register -> watch event in {:?}",
+        h.backend,
+        started.elapsed()
+    );
+    let b = registrar
+        .register(instance("svc1", "b", 9002))
+        .await
+        .unwrap();
+    await_snapshot(&mut watch, TIMEOUT, "instances a and b", |s| {
+        ids(s) == ["a", "b"]
+    })
+    .await;
+    let listed = watcher.instances("svc1").await.unwrap();
+    assert_eq!(ids(&listed), ["a", "b"]);
+    assert!(
+        watcher
+            .services()
+            .await
+            .unwrap()
+            .contains(&"svc1".to_owned())
+    );
+    a.deregister().await.unwrap();
+    b.deregister().await.unwrap();
+}
+
+// 2. Tags, metadata and weight round-trip.
+async fn round_trip(h: Harness) {
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let rich = instance("svc2", "rich", 9003)
+        .with_tag("v1")
+        .with_tag("blue green")
+        .with_metadata("zone", "eu-west-1")
+        .with_metadata("build_id", "x".repeat(512))
+        .with_weight(7);
+    let plain = instance("svc2", "plain", 9004);
+    let _r1 = registrar.register(rich.clone()).await.unwrap();
+    let _r2 = registrar.register(plain.clone()).await.unwrap();
+    let found = await_instances(&*watcher, "svc2", TIMEOUT, "both instances", |s| {
+        s.len() == 2
+    })
+    .await;
+    let by_id: BTreeMap<&str, &Instance> = found.iter().map(|i| (i.id.as_str(), i)).collect();
+    assert_eq!(
+        by_id["rich"], &rich,
+        "tags, metadata and weight must round-trip"
+    );
+    assert_eq!(by_id["plain"], &plain);
+}
+
+// 3. After deregister, the instance is gone.
+async fn deregister(h: Harness) {
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let a = registrar
+        .register(instance("svc3", "a", 9005))
+        .await
+        .unwrap();
+    let _b = registrar
+        .register(instance("svc3", "b", 9006))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc3");
+    await_snapshot(&mut watch, TIMEOUT, "a and b", |s| s.len() == 2).await;
+    let started = Instant::now();
+    a.deregister().await.unwrap();
+    await_snapshot(&mut watch, TIMEOUT, "a to be gone after deregister", |s| {
+        ids(s) == ["b"]
+    })
+    .await;
+    println!(
+        "conformance {} deregister: gone from the watch in {:?}",
+        h.backend,
+        started.elapsed()
+    );
+    assert_eq!(ids(&watcher.instances("svc3").await.unwrap()), ["b"]);
+}
+
+// 4a. Crash by abandon(): gone after the TTL or session timeout.
+async fn crash_abandon(h: Harness) {
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let kept = registrar
+        .register(instance("svc4", "kept", 9007))
+        .await
+        .unwrap();
+    let lost = registrar
+        .register(instance("svc4", "lost", 9008))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc4");
+    await_snapshot(&mut watch, TIMEOUT, "both instances", |s| s.len() == 2).await;
+    let started = Instant::now();
+    lost.abandon();
+    await_snapshot(
+        &mut watch,
+        h.expiry() * 5,
+        "the abandoned instance to expire",
+        |s| ids(s) == ["kept"],
+    )
+    .await;
+    println!(
+        "conformance {} crash (abandon): gone after {:?} (expiry {:?})",
+        h.backend,
+        started.elapsed(),
+        h.expiry()
+    );
+    // The other instance of the same registrar is still kept alive.
+    tokio::time::sleep(h.expiry()).await;
+    assert_eq!(ids(&watcher.instances("svc4").await.unwrap()), ["kept"]);
+    kept.deregister().await.unwrap();
+}
+
+// 4b. Crash by SIGKILL of a child process holding the registration.
+async fn crash_sigkill(h: Harness) {
+    if not_applicable(h.backend, "sigkill") {
+        return;
+    }
+    let watcher = h.connect().await;
+    let mut watch = watcher.watch("svc4k");
+    let mut child = registryctl(&h)
+        .args(["register", "svc4k", "child", "127.0.0.1:9009"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn registryctl");
+    await_snapshot(&mut watch, TIMEOUT * 2, "the child's instance", |s| {
+        ids(s) == ["child"]
+    })
+    .await;
+    let started = Instant::now();
+    child.kill().expect("SIGKILL the child");
+    let _ = child.wait();
+    await_snapshot(
+        &mut watch,
+        h.expiry() * 5,
+        "the killed child's instance to expire",
+        |s| s.is_empty(),
+    )
+    .await;
+    println!(
+        "conformance {} crash (SIGKILL): gone after {:?} (expiry {:?})",
+        h.backend,
+        started.elapsed(),
+        h.expiry()
+    );
+}
+
+fn registryctl(h: &Harness) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_registryctl"));
+    command
+        .env("REGISTRY", h.backend)
+        .env("REGISTRY_TTL", format!("{}s", h.settings.ttl.as_secs()))
+        .env(
+            "REGISTRY_TIMEOUT",
+            format!("{}s", h.settings.timeout.as_secs()),
+        )
+        .env_remove("REGISTRY_CONFIG")
+        .env_remove("REGISTRY_PREFIX")
+        .stdin(Stdio::null());
+    if let Some(server) = &h.server {
+        command.env("REGISTRY_ADDR", server.registry_addr());
+    }
+    command
+}
+
+// 5. Additions and removals arrive in order; a later watcher gets the full set.
+async fn ordering(h: Harness) {
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let mut watch = watcher.watch("svc5");
+    await_snapshot(&mut watch, TIMEOUT, "the empty start", |s| s.is_empty()).await;
+    let mut seen = Vec::new();
+    let a = registrar
+        .register(instance("svc5", "a", 9010))
+        .await
+        .unwrap();
+    seen.push(ids(&await_snapshot(&mut watch, TIMEOUT, "[a]", |s| !s.is_empty()).await).join(","));
+    let b = registrar
+        .register(instance("svc5", "b", 9011))
+        .await
+        .unwrap();
+    seen.push(ids(&await_snapshot(&mut watch, TIMEOUT, "[a,b]", |s| s.len() != 1).await).join(","));
+    a.deregister().await.unwrap();
+    seen.push(ids(&await_snapshot(&mut watch, TIMEOUT, "[b]", |s| s.len() != 2).await).join(","));
+    let c = registrar
+        .register(instance("svc5", "c", 9012))
+        .await
+        .unwrap();
+    seen.push(ids(&await_snapshot(&mut watch, TIMEOUT, "[b,c]", |s| s.len() != 1).await).join(","));
+    assert_eq!(
+        seen,
+        ["a", "a,b", "b", "b,c"],
+        "changes must arrive in order"
+    );
+
+    let late = h.connect().await;
+    let mut late_watch = late.watch("svc5");
+    let first = tokio::time::timeout(TIMEOUT, late_watch.next())
+        .await
+        .expect("a late watcher's first snapshot comes at once")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(
+        ids(&first),
+        ["b", "c"],
+        "a late watcher starts with the full set"
+    );
+    b.deregister().await.unwrap();
+    c.deregister().await.unwrap();
+}
+
+// 6. 200 instances registered concurrently are all visible.
+async fn many(h: Harness) {
+    const N: u16 = 200;
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let started = Instant::now();
+    let registrations = futures::future::join_all(
+        (0..N).map(|i| registrar.register(instance("svc6", &format!("i{i:03}"), 10000 + i))),
+    )
+    .await;
+    let registrations: Vec<_> = registrations
+        .into_iter()
+        .map(|r| r.expect("every concurrent registration succeeds"))
+        .collect();
+    let registered = started.elapsed();
+    let mut watch = watcher.watch("svc6");
+    await_snapshot(&mut watch, TIMEOUT * 4, "all 200 instances", |s| {
+        s.len() == usize::from(N)
+    })
+    .await;
+    println!(
+        "conformance {} many: {N} concurrent registrations in {registered:?}, all visible after {:?}",
+        h.backend,
+        started.elapsed()
+    );
+    for r in registrations {
+        r.abandon();
+    }
+}
+
+// 7. Garbage under the prefix is skipped with a warning; the watcher keeps working.
+async fn garbage(mut h: Harness) {
+    if not_applicable(h.backend, "garbage") {
+        return;
+    }
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let good = registrar
+        .register(instance("svc7", "good", 9013))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc7");
+    await_snapshot(&mut watch, TIMEOUT, "the good instance", |s| {
+        ids(s) == ["good"]
+    })
+    .await;
+    write_garbage(&mut h, "svc7").await;
+    // The watch is still alive and correct: the next change is seen, and the
+    // garbage never shows up.
+    let next = registrar
+        .register(instance("svc7", "next", 9014))
+        .await
+        .unwrap();
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the next instance after garbage",
+        |s| ids(s) == ["good", "next"],
+    )
+    .await;
+    assert_eq!(
+        ids(&watcher.instances("svc7").await.unwrap()),
+        ["good", "next"]
+    );
+    // A late watcher is not thrown off by the garbage either.
+    let mut late = h.connect().await.watch("svc7");
+    await_snapshot(&mut late, TIMEOUT, "a late snapshot without garbage", |s| {
+        ids(s) == ["good", "next"]
+    })
+    .await;
+    assert!(
+        watcher
+            .services()
+            .await
+            .unwrap()
+            .contains(&"svc7".to_owned())
+    );
+    good.deregister().await.unwrap();
+    next.deregister().await.unwrap();
+}
+
+/// Writes records another tool could have left under the service's prefix,
+/// using the backend's own tools, not our code.
+async fn write_garbage(h: &mut Harness, service: &str) {
+    let addr = h.server().registry_addr();
+    match h.backend {
+        "etcd" => {
+            let etcdctl = testkit::etcdctl_bin().expect("etcdctl");
+            for (key, value) in [
+                (
+                    format!("/services/{service}/junk"),
+                    "not json at all".to_owned(),
+                ),
+                (
+                    format!("/services/{service}/wrongid"),
+                    String::from_utf8(instance(service, "other", 1).to_json()).unwrap(),
+                ),
+                (
+                    format!("/services/{service}/noport"),
+                    format!(r#"{{"id":"noport","service":"{service}","address":"127.0.0.1"}}"#),
+                ),
+            ] {
+                let status = std::process::Command::new(&etcdctl)
+                    .args(["--endpoints", &addr, "put", &key, &value])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("run etcdctl");
+                assert!(status.success(), "etcdctl put {key}");
+            }
+        }
+        "zookeeper" => {
+            use zookeeper_client as zk;
+            let client = zk::Client::connect(&addr)
+                .await
+                .expect("connect to ZooKeeper");
+            let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            for (path, data) in [
+                (
+                    format!("/services/{service}/junk"),
+                    b"\x00\xffbinary".to_vec(),
+                ),
+                (format!("/services/{service}/empty"), Vec::new()),
+                (
+                    format!("/services/{service}/badport"),
+                    format!(r#"{{"id":"badport","service":"{service}","address":"h","port":0}}"#)
+                        .into_bytes(),
+                ),
+            ] {
+                client
+                    .create(&path, &data, &options)
+                    .await
+                    .unwrap_or_else(|e| panic!("create {path}: {e}"));
+            }
+        }
+        "consul" => {
+            // Consul validates its own fields, so "garbage" there is a
+            // registration that breaks our model: port 0, a bad id.
+            let http = reqwest::Client::new();
+            for body in [
+                serde_json::json!({"ID": "bad id!", "Name": service, "Port": 9100}),
+                serde_json::json!({"ID": "noport", "Name": service}),
+            ] {
+                let response = http
+                    .put(format!("http://{addr}/v1/agent/service/register"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("reach the Consul agent");
+                assert!(
+                    response.status().is_success(),
+                    "register garbage: {response:?}"
+                );
+            }
+        }
+        other => panic!("no garbage writer for {other}"),
+    }
+}
+
+// 8. Backend restart: the watcher resumes with the correct set and the
+// registrations come back, without restarting either side.
+async fn restart(mut h: Harness) {
+    if not_applicable(h.backend, "restart") {
+        return;
+    }
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let _a = registrar
+        .register(instance("svc8", "a", 9015))
+        .await
+        .unwrap();
+    let _b = registrar
+        .register(instance("svc8", "b", 9016))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc8");
+    await_snapshot(&mut watch, TIMEOUT, "a and b before the restart", |s| {
+        s.len() == 2
+    })
+    .await;
+    let started = Instant::now();
+    h.server().restart().expect("restart the server");
+    let restarted = started.elapsed();
+    // After the restart, a change must still reach this same watch...
+    let _c = loop {
+        match registrar.register(instance("svc8", "c", 9017)).await {
+            Ok(c) => break c,
+            Err(error) if started.elapsed() < TIMEOUT * 6 => {
+                println!("  register during recovery: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("cannot register after the restart: {error}"),
+        }
+    };
+    // ...and the earlier registrations must be back (for Consul's dev agent,
+    // which forgets everything, only through re-registration).
+    await_snapshot(
+        &mut watch,
+        TIMEOUT * 6,
+        "a, b and c through the same watch after the restart",
+        |s| ids(s) == ["a", "b", "c"],
+    )
+    .await;
+    println!(
+        "conformance {} restart: server back in {restarted:?}, full set seen by the watch after {:?}",
+        h.backend,
+        started.elapsed()
+    );
+    let fresh = h.connect().await;
+    await_instances(
+        &*fresh,
+        "svc8",
+        TIMEOUT,
+        "a new connection to see a, b, c",
+        |s| ids(s) == ["a", "b", "c"],
+    )
+    .await;
+}
+
+// 9. Bad config or an unreachable address: a clear error within the timeout.
+async fn unreachable(h: Harness) {
+    if not_applicable(h.backend, "unreachable") {
+        return;
+    }
+    let closed = format!("127.0.0.1:{}", testkit::free_port());
+    let short = Duration::from_secs(2);
+    let mut settings = h.settings.clone();
+    settings.timeout = short;
+    set_addr(&mut settings.backend, vec![closed.clone()]);
+    let started = Instant::now();
+    // Generous bound: this checks "no hang", not speed.
+    let outcome = tokio::time::timeout(short * 3 + Duration::from_secs(5), async {
+        match registry::connect(&settings).await {
+            Err(error) => error,
+            Ok(registry) => {
+                let error = registry
+                    .register(instance("svc9", "a", 9018))
+                    .await
+                    .expect_err("registering with an unreachable backend fails");
+                let read = registry.instances("svc9").await;
+                assert!(read.is_err(), "reading an unreachable backend fails");
+                error
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} hung on an unreachable address", h.backend));
+    let message = outcome.to_string();
+    println!(
+        "conformance {} unreachable: error after {:?}: {message}",
+        h.backend,
+        started.elapsed()
+    );
+    assert!(
+        matches!(outcome, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "unexpected error kind: {outcome:?}"
+    );
+    assert!(
+        message.contains(h.backend),
+        "the error names the backend: {message}"
+    );
+
+    // A malformed address is refused before any connection attempt.
+    let mut bad = h.settings.clone();
+    set_addr(&mut bad.backend, vec!["no-port-here".to_owned()]);
+    let error = match registry::connect(&bad).await {
+        Err(error) => error,
+        Ok(_) => panic!("a malformed address must be refused"),
+    };
+    assert!(
+        matches!(error, Error::InvalidConfig(_)) && error.to_string().contains("no-port-here"),
+        "{error}"
+    );
+}
+
+fn set_addr(backend: &mut BackendConfig, addr: Vec<String>) {
+    match backend {
+        BackendConfig::Consul(c) => c.addr = addr,
+        BackendConfig::Etcd(c) => c.addr = addr,
+        BackendConfig::Zookeeper(c) => c.addr = addr,
+        _ => {}
+    }
+}
+
+/// Generates one test per backend for a behaviour.
+macro_rules! conformance {
+    ($($behaviour:ident),* $(,)?) => {
+        $(
+            mod $behaviour {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    init_logs();
+                    super::$behaviour(Harness::memory()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd() {
+                    init_logs();
+                    super::$behaviour(Harness::etcd()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn zookeeper() {
+                    init_logs();
+                    super::$behaviour(Harness::zookeeper()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn consul() {
+                    init_logs();
+                    super::$behaviour(Harness::consul()).await;
+                }
+            }
+        )*
+    };
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .with_test_writer()
+        .try_init();
+}
+
+conformance!(
+    visible,
+    round_trip,
+    deregister,
+    crash_abandon,
+    crash_sigkill,
+    ordering,
+    many,
+    garbage,
+    restart,
+    unreachable,
+);
