@@ -38,9 +38,8 @@
 //! Another tool may write instances in that layout (`create -e
 //! /services/lorem/c '{"id":"c",...}'`, ephemeral or not): they are discovered
 //! like ours. Children whose data is not an instance, or whose JSON names
-//! another service or id than its path, are skipped with a warning. The ids
-//! `.` and `..`, valid in the model, cannot be ZooKeeper node names and are
-//! refused here.
+//! another service or id than its path, are skipped with a warning. (The
+//! model refuses the ids `.` and `..`, which cannot be node names.)
 //!
 //! # Session timeout
 //!
