@@ -4,7 +4,8 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p registry     # one crate (then without --workspace)
 #
-# The tests start real servers on 127.0.0.1 (see crates/testkit):
+# The tests start real servers on 127.0.0.1 (see crates/testkit); what they
+# need is installed by scripts/install-deps.sh test:
 #   etcd + etcdctl    Debian packages etcd-server, etcd-client
 #   ZooKeeper         Debian package zookeeper (its jars in /usr/share/java)
 #                     and a Java runtime (default-jre-headless if none)
@@ -35,70 +36,10 @@ die() {
   exit 1
 }
 
-have() { command -v "$1" >/dev/null 2>&1; }
-# An override variable naming an executable counts as installed (testkit
-# looks there first).
-have_or_override() { [[ -n "${2:-}" && -x "${2}" ]] || have "$1"; }
-
-step "checking tools the tests need"
-packages=()
-missing=()
-if ! have_or_override etcd "${TESTKIT_ETCD_BIN:-}"; then
-  missing+=(etcd); packages+=(etcd-server)
-fi
-if ! have_or_override etcdctl "${TESTKIT_ETCDCTL_BIN:-}"; then
-  missing+=(etcdctl); packages+=(etcd-client)
-fi
-if ! have_or_override java "${TESTKIT_JAVA:-}"; then
-  missing+=(java); packages+=(default-jre-headless)
-fi
-if [[ -z "${TESTKIT_ZK_CLASSPATH:-}" ]] && ! [[ -f /usr/share/java/zookeeper.jar && -f /usr/share/java/slf4j-simple.jar ]]; then
-  missing+=(/usr/share/java/zookeeper.jar); packages+=(zookeeper)
-fi
-if ! have protoc; then
-  missing+=(protoc); packages+=(protobuf-compiler)
-fi
-if [[ ! -f /usr/include/google/protobuf/descriptor.proto ]]; then
-  missing+=(/usr/include/google/protobuf/descriptor.proto); packages+=(libprotobuf-dev)
-fi
-if ! have docker-compose; then
-  missing+=(docker-compose); packages+=(docker-compose)
-fi
-if ! have cargo; then
-  die "cargo is not on PATH; install Rust with rustup (https://rustup.rs) and retry"
-fi
-
-if (( ${#packages[@]} == 0 )); then
-  echo "    all present: etcd, etcdctl, java, zookeeper.jar, protoc, descriptor.proto"
-else
-  echo "    missing: ${missing[*]}"
-  echo "    packages to install: ${packages[*]}"
-  if [[ "${DRY_RUN:-0}" == 1 ]]; then
-    echo "DRY_RUN=1: not installing; stopping here"
-    exit 0
-  fi
-  sudo_cmd=()
-  if [[ "$(id -u)" != 0 ]]; then
-    if have sudo; then
-      sudo_cmd=(sudo -n)
-    else
-      die "not root and no sudo: run as root: apt-get update && apt-get install -y --no-install-recommends ${packages[*]}"
-    fi
-  fi
-  have apt-get || die "no apt-get (not Debian/Ubuntu?): install ${packages[*]} (or equivalents) yourself, then retry"
-  step_done
-  step "apt-get update"
-  "${sudo_cmd[@]}" apt-get update -q \
-    || die "apt-get update failed (network or apt sources?); fix it, or install ${packages[*]} yourself, then retry"
-  step_done
-  step "apt-get install ${packages[*]}"
-  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}" \
-    || die "apt-get install ${packages[*]} failed (see above); fix apt, or install them yourself, then retry"
-fi
+step "installing what the tests need (scripts/install-deps.sh test)"
+"${ROOT}/scripts/install-deps.sh" test
 step_done
-
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  echo "DRY_RUN=1: nothing to install; stopping here"
   exit 0
 fi
 
@@ -127,7 +68,15 @@ for arg in "$@"; do
 done
 step "cargo test ${scope[*]} $*"
 status=0
+# Tests append what they measured (crash detection, restart recovery, load)
+# here; cargo hides the output of passing tests, so it is printed below.
+timings="${CARGO_TARGET_DIR:-target}/tmp/timings.txt"
+rm -f "${timings}"
 cargo test "${scope[@]}" "$@" || status=$?
 step_done
+if [[ -s "${timings}" ]]; then
+  echo "==> measured by the tests (${timings})"
+  sort "${timings}" | sed 's/^/    /'
+fi
 echo "==> total $(( $(date +%s) - script_start )) s; cargo test exit status ${status}"
 exit "${status}"

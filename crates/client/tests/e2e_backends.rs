@@ -81,6 +81,21 @@ fn settings(backend: &str, server: &dyn RegistryServer) -> Settings {
     }
 }
 
+/// Prints a measurement and appends it to `target/tmp/timings.txt`, which
+/// `scripts/test.sh` prints at the end (cargo hides passing tests' output).
+fn record(line: String) {
+    use std::io::Write as _;
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("timings.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
 fn free_port() -> u16 {
     testkit::free_port()
 }
@@ -149,7 +164,9 @@ async fn servers_and_load(backend: &str, server: &dyn RegistryServer) {
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    println!("e2e {backend} load: {report}");
+    record(format!(
+        "e2e {backend} lorem-client load (2 lorem-server processes): {report}"
+    ));
     assert_eq!(report["failed"], 0, "no request may fail: {report}");
     assert_eq!(report["ok"], 600, "{report}");
     for id in &ids {
@@ -193,6 +210,12 @@ fn demo(backend: &str, server: &dyn RegistryServer) {
         .expect("wait for lorem-demo");
     let last = lines.last().cloned().unwrap_or_default();
     println!("e2e {backend} demo:\n{}", lines.join("\n"));
+    for line in lines
+        .iter()
+        .filter(|l| l.starts_with("phase") || l.starts_with("requests:"))
+    {
+        record(format!("e2e {backend} lorem-demo: {line}"));
+    }
     assert!(
         last.starts_with("requests: ok=") && last.ends_with(" failed=0"),
         "lorem-demo on {backend} must end with failed=0, got {last:?}"

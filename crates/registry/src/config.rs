@@ -187,7 +187,10 @@ impl Settings {
     /// [`Error::UnknownBackend`] for an unknown `REGISTRY`,
     /// [`Error::InvalidConfig`] for a bad file, address or duration.
     pub fn from_env() -> Result<Self> {
-        let file = std::env::var_os("REGISTRY_CONFIG").map(PathBuf::from);
+        // An empty REGISTRY_CONFIG (common in compose files) counts as unset.
+        let file = std::env::var_os("REGISTRY_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from);
         Self::load(file.as_deref(), Env::raw())
     }
 

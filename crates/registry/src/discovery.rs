@@ -14,6 +14,11 @@ use crate::model::Instance;
 /// item reports a problem (backend down, garbage skipped...) without ending
 /// the stream: the watch keeps retrying behind it, and the next `Ok` is again
 /// a full snapshot. Snapshots are sorted by instance id.
+///
+/// The one exception: a service name that breaks the naming rules can never
+/// be watched, so its stream yields a single
+/// [`Error::InvalidInstance`](crate::Error::InvalidInstance) and ends.
+/// Validate names up front with [`validate_name`](crate::validate_name).
 pub type WatchStream = BoxStream<'static, Result<Vec<Instance>>>;
 
 /// Puts instances into a registry and keeps them alive.
@@ -53,7 +58,8 @@ pub trait Watcher: Send + Sync {
     async fn services(&self) -> Result<Vec<String>>;
 
     /// Pushes full snapshots of the live instances of `service`: see
-    /// [`WatchStream`]. The stream ends only when dropped.
+    /// [`WatchStream`]. The stream ends only when dropped (or at once, after
+    /// one error item, for an invalid service name).
     fn watch(&self, service: &str) -> WatchStream;
 }
 

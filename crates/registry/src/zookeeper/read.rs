@@ -99,7 +99,14 @@ pub(super) async fn read_services(params: &Params, client: &zk::Client) -> Resul
     };
     let names: Vec<String> = names
         .into_iter()
-        .filter(|name| validate_node_name("service", name).is_ok())
+        .filter(|name| match validate_node_name("service", name) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(backend = BACKEND, prefix = %params.prefix, node = %name, %error,
+                    "skipping a child of the prefix that is not a service name");
+                false
+            }
+        })
         .collect();
     // The children of every service, in multi-reads...
     let mut nodes: Vec<(&str, String)> = Vec::new();
