@@ -8,6 +8,7 @@
 //! | call                          | registry                         | HTTP                                                  |
 //! |-------------------------------|----------------------------------|-------------------------------------------------------|
 //! | [`RunningServer::shutdown`]   | deregistered first               | serves `drain_delay` more, stops accepting, finishes in-flight requests (up to `shutdown_timeout`) |
+//! | [`RunningServer::shutdown_with`] | deregistered first            | as `shutdown`, but the drain ends as soon as the given future completes |
 //! | [`RunningServer::crash`]      | left to expire (TTL)             | stops at once; open connections are cut              |
 //! | dropping the handle           | deregistered (best effort)       | stops at once                                         |
 //!
@@ -333,7 +334,21 @@ impl RunningServer {
     ///
     /// # Errors
     /// [`ServerError::Task`] if the HTTP server task had failed or panicked.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shutdown_with(std::future::pending()).await
+    }
+
+    /// [`shutdown`](Self::shutdown), except that the drain ends early when
+    /// `end_drain` completes: an operator's second signal ("stop now"), or a
+    /// test that has seen what it needed of the drain. Deregistration and the
+    /// wait for in-flight requests are the same as in `shutdown`.
+    ///
+    /// # Errors
+    /// [`ServerError::Task`] if the HTTP server task had failed or panicked.
+    pub async fn shutdown_with<F>(mut self, end_drain: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send,
+    {
         let Some(tasks) = self.tasks.take() else {
             return Ok(());
         };
@@ -364,7 +379,12 @@ impl RunningServer {
 
         if !self.drain_delay.is_zero() {
             tracing::info!(%id, drain_delay = ?self.drain_delay, "draining: still serving while clients move away");
-            tokio::time::sleep(self.drain_delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.drain_delay) => {}
+                () = end_drain => {
+                    tracing::info!(%id, "drain ended early on request");
+                }
+            }
         }
 
         tracing::info!(%id, "no longer accepting connections; finishing in-flight requests");

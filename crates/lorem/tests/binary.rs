@@ -1,4 +1,6 @@
-//! The `lorem-server` binary: serve, SIGTERM, bad settings, healthcheck.
+//! The `lorem-server` binary: serve, SIGTERM/SIGINT (also during start-up
+//! and during the drain), the memory-backend warning, bad settings,
+//! healthcheck and its environment variables.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -121,22 +123,50 @@ fn healthcheck(args: &[&str], envs: &[(&str, &str)]) -> Output {
     command.output().expect("run lorem-server healthcheck")
 }
 
-#[tokio::test]
-async fn serves_then_exits_0_on_sigterm() {
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = command()
-        .env("REGISTRY", "memory")
+/// Sends `signal` (`TERM`, `INT`...) to the child with kill(1).
+fn send_signal(child: &Child, signal: &str) {
+    let kill = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success(), "kill -{signal} failed");
+}
+
+/// Starts `lorem-server` on a free loopback port with `envs` and `args`,
+/// capturing its stderr.
+fn spawn_server(envs: &[(&str, &str)], args: &[&str]) -> (Server, Log, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = command();
+    command
         .env("LOREM_LISTEN", addr.to_string())
-        .args(["--id", "bin-1", "--drain-delay", "100ms", "--tags", "a,b"])
+        .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lorem-server");
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("spawn lorem-server");
     let mut server = Server(child);
     let log = capture(server.0.stderr.take().expect("piped stderr"));
+    (server, log, addr)
+}
+
+const MEMORY_WARNING: &str = "REGISTRY is memory (the default)";
+
+/// Serves, registers, answers, then exits 0 and deregisters on `signal`.
+async fn serves_then_exits_0_on(signal: &str) {
+    let id = format!("bin-{}", signal.to_lowercase());
+    let (mut server, log, addr) = spawn_server(
+        &[("REGISTRY", "memory")],
+        &["--id", &id, "--drain-delay", "100ms", "--tags", "a,b"],
+    );
     wait_healthy(addr, &mut server.0).await;
     wait_for_log(&log, "registered");
+    assert!(
+        log_text(&log).contains(MEMORY_WARNING),
+        "the memory backend is warned about; stderr:\n{}",
+        log_text(&log)
+    );
 
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/lorem/sentence/3/3"))
@@ -149,28 +179,135 @@ async fn serves_then_exits_0_on_sigterm() {
             .headers()
             .get("x-instance-id")
             .and_then(|v| v.to_str().ok()),
-        Some("bin-1")
+        Some(id.as_str())
     );
 
+    send_signal(&server.0, signal);
+    let status = wait_exit(&mut server.0);
+    wait_for_log(&log, "lorem server stopped");
+    let stderr = log_text(&log);
+    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("signal=\"SIG{signal}\"")),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("deregistered"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn serves_then_exits_0_on_sigterm() {
+    serves_then_exits_0_on("TERM").await;
+}
+
+#[tokio::test]
+async fn serves_then_exits_0_on_sigint() {
+    serves_then_exits_0_on("INT").await;
+}
+
+#[test]
+fn a_signal_during_start_up_is_a_clean_exit() {
+    // The handlers are installed before the registry settings are read and
+    // before the listener is bound: signal as soon as they are, which is
+    // before (or while) the server starts.
+    let (mut server, log, _addr) = spawn_server(
+        &[
+            ("REGISTRY", "memory"),
+            ("RUST_LOG", "info,lorem_server=debug"),
+        ],
+        &["--drain-delay", "0s"],
+    );
+    wait_for_log(&log, "signal handlers installed");
+    send_signal(&server.0, "TERM");
+    let status = wait_exit(&mut server.0);
+    wait_for_log(&log, "lorem server stopped");
+    let stderr = log_text(&log);
+    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{stderr}");
+    assert!(stderr.contains("signal=\"SIGTERM\""), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_drain() {
+    // A drain far longer than the deadline: exiting within it means the
+    // second signal ended the drain.
+    let (mut server, log, addr) =
+        spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "600s"]);
+    wait_healthy(addr, &mut server.0).await;
+    wait_for_log(&log, "registered");
+    send_signal(&server.0, "TERM");
+    wait_for_log(&log, "draining");
+    assert!(
+        matches!(server.0.try_wait(), Ok(None)),
+        "still running while draining"
+    );
+    send_signal(&server.0, "INT");
+    let status = wait_exit(&mut server.0);
+    let stderr = log_text(&log);
+    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{stderr}");
+    assert!(stderr.contains("second signal"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_real_registry_gets_no_memory_warning_and_an_outage_still_exits_0() {
+    // etcd on a port where nothing listens: registration keeps retrying in
+    // the background while the server serves.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (mut server, log, addr) = spawn_server(
+        &[
+            ("REGISTRY", "etcd"),
+            ("REGISTRY_ADDR", &dead),
+            ("REGISTRY_TIMEOUT", "1s"),
+        ],
+        &["--drain-delay", "0s"],
+    );
+    wait_healthy(addr, &mut server.0).await;
+    wait_for_log(&log, "registration failed; retrying");
+    send_signal(&server.0, "TERM");
+    let status = wait_exit(&mut server.0);
+    let stderr = log_text(&log);
+    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{stderr}");
+    assert!(!stderr.contains(MEMORY_WARNING), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn healthcheck_flags_and_their_environment_variables() {
+    let (mut server, _log, addr) =
+        spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "0s"]);
+    wait_healthy(addr, &mut server.0).await;
     let url = format!("http://{addr}/health");
-    let probe = healthcheck(&["--url", &url], &[]);
+
+    let probe = healthcheck(&["--url", &url, "--timeout", "5s"], &[]);
     assert!(probe.status.success(), "healthcheck --url: {probe:?}");
     let probe = healthcheck(&[], &[("LOREM_LISTEN", &addr.to_string())]);
     assert!(
         probe.status.success(),
         "healthcheck from LOREM_LISTEN: {probe:?}"
     );
+    let probe = healthcheck(
+        &[],
+        &[
+            ("LOREM_HEALTHCHECK_URL", &url),
+            ("LOREM_HEALTHCHECK_TIMEOUT", "5s"),
+        ],
+    );
+    assert!(
+        probe.status.success(),
+        "healthcheck from LOREM_HEALTHCHECK_URL: {probe:?}"
+    );
+    // The variable is read: a bad timeout there is refused by name.
+    let probe = healthcheck(
+        &[],
+        &[
+            ("LOREM_HEALTHCHECK_URL", &url),
+            ("LOREM_HEALTHCHECK_TIMEOUT", "soon"),
+        ],
+    );
+    assert!(!probe.status.success(), "{probe:?}");
+    let stderr = String::from_utf8_lossy(&probe.stderr);
+    assert!(stderr.contains("--timeout"), "stderr:\n{stderr}");
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
+    send_signal(&server.0, "TERM");
     let status = wait_exit(&mut server.0);
-    wait_for_log(&log, "lorem server stopped");
-    let stderr = log_text(&log);
-    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{stderr}");
-    assert!(stderr.contains("deregistered"), "stderr:\n{stderr}");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]
@@ -211,4 +348,17 @@ fn healthcheck_fails_against_a_closed_port() {
     let url = format!("http://127.0.0.1:{}/health", free_port());
     let output = healthcheck(&["--url", &url, "--timeout", "1s"], &[]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let output = healthcheck(
+        &[],
+        &[
+            ("LOREM_HEALTHCHECK_URL", &url),
+            ("LOREM_HEALTHCHECK_TIMEOUT", "1s"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&url),
+        "the probed URL is named; stderr:\n{stderr}"
+    );
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use lorem::server::{ConnectOnDemand, RunningServer, ServerError, ServerOptions, start};
 use registry::{Instance, MemoryRegistry, Registrar, Registration, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -98,14 +99,17 @@ async fn registers_once_listening_and_deregisters_on_shutdown() {
 async fn keeps_serving_during_the_drain_delay() {
     let registry = MemoryRegistry::new(Duration::from_secs(30));
     let mut options = options("srv-drain");
-    // Long enough that one loopback request after deregistration lands
-    // inside it on any machine.
-    options.drain_delay = Duration::from_secs(4);
+    // Far longer than the test runs: every check below happens inside the
+    // drain, which the test then ends itself.
+    options.drain_delay = Duration::from_secs(30);
     let server = start(options, registry.clone()).await.expect("start");
     let addr = server.local_addr();
     wait_registered(&server).await;
 
-    let stopping = tokio::spawn(server.shutdown());
+    let (end_drain, drain_ended) = oneshot::channel::<()>();
+    let stopping = tokio::spawn(server.shutdown_with(async move {
+        let _ = drain_ended.await;
+    }));
     eventually("deregistration", || async {
         registry
             .instances("lorem")
@@ -114,7 +118,20 @@ async fn keeps_serving_during_the_drain_delay() {
     })
     .await;
     assert!(health_ok(addr).await, "still serving while draining");
-    stopping.await.expect("join").expect("clean shutdown");
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/lorem/word/1/5"))
+        .send()
+        .await
+        .expect("a lorem request during the drain");
+    assert_eq!(response.status(), 200);
+    assert!(!stopping.is_finished(), "the shutdown waits for the drain");
+
+    end_drain.send(()).expect("the shutdown is still draining");
+    tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("ending the drain lets the shutdown finish")
+        .expect("join")
+        .expect("clean shutdown");
     eventually("port closed after the drain", || port_closed(addr)).await;
 }
 

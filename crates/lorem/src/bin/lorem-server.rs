@@ -4,11 +4,13 @@
 //! ```text
 //! lorem-server [--listen 127.0.0.1:8080] [--advertise host:port] [--service lorem]
 //!              [--tags a,b] [--id ID] [--drain-delay 2s] [--shutdown-timeout 10s]
-//! lorem-server healthcheck [--url http://127.0.0.1:8080/health]
+//! lorem-server healthcheck [--url http://127.0.0.1:8080/health] [--timeout 2s]
 //! ```
 //!
 //! SIGTERM or SIGINT shut it down gracefully (deregister, drain, finish
-//! in-flight requests) and it exits 0.
+//! in-flight requests) and it exits 0; a second one during the drain ends
+//! the drain at once. The handlers are installed before anything else
+//! starts, so a signal during start-up is a clean shutdown too.
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -67,11 +69,11 @@ enum Command {
     /// Probe /health; exit 0 if the server answers {"status":true}, else 1.
     Healthcheck {
         /// URL to probe [default: http://LISTEN/health, loopback if LISTEN is 0.0.0.0 or ::].
-        #[arg(long)]
+        #[arg(long, env = "LOREM_HEALTHCHECK_URL")]
         url: Option<String>,
 
         /// How long to wait for the answer.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "LOREM_HEALTHCHECK_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
 }
@@ -97,7 +99,10 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Some(Command::Healthcheck { url, timeout }) => {
-            let url = url.clone().unwrap_or_else(|| health_url(cli.listen));
+            let url = url
+                .clone()
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| health_url(cli.listen));
             return runtime.block_on(healthcheck(&url, *timeout));
         }
         None => runtime.block_on(serve(cli)),
@@ -112,8 +117,18 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // First of all, so that a signal during start-up is a clean shutdown
+    // rather than the default action (death by signal).
+    let mut signals = Signals::install()?;
+    tracing::debug!("signal handlers installed");
+
     let settings = registry::Settings::from_env().context("bad registry settings")?;
     tracing::info!(backend = settings.backend.name(), ttl = ?settings.ttl, "registry settings");
+    if matches!(settings.backend, registry::BackendConfig::Memory(_)) {
+        tracing::warn!(
+            "REGISTRY is memory (the default): this registration is visible only inside this process; set REGISTRY=consul|etcd|zookeeper so clients can discover it"
+        );
+    }
     let id = cli.id.unwrap_or_else(default_id);
     let mut options = ServerOptions::new(id);
     options.listen = cli.listen;
@@ -129,30 +144,65 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     options.shutdown_timeout = cli.shutdown_timeout;
 
     let server = start(options, ConnectOnDemand::new(settings)).await?;
-    let signal = wait_for_signal().await?;
+    let signal = signals.next().await;
     tracing::info!(signal, "shutting down");
-    server.shutdown().await?;
+    server
+        .shutdown_with(async move {
+            let signal = signals.next().await;
+            tracing::info!(signal, "second signal: ending the drain now");
+        })
+        .await?;
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT and names it.
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// The shutdown signals, listened for from creation on: a signal that
+/// arrives before [`next`](Self::next) is called is kept, not lost.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        Ok(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        })
-    }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
     #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
+    ctrl_c: tokio::signal::windows::CtrlC,
+}
+
+impl Signals {
+    /// Replaces the default action of SIGTERM and SIGINT (Ctrl-C elsewhere).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {
+                ctrl_c: tokio::signal::windows::ctrl_c().context("cannot listen for Ctrl-C")?,
+            })
+        }
+    }
+
+    /// Waits for the next signal and names it. If the streams close (the
+    /// runtime is shutting down) it never returns.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = self.term.recv() => "SIGTERM",
+                Some(()) = self.int.recv() => "SIGINT",
+                else => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match self.ctrl_c.recv().await {
+                Some(()) => "Ctrl-C",
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
