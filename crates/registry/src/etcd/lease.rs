@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,6 +22,10 @@ use crate::util::Backoff;
 /// Puts per transaction when registering everything again (etcd allows 128
 /// operations per transaction by default).
 const PUTS_PER_TXN: usize = 64;
+
+/// Every how many renewals of the lease (one per TTL / 3) the registrar
+/// checks that its keys are still there: about once per TTL.
+const CHECK_EVERY_BEATS: u32 = 3;
 
 /// What registrations ask of the registrar task.
 pub(super) enum Command {
@@ -52,20 +56,7 @@ enum Beat {
 /// Starts the registrar task; it ends when every sender is dropped.
 pub(super) fn spawn(ctx: Ctx) -> mpsc::UnboundedSender<Command> {
     let (commands_tx, commands) = mpsc::unbounded_channel();
-    let (beats_tx, beats) = mpsc::unbounded_channel();
-    let actor = Actor {
-        ctx,
-        commands,
-        beats_tx,
-        beats,
-        lease: None,
-        live: BTreeMap::new(),
-        pending: Vec::new(),
-        next_token: 0,
-        recover_at: None,
-        backoff: Backoff::reconnect(),
-    };
-    tokio::spawn(actor.run());
+    tokio::spawn(Actor::new(ctx, commands).run());
     commands_tx
 }
 
@@ -111,12 +102,31 @@ struct Actor {
     live: BTreeMap<String, Live>,
     pending: Vec<Pending>,
     next_token: u64,
+    /// Renewals since the last check of our keys (see [`Actor::check`]).
+    beats_since_check: u32,
     /// When to try again to take a new lease and put everything back.
     recover_at: Option<Instant>,
     backoff: Backoff,
 }
 
 impl Actor {
+    fn new(ctx: Ctx, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let (beats_tx, beats) = mpsc::unbounded_channel();
+        Actor {
+            ctx,
+            commands,
+            beats_tx,
+            beats,
+            lease: None,
+            live: BTreeMap::new(),
+            pending: Vec::new(),
+            next_token: 0,
+            beats_since_check: 0,
+            recover_at: None,
+            backoff: Backoff::reconnect(),
+        }
+    }
+
     async fn run(mut self) {
         loop {
             let recover_at = self.recover_at;
@@ -146,16 +156,14 @@ impl Actor {
                     // The caller's deadline passed while we were busy.
                     return;
                 }
-                let result = self.register(&key, &instance).await;
+                let (result, previous) = match self.register(&key, &instance).await {
+                    Ok((token, previous)) => (Ok(token), previous),
+                    Err(error) => (Err(error), None),
+                };
                 let token = result.as_ref().ok().copied();
                 if reply.send(result).is_err() {
                     if let Some(token) = token {
-                        tracing::debug!(
-                            backend = BACKEND,
-                            key,
-                            "register timed out on the caller's side; undoing it"
-                        );
-                        self.deregister(&key, token).await.ok();
+                        self.undo_register(&key, token, previous).await;
                     }
                 }
             }
@@ -168,9 +176,48 @@ impl Actor {
         }
     }
 
+    /// Undoes registration `token` of `key`, whose caller stopped waiting
+    /// for it (its deadline passed): nobody holds a handle on it, so it must
+    /// not be kept alive. If it replaced a registration that a handle still
+    /// holds, that one is put back, in `live` and in etcd; otherwise the key
+    /// is removed.
+    async fn undo_register(&mut self, key: &str, token: u64, previous: Option<Live>) {
+        if !self.owns(key, token) {
+            return;
+        }
+        let Some(previous) = previous else {
+            tracing::debug!(
+                backend = BACKEND,
+                key,
+                "register timed out on the caller's side; undoing it"
+            );
+            // A failure is logged and retried by `deregister` itself.
+            let _ = self.deregister(key, token).await;
+            return;
+        };
+        tracing::debug!(
+            backend = BACKEND,
+            key,
+            "register timed out on the caller's side; restoring the registration it replaced"
+        );
+        let instance = previous.instance.clone();
+        self.live.insert(key.to_owned(), previous);
+        let Some(lease) = self.lease.as_ref().map(|l| l.id) else {
+            // Recovery puts every live instance back on a new lease.
+            return;
+        };
+        match self.put(key, &instance, lease).await {
+            Ok(()) => {}
+            Err(Error::LeaseLost { reason, .. }) => self.lost(lease, &reason),
+            Err(error) => tracing::warn!(backend = BACKEND, key, %error,
+                "could not restore a replaced registration yet; the next check retries"),
+        }
+    }
+
     /// Puts `instance` on our lease, taking a lease first if there is none,
-    /// and a new one if the server has forgotten ours.
-    async fn register(&mut self, key: &str, instance: &Instance) -> Result<u64> {
+    /// and a new one if the server has forgotten ours. Returns the new
+    /// registration's token and the live registration of `key` it replaced.
+    async fn register(&mut self, key: &str, instance: &Instance) -> Result<(u64, Option<Live>)> {
         // A new registration of the key supersedes any unfinished removal.
         self.pending.retain(|p| p.key != key);
         let mut retried = false;
@@ -183,14 +230,14 @@ impl Actor {
                 Ok(()) => {
                     self.next_token += 1;
                     let token = self.next_token;
-                    self.live.insert(
+                    let previous = self.live.insert(
                         key.to_owned(),
                         Live {
                             instance: instance.clone(),
                             token,
                         },
                     );
-                    return Ok(token);
+                    return Ok((token, previous));
                 }
                 Err(Error::LeaseLost { reason, .. }) if !retried => {
                     retried = true;
@@ -199,7 +246,8 @@ impl Actor {
                 Err(error) => {
                     // The put may have been applied before the error: make
                     // sure the key does not live on under our lease, unless
-                    // an earlier registration of it is still live.
+                    // an earlier registration of it is still live (then the
+                    // next check puts that one's value back).
                     if !self.live.contains_key(key) {
                         self.pending.push(Pending {
                             key: key.to_owned(),
@@ -272,7 +320,14 @@ impl Actor {
     async fn on_beat(&mut self, beat: Beat) {
         let current = self.lease.as_ref().map(|l| l.id);
         match beat {
-            Beat::Alive { lease } if Some(lease) == current => self.retry_pending(lease).await,
+            Beat::Alive { lease } if Some(lease) == current => {
+                self.retry_pending(lease).await;
+                self.beats_since_check += 1;
+                if self.beats_since_check >= CHECK_EVERY_BEATS {
+                    self.beats_since_check = 0;
+                    self.check(lease).await;
+                }
+            }
             Beat::Gone { lease, reason } if Some(lease) == current => {
                 self.lost(lease, &reason);
                 self.recover().await;
@@ -358,6 +413,7 @@ impl Actor {
             heartbeat,
         });
         self.pending.clear();
+        self.beats_since_check = 0;
         tracing::debug!(backend = BACKEND, lease = format_args!("{lease:x}"), ttl = ?ttl, "lease granted");
         Ok(lease)
     }
@@ -431,6 +487,79 @@ impl Actor {
             })
             .await?;
         Ok(())
+    }
+
+    /// Checks that every live key is still in etcd, on `lease`, with its
+    /// instance's value, and puts back those that are not: another client
+    /// may have deleted or overwritten one (`etcdctl del`, another registrar
+    /// registering the same id) while our lease lives, and etcd tells the
+    /// lease's owner nothing about that. One `Txn` of `Get`s per
+    /// [`PUTS_PER_TXN`] keys, so the cost grows with our own keys only.
+    /// Failures are logged; the next check tries again.
+    async fn check(&mut self, lease: i64) {
+        let keys: Vec<&String> = self.live.keys().collect();
+        if keys.is_empty() {
+            return;
+        }
+        let mut found: BTreeMap<Vec<u8>, (i64, Vec<u8>)> = BTreeMap::new();
+        for chunk in keys.chunks(PUTS_PER_TXN) {
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), None))
+                .collect();
+            let read = self
+                .ctx
+                .call("check", || {
+                    let mut kv = self.ctx.kv.clone();
+                    let txn = Txn::new().and_then(gets.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await;
+            let response = match read {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::debug!(backend = BACKEND, %error,
+                        "could not check our keys; trying again at the next check");
+                    return;
+                }
+            };
+            for op in response.op_responses() {
+                if let TxnOpResponse::Get(get) = op {
+                    for kv in get.kvs() {
+                        found.insert(kv.key().to_vec(), (kv.lease(), kv.value().to_vec()));
+                    }
+                }
+            }
+        }
+        let stale: Vec<(String, Instance, &'static str)> = self
+            .live
+            .iter()
+            .filter_map(|(key, live)| {
+                let problem = match found.get(key.as_bytes()) {
+                    None => "deleted",
+                    Some((on, _)) if *on != lease => "not on our lease",
+                    Some((_, value)) if *value != live.instance.to_json() => "overwritten",
+                    Some(_) => return None,
+                };
+                Some((key.clone(), live.instance.clone(), problem))
+            })
+            .collect();
+        for (key, instance, problem) in stale {
+            match self.put(&key, &instance, lease).await {
+                Ok(()) => tracing::warn!(
+                    backend = BACKEND,
+                    key,
+                    problem,
+                    "our key was changed by another client; restored"
+                ),
+                Err(Error::LeaseLost { reason, .. }) => {
+                    self.lost(lease, &reason);
+                    return;
+                }
+                Err(error) => tracing::warn!(backend = BACKEND, key, problem, %error,
+                    "our key was changed by another client; could not restore it yet"),
+            }
+        }
     }
 
     /// Retries the removals and abandons that failed earlier, now that the
@@ -572,6 +701,123 @@ async fn heartbeat(ctx: Ctx, lease: i64, ttl: Duration, beats: mpsc::UnboundedSe
                 }
                 backoff.wait().await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The registrar task driven step by step against a real etcd, for the
+    //! paths no public call can reach on purpose.
+
+    use etcd_client::GetOptions;
+
+    use super::*;
+    use crate::config::{BackendConfig, EtcdConfig, Settings};
+    use crate::etcd::EtcdRegistry;
+
+    async fn actor(endpoint: &str) -> Actor {
+        let settings = Settings {
+            backend: BackendConfig::Etcd(EtcdConfig {
+                addr: vec![endpoint.to_owned()],
+                prefix: "/services".to_owned(),
+            }),
+            ttl: Duration::from_secs(2),
+            timeout: Duration::from_secs(3),
+        };
+        let BackendConfig::Etcd(config) = &settings.backend else {
+            unreachable!("built just above")
+        };
+        let registry = EtcdRegistry::connect(config, &settings)
+            .await
+            .expect("connect to the test etcd");
+        // The actor under test gets a channel of its own; the registry's
+        // own task stays idle.
+        let (_commands, receiver) = mpsc::unbounded_channel();
+        Actor::new(registry.ctx.clone(), receiver)
+    }
+
+    /// The value and lease of `key`, if present.
+    async fn stored(actor: &Actor, key: &str) -> Option<(Vec<u8>, i64)> {
+        let mut kv = actor.ctx.kv.clone();
+        let response = kv
+            .get(key, Some(GetOptions::new()))
+            .await
+            .expect("read from the test etcd");
+        response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.lease()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_reregistration_restores_the_one_it_replaced() {
+        let etcd = tokio::task::block_in_place(testkit::EtcdServer::start)
+            .expect("start etcd (install it with `apt-get install etcd-server etcd-client`)");
+        let mut actor = actor(&etcd.endpoint()).await;
+        let first = Instance::new("lorem", "a", "127.0.0.1", 8081);
+        let second = Instance::new("lorem", "a", "127.0.0.1", 8082);
+        let key = actor.ctx.instance_key(&first);
+
+        let (token1, previous) = actor.register(&key, &first).await.expect("register");
+        assert!(previous.is_none());
+        let (token2, previous) = actor.register(&key, &second).await.expect("register again");
+        assert!(actor.owns(&key, token2));
+        assert_eq!(
+            stored(&actor, &key).await.map(|s| s.0),
+            Some(second.to_json())
+        );
+
+        // The caller of the second registration gave up: the first is back,
+        // in `live` and in etcd, on the lease.
+        actor.undo_register(&key, token2, previous).await;
+        assert!(
+            actor.owns(&key, token1),
+            "the first registration is live again"
+        );
+        let lease = actor.lease.as_ref().map(|l| l.id).expect("a lease");
+        assert_eq!(stored(&actor, &key).await, Some((first.to_json(), lease)));
+
+        // Without an earlier registration, giving up removes the key.
+        let other = Instance::new("lorem", "b", "127.0.0.1", 8083);
+        let other_key = actor.ctx.instance_key(&other);
+        let (token, previous) = actor.register(&other_key, &other).await.expect("register");
+        actor.undo_register(&other_key, token, previous).await;
+        assert!(!actor.live.contains_key(&other_key));
+        assert_eq!(stored(&actor, &other_key).await, None);
+        assert_eq!(stored(&actor, &key).await, Some((first.to_json(), lease)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_check_puts_back_deleted_moved_and_overwritten_keys() {
+        let etcd = tokio::task::block_in_place(testkit::EtcdServer::start)
+            .expect("start etcd (install it with `apt-get install etcd-server etcd-client`)");
+        let mut actor = actor(&etcd.endpoint()).await;
+        let mut keys = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            let instance = Instance::new("lorem", id, "127.0.0.1", 8080);
+            let key = actor.ctx.instance_key(&instance);
+            actor.register(&key, &instance).await.expect("register");
+            keys.push((key, instance));
+        }
+        let lease = actor.lease.as_ref().map(|l| l.id).expect("a lease");
+        let mut kv = actor.ctx.kv.clone();
+        kv.delete(keys[0].0.as_str(), None).await.expect("delete");
+        kv.put(keys[1].0.as_str(), "garbage", None)
+            .await
+            .expect("overwrite");
+        let json = keys[2].1.to_json();
+        kv.put(keys[2].0.as_str(), json, None)
+            .await
+            .expect("detach from the lease");
+
+        actor.check(lease).await;
+        for (key, instance) in &keys {
+            assert_eq!(
+                stored(&actor, key).await,
+                Some((instance.to_json(), lease)),
+                "{key} restored"
+            );
         }
     }
 }

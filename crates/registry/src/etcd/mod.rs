@@ -6,6 +6,8 @@
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar) + `Put key lease=L`  |
 //! | keep alive  | `LeaseKeepAlive` every granted TTL / 3 on one stream; a reply with TTL 0     |
 //! |             | means the lease is gone: grant a new one and `Put` every live key again     |
+//! | check       | every 3rd renewal (about once per TTL): `Txn { Get key... }` over our keys; |
+//! |             | `Put key lease=L` again for each one missing, on another lease or changed    |
 //! | deregister  | `Txn { if lease(key) == L then Delete key }`                                  |
 //! | abandon     | `LeaseGrant` (never kept alive) + `Txn { if lease(key) == L then Put key     |
 //! |             | lease=new }`: the key expires one TTL later, as after a crash                |
@@ -49,8 +51,14 @@
 //! - Every request is retried on transport errors until `REGISTRY_TIMEOUT`:
 //!   the gRPC channel balances over all endpoints and keeps trying a stopped
 //!   member's, so with one member of three down a retry reaches a live one.
-//! - A key deleted by another tool while our lease lives is not put back
-//!   until the next lease change.
+//! - A key deleted or overwritten by another client while our lease lives
+//!   (`etcdctl del /services/lorem/x`, a put without our lease) is noticed by
+//!   the check that follows every third renewal, about once per TTL: it
+//!   reads our own keys (one `Txn` of `Get`s per 64 keys, never the whole
+//!   prefix) and puts back, with a warning, each one that is missing, on
+//!   another lease or holding other data. Ids must therefore be unique
+//!   within a service: two registrars registering the same id take the key
+//!   from each other at every check, with a warning each time.
 
 mod lease;
 mod read;
@@ -367,7 +375,8 @@ impl Registrar for EtcdRegistry {
             })
             .map_err(|_| Error::Closed { backend: BACKEND })?;
         // If the deadline passes, `answer` is dropped and the registrar
-        // undoes the registration once it gets to it.
+        // undoes the registration once it gets to it, putting back the
+        // registration of the same id it replaced, if any.
         let token = self
             .ctx
             .deadline("register", async {
