@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +100,8 @@ struct Shared {
     options: BalancerOptions,
     set: watch::Receiver<Snapshot>,
     picker: Mutex<Picker>,
+    /// Calls of [`Balancer::next`] parked until an instance appears.
+    waiting: AtomicUsize,
     /// Aborts the watch task when the last balancer clone goes away.
     _task: AbortOnDrop,
 }
@@ -136,20 +139,37 @@ impl Balancer {
     /// The set starts empty and fills as soon as the watch delivers its first
     /// snapshot; [`next`](Self::next) waits for it.
     ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if `service` is not a valid service name
+    /// (see [`registry::validate_name`]): no registry could ever list an
+    /// instance of it, so failing here beats a wait per request.
+    ///
     /// # Panics
     /// If called outside a Tokio runtime (the watch runs as a task).
-    pub fn new<W: Watcher + 'static>(watcher: W, service: &str, options: BalancerOptions) -> Self {
+    pub fn new<W: Watcher + 'static>(
+        watcher: W,
+        service: &str,
+        options: BalancerOptions,
+    ) -> Result<Self> {
+        check_service(service)?;
         let (tx, rx) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
         let task = tokio::spawn(follow(watcher, service.to_owned(), tx));
-        Balancer {
+        Ok(Balancer {
             shared: Arc::new(Shared {
                 service: service.to_owned(),
                 options,
                 set: rx,
                 picker: Mutex::new(Picker::default()),
+                waiting: AtomicUsize::new(0),
                 _task: AbortOnDrop(task),
             }),
-        }
+        })
+    }
+
+    /// How many calls of [`next`](Self::next) (requests) are parked right
+    /// now, waiting for an instance of the service to appear.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::SeqCst)
     }
 
     /// The service this balancer follows.
@@ -231,6 +251,9 @@ impl Balancer {
         let deadline = waited_from + self.shared.options.wait_timeout;
         let mut changes = self.shared.set.clone();
         let mut logged = false;
+        // Counts this call in `waiting` from its first empty look until it
+        // returns or is dropped.
+        let mut parked: Option<Parked<'_>> = None;
         loop {
             changes.borrow_and_update();
             if let Some(instance) = self.pick(exclude).or_else(|| self.pick(&[])) {
@@ -239,6 +262,9 @@ impl Balancer {
                         "an instance appeared; sending the request");
                 }
                 return Ok(instance);
+            }
+            if parked.is_none() {
+                parked = Some(Parked::new(&self.shared.waiting));
             }
             if !logged {
                 tracing::info!(service = %self.shared.service,
@@ -260,6 +286,32 @@ impl Balancer {
             service: self.shared.service.clone(),
             waited: self.shared.options.wait_timeout,
         })
+    }
+}
+
+/// Checks that `service` is a name a registry can hold.
+pub(crate) fn check_service(service: &str) -> Result<()> {
+    registry::validate_name("service", service).map_err(|error| {
+        Error::InvalidOptions(match error {
+            registry::Error::InvalidInstance(message) => message,
+            other => other.to_string(),
+        })
+    })
+}
+
+/// One parked [`Balancer::next`] call, counted while it lives.
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Parked(counter)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

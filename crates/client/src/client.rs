@@ -7,9 +7,11 @@
 //! (2xx, 4xx...) is returned as is. [`LoremClient`] adds the lorem API on
 //! top: `POST /lorem/{kind}/{min}/{max}` answering `{"message": "..."}`.
 
+use std::collections::HashSet;
 use std::error::Error as _;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use registry::Instance;
@@ -21,6 +23,10 @@ use crate::error::{Error, Result};
 
 /// The header through which an instance names itself.
 pub const INSTANCE_HEADER: &str = "x-instance-id";
+
+/// How many distinct instances a client warns about for a mismatched
+/// [`INSTANCE_HEADER`] (one warning each); bounds the memory it keeps.
+const MAX_MISMATCH_WARNINGS: usize = 1024;
 
 /// Default [`ClientOptions::attempts`].
 pub const DEFAULT_ATTEMPTS: u32 = 3;
@@ -60,9 +66,13 @@ pub struct Answer {
     pub status: u16,
     /// The body, as text.
     pub body: String,
-    /// The id of the instance that answered: its `x-instance-id` header, or
-    /// the registry id if it sent none.
+    /// The registry id of the instance that answered (the one the balancer
+    /// picked): what counts and reports are keyed by.
     pub instance: String,
+    /// The id the instance gave in its `x-instance-id` header, if any. It
+    /// normally equals `instance`; a difference (logged once per instance)
+    /// points at a misconfigured server.
+    pub reported_id: Option<String>,
     /// How many tries failed before this answer.
     pub retries: u32,
     /// Time from the call to the end of the answer, retries and waiting for
@@ -76,6 +86,8 @@ pub struct Client {
     balancer: Balancer,
     http: reqwest::Client,
     options: ClientOptions,
+    /// Registry ids already warned about for a mismatched header.
+    warned: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Client {
@@ -106,6 +118,7 @@ impl Client {
             balancer,
             http,
             options,
+            warned: Arc::default(),
         })
     }
 
@@ -142,24 +155,24 @@ impl Client {
                 tokio::time::sleep(self.options.retry_backoff).await;
             }
             match self.try_once(&instance, path).await {
-                Ok((status, body, answered_by)) if status < 500 => {
+                Ok((status, body, reported_id)) if status < 500 => {
                     return Ok(Answer {
                         status,
                         body,
-                        instance: answered_by,
+                        instance: instance.id,
+                        reported_id,
                         retries: attempt - 1,
                         latency: started.elapsed(),
                     });
                 }
-                Ok((status, body, answered_by)) => {
+                Ok((status, body, _)) => {
                     last = format!("HTTP {status}: {}", body.trim());
-                    last_instance = answered_by;
                 }
                 Err(error) => {
                     last = error;
-                    last_instance = instance.id.clone();
                 }
             }
+            last_instance.clone_from(&instance.id);
             let retrying = attempt < self.options.attempts;
             tracing::warn!(
                 service = %service,
@@ -182,13 +195,13 @@ impl Client {
         })
     }
 
-    /// One try on one instance: `(status, body, answering id)`, or a
+    /// One try on one instance: `(status, body, x-instance-id header)`, or a
     /// description of the transport failure.
     async fn try_once(
         &self,
         instance: &Instance,
         path: &str,
-    ) -> std::result::Result<(u16, String, String), String> {
+    ) -> std::result::Result<(u16, String, Option<String>), String> {
         let url = format!("http://{}{}", instance.authority(), path);
         let response = self
             .http
@@ -198,15 +211,39 @@ impl Client {
             .await
             .map_err(|e| self.describe(&e))?;
         let status = response.status().as_u16();
-        let answered_by = response
+        let reported_id = response
             .headers()
             .get(INSTANCE_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| instance.id.clone());
+            .map(str::to_owned);
+        if let Some(reported) = &reported_id {
+            self.check_reported_id(instance, reported);
+        }
         let body = response.text().await.map_err(|e| self.describe(&e))?;
-        Ok((status, body, answered_by))
+        Ok((status, body, reported_id))
+    }
+
+    /// Warns, once per registry id, when an instance names itself otherwise
+    /// than its registration: answers are still counted under the registry
+    /// id, but the difference usually means a server was started with the
+    /// wrong id or another process took over its address.
+    fn check_reported_id(&self, instance: &Instance, reported: &str) {
+        if reported == instance.id {
+            return;
+        }
+        // Poisoning only risks a repeated warning.
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() < MAX_MISMATCH_WARNINGS && warned.insert(instance.id.clone()) {
+            tracing::warn!(
+                service = %self.balancer.service(),
+                instance = %instance.id,
+                addr = %instance.authority(),
+                header = %reported,
+                "the instance's {INSTANCE_HEADER} header differs from its registry id; \
+                 counting its answers under the registry id"
+            );
+        }
     }
 
     fn describe(&self, error: &reqwest::Error) -> String {
@@ -319,8 +356,11 @@ impl Default for LoremRequest {
 pub struct Lorem {
     /// The generated text.
     pub message: String,
-    /// The id of the instance that answered.
+    /// The registry id of the instance that answered (see
+    /// [`Answer::instance`]).
     pub instance: String,
+    /// Its `x-instance-id` header, if any (see [`Answer::reported_id`]).
+    pub reported_id: Option<String>,
     /// How many tries failed before this answer.
     pub retries: u32,
     /// Time from the call to the answer, retries included.
@@ -377,6 +417,7 @@ impl LoremClient {
                 Ok(body) => Ok(Lorem {
                     message: body.message,
                     instance: answer.instance,
+                    reported_id: answer.reported_id,
                     retries: answer.retries,
                     latency: answer.latency,
                 }),

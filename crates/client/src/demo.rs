@@ -1,4 +1,4 @@
-//! The demo that `cargo run --release --bin lorem-demo` runs: two lorem
+//! The demo that `cargo run --bin lorem-demo` runs: two lorem
 //! servers, a crash, a return, and a client that never fails a request.
 //!
 //! Every server and the client get their own registry connection from
@@ -12,7 +12,9 @@
 //! | 3     | `b` comes back with the same id on a new port          | `b` serves again, then [`DemoOptions::settle`] |
 //!
 //! The client sends one request every [`DemoOptions::interval`]. Each phase
-//! is bounded, and so is the whole run ([`DemoOptions::overall`]).
+//! is bounded, and so is the whole run ([`DemoOptions::overall`]). A run
+//! that stops early still reports what it saw: [`DemoFailure::report`] has
+//! the phases so far (the interrupted one included) and the request counts.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +36,18 @@ pub const DEMO_TTL: Duration = Duration::from_secs(2);
 const STAYS: &str = "a";
 /// The id of the server that crashes and comes back.
 const CRASHES: &str = "b";
+
+/// A demo run that stopped early: why, and what it saw until then.
+#[derive(Debug, thiserror::Error)]
+#[error("the demo stopped early")]
+pub struct DemoFailure {
+    /// The phases gathered so far (the interrupted one last) and the
+    /// request counts; its [`DemoReport::error`] holds the reason in words.
+    pub report: DemoReport,
+    /// Why it stopped.
+    #[source]
+    pub error: DemoError,
+}
 
 /// Why the demo could not run to the end.
 #[derive(Debug, thiserror::Error)]
@@ -164,22 +178,45 @@ pub struct DemoReport {
     pub ok: u64,
     /// Requests that failed, all phases. The demo succeeds when it is 0.
     pub failed: u64,
+    /// Why the run stopped early (the error and its causes), if it did.
+    pub error: Option<String>,
 }
 
 impl DemoReport {
-    /// True when no request failed.
+    /// True when the run went to the end and no request failed.
     pub fn succeeded(&self) -> bool {
-        self.failed == 0 && self.ok > 0
+        self.failed == 0 && self.ok > 0 && self.error.is_none()
     }
 }
 
+/// One line per phase, an `error: ...` line if the run stopped early, and
+/// always `requests: ok=<n> failed=<m>` last.
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for phase in &self.phases {
             writeln!(f, "{phase}")?;
         }
+        if let Some(error) = &self.error {
+            writeln!(f, "error: {error}")?;
+        }
         write!(f, "requests: ok={} failed={}", self.ok, self.failed)
     }
+}
+
+/// `error` and its causes on one line, skipping a cause whose text the
+/// line already holds (as `#[error("client: {0}")]` wrappers repeat it).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// The registry settings of `lorem-demo`: [`Settings::from_env`], with
@@ -199,16 +236,32 @@ pub fn settings_from_env() -> Result<Settings, registry::Error> {
 /// at the end.
 ///
 /// # Errors
-/// [`DemoError`] if the registry, a server or the client cannot start, if a
+/// A [`DemoFailure`] (with the report so far) if the service name is
+/// invalid, if the registry, a server or the client cannot start, if a
 /// phase's event does not happen within [`DemoOptions::event_timeout`], or
 /// if the run takes longer than [`DemoOptions::overall`]. Failed requests
 /// are not errors: they are counted in the report.
-pub async fn run(settings: Settings, options: DemoOptions) -> Result<DemoReport, DemoError> {
-    match tokio::time::timeout(options.overall, run_phases(&settings, &options)).await {
-        Ok(result) => result,
+pub async fn run(settings: Settings, options: DemoOptions) -> Result<DemoReport, DemoFailure> {
+    let mut report = DemoReport::default();
+    let outcome = match tokio::time::timeout(
+        options.overall,
+        run_phases(&settings, &options, &mut report),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
         Err(_) => Err(DemoError::TimedOut {
             after: options.overall,
         }),
+    };
+    match outcome {
+        Ok(()) => Ok(report),
+        Err(error) => {
+            let message = error_chain(&error);
+            tracing::error!(error = %message, "the demo stopped early");
+            report.error = Some(message);
+            Err(DemoFailure { report, error })
+        }
     }
 }
 
@@ -231,24 +284,48 @@ async fn start_server(
         })
 }
 
-/// The client side: one request per tick, counted into a phase.
-struct Traffic {
+/// The client side: one request per tick, counted at once into the
+/// current (last) phase of the report, so that a run cut short still has
+/// every count.
+struct Traffic<'r> {
     client: LoremClient,
     ticks: Interval,
     request: LoremRequest,
-    phase: PhaseReport,
+    report: &'r mut DemoReport,
     started: Instant,
 }
 
-impl Traffic {
+impl Traffic<'_> {
     fn begin(&mut self, number: u8, title: &str) {
         tracing::info!(phase = number, "phase {number}: {title}");
-        self.phase = PhaseReport {
+        self.report.phases.push(PhaseReport {
             number,
             title: title.to_owned(),
             ..PhaseReport::default()
-        };
+        });
         self.started = Instant::now();
+    }
+
+    /// Counts one request into the current phase and the totals.
+    fn count(&mut self, served_by: Option<&str>, retries: u64) {
+        let elapsed = self.started.elapsed();
+        let report = &mut *self.report;
+        match served_by {
+            Some(_) => report.ok += 1,
+            None => report.failed += 1,
+        }
+        let Some(phase) = report.phases.last_mut() else {
+            return;
+        };
+        phase.duration = elapsed;
+        phase.retries += retries;
+        match served_by {
+            Some(id) => {
+                phase.ok += 1;
+                *phase.per_instance.entry(id.to_owned()).or_default() += 1;
+            }
+            None => phase.failed += 1,
+        }
     }
 
     /// Waits for the next tick and sends one request; returns the id of the
@@ -263,21 +340,20 @@ impl Traffic {
                     latency = ?lorem.latency,
                     "request served"
                 );
-                self.phase.ok += 1;
-                self.phase.retries += u64::from(lorem.retries);
-                *self
-                    .phase
-                    .per_instance
-                    .entry(lorem.instance.clone())
-                    .or_default() += 1;
+                // Keyed by the registry id of the instance the balancer
+                // picked, whatever its x-instance-id header says.
+                self.count(Some(&lorem.instance), u64::from(lorem.retries));
                 Some(lorem.instance)
             }
             Err(error) => {
                 tracing::warn!(%error, "request failed");
-                self.phase.failed += 1;
-                if let crate::error::Error::Exhausted { attempts, .. } = error {
-                    self.phase.retries += u64::from(attempts.saturating_sub(1));
-                }
+                let retries = match error {
+                    crate::error::Error::Exhausted { attempts, .. } => {
+                        u64::from(attempts.saturating_sub(1))
+                    }
+                    _ => 0,
+                };
+                self.count(None, retries);
                 None
             }
         }
@@ -291,16 +367,22 @@ impl Traffic {
         }
     }
 
-    fn end(&mut self, report: &mut DemoReport) {
-        self.phase.duration = self.started.elapsed();
-        tracing::info!("{}", self.phase);
-        report.ok += self.phase.ok;
-        report.failed += self.phase.failed;
-        report.phases.push(std::mem::take(&mut self.phase));
+    fn end(&mut self) {
+        let elapsed = self.started.elapsed();
+        if let Some(phase) = self.report.phases.last_mut() {
+            phase.duration = elapsed;
+            tracing::info!("{phase}");
+        }
     }
 }
 
-async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoReport, DemoError> {
+/// The three phases, counted into `report` as they go.
+async fn run_phases(
+    settings: &Settings,
+    options: &DemoOptions,
+    report: &mut DemoReport,
+) -> Result<(), DemoError> {
+    crate::balancer::check_service(&options.service)?;
     tracing::info!(
         backend = settings.backend.name(),
         ttl = ?settings.ttl,
@@ -313,7 +395,7 @@ async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoRe
         registry::connect(settings).await?,
         &options.service,
         BalancerOptions::default(),
-    );
+    )?;
     let client = LoremClient::new(balancer.clone(), options.client.clone())?;
 
     let mut set = balancer.subscribe();
@@ -340,14 +422,13 @@ async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoRe
         client,
         ticks,
         request: options.request,
-        phase: PhaseReport::default(),
+        report,
         started: Instant::now(),
     };
-    let mut report = DemoReport::default();
 
     traffic.begin(1, "a and b serve");
     traffic.run_for(options.phase1).await;
-    traffic.end(&mut report);
+    traffic.end();
 
     traffic.begin(2, "b crashed; retries go to a until b expires");
     b.crash();
@@ -367,7 +448,7 @@ async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoRe
         "b expired from the registry"
     );
     traffic.run_for(options.settle).await;
-    traffic.end(&mut report);
+    traffic.end();
 
     traffic.begin(3, "b is back with the same id");
     let b = start_server(settings, options, CRASHES).await?;
@@ -385,7 +466,7 @@ async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoRe
         }
     }
     traffic.run_for(options.settle).await;
-    traffic.end(&mut report);
+    traffic.end();
 
     drop(traffic);
     drop(balancer);
@@ -395,5 +476,5 @@ async fn run_phases(settings: &Settings, options: &DemoOptions) -> Result<DemoRe
             tracing::warn!(id, %error, "server did not stop cleanly");
         }
     }
-    Ok(report)
+    Ok(())
 }

@@ -29,7 +29,7 @@ pub enum Error {
         service: String,
         /// How many attempts were made.
         attempts: u32,
-        /// The instance that failed last.
+        /// The registry id of the instance that failed last.
         instance: String,
         /// What went wrong the last time.
         last: String,
@@ -39,7 +39,7 @@ pub enum Error {
     /// another instance would refuse it too.
     #[error("instance {instance:?} refused the request with {status}: {message}")]
     Rejected {
-        /// The instance that answered.
+        /// The registry id of the instance that answered.
         instance: String,
         /// The HTTP status (400-499).
         status: u16,
@@ -53,13 +53,14 @@ pub enum Error {
     /// promises.
     #[error("instance {instance:?} answered with an unexpected body: {reason}")]
     BadResponse {
-        /// The instance that answered.
+        /// The registry id of the instance that answered.
         instance: String,
         /// What was wrong with it.
         reason: String,
     },
 
-    /// The options cannot be used (zero attempts, a bad range...).
+    /// The options cannot be used (zero attempts, a service name no
+    /// registry can hold...).
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
 

@@ -25,7 +25,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! let registry = registry::connect(&registry::Settings::from_env()?).await?;
-//! let balancer = Balancer::new(registry, "lorem", BalancerOptions::default());
+//! let balancer = Balancer::new(registry, "lorem", BalancerOptions::default())?;
 //! let client = LoremClient::new(balancer, ClientOptions::default())?;
 //! let lorem = client.lorem(&LoremRequest::new(Kind::Sentence, 5, 20)).await?;
 //! println!("{} says: {}", lorem.instance, lorem.message);

@@ -53,8 +53,8 @@ impl Default for LoadOptions {
 }
 
 /// The outcome of a load run. Serialises to the JSON that
-/// `lorem-client load --json` prints: exactly `ok`, `failed`, `p50_ms`,
-/// `p99_ms`, `rps` and `per_instance`.
+/// `lorem-client load --json` prints: `ok`, `failed`, `p50_ms`, `p99_ms`,
+/// `rps` and `per_instance`, plus `error` when the run could not start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadReport {
     /// Requests answered with a message.
@@ -67,9 +67,15 @@ pub struct LoadReport {
     pub p99_ms: f64,
     /// Finished requests (ok and failed) per second of the run.
     pub rps: f64,
-    /// Successful requests by the id of the instance that answered (its
-    /// `x-instance-id`).
+    /// Successful requests by the registry id of the instance that
+    /// answered (the one the balancer picked, whatever its `x-instance-id`
+    /// header says).
     pub per_instance: BTreeMap<String, u64>,
+    /// Why nothing could be sent (bad arguments, unusable registry
+    /// settings...); `None` (and absent from the JSON) for a run that took
+    /// place, however many of its requests failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// How long the run took.
     #[serde(skip)]
     pub elapsed: Duration,
@@ -80,11 +86,11 @@ pub struct LoadReport {
 
 impl LoadReport {
     /// The report of a run where nothing could even start: every one of
-    /// `requests` counted as failed with `error`.
+    /// `requests` counted as failed, with `error` as the reason.
     pub fn all_failed(requests: u64, error: &str) -> Self {
         LoadReport {
             failed: requests,
-            errors: BTreeMap::from([(error.to_owned(), requests)]),
+            error: Some(error.to_owned()),
             ..LoadReport::default()
         }
     }
@@ -116,6 +122,9 @@ impl fmt::Display for LoadReport {
         }
         for (error, count) in &self.errors {
             writeln!(f, "error x{count}: {error}")?;
+        }
+        if let Some(error) = &self.error {
+            writeln!(f, "error: {error}")?;
         }
         Ok(())
     }
@@ -264,21 +273,42 @@ mod tests {
         assert_eq!(percentile_ms(&[], 0.5), 0.0);
     }
 
+    fn keys(json: &str) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
     #[test]
     fn the_json_has_exactly_the_promised_keys() {
-        let report = LoadReport::all_failed(3, "no instance");
-        let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
-        let mut keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
+        let report = LoadReport {
+            ok: 2,
+            failed: 1,
+            per_instance: BTreeMap::from([("a".to_owned(), 2)]),
+            errors: BTreeMap::from([("no instance".to_owned(), 1)]),
+            ..LoadReport::default()
+        };
         assert_eq!(
-            keys,
+            keys(&report.to_json()),
             ["failed", "ok", "p50_ms", "p99_ms", "per_instance", "rps"]
         );
+        // A run that could not start says why, in one more key.
+        let report = LoadReport::all_failed(3, "bad arguments");
+        assert_eq!(
+            keys(&report.to_json()),
+            [
+                "error",
+                "failed",
+                "ok",
+                "p50_ms",
+                "p99_ms",
+                "per_instance",
+                "rps"
+            ]
+        );
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(value["failed"], 3);
+        assert_eq!(value["error"], "bad arguments");
     }
 }

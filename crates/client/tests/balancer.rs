@@ -70,7 +70,8 @@ async fn weighted_round_robin_follows_the_weights() {
             strategy: Strategy::WeightedRoundRobin,
             ..BalancerOptions::default()
         },
-    );
+    )
+    .expect("a valid service name");
     wait_for_ids(&balancer, &["a", "b", "c"]).await;
 
     let mut picks = Vec::new();
@@ -246,10 +247,10 @@ async fn client_errors_are_returned_without_retry() {
             message,
             body,
         } => {
-            // The instance names itself through x-instance-id.
+            // Named by its registry id, not by its x-instance-id header.
             assert_eq!(
                 (instance.as_str(), *status, message.as_str(), body.as_str()),
-                ("picky-1", 400, "nope", r#"{"error":"nope"}"#)
+                ("picky", 400, "nope", r#"{"error":"nope"}"#)
             );
         }
         other => panic!("expected Rejected, got {other:?}"),
@@ -261,6 +262,9 @@ async fn client_errors_are_returned_without_retry() {
         .await
         .expect("a 4xx is an answer");
     assert_eq!((answer.status, answer.retries), (400, 0));
+    // The header is kept for debugging, beside the registry id.
+    assert_eq!(answer.instance, "picky");
+    assert_eq!(answer.reported_id.as_deref(), Some("picky-1"));
     registration.deregister().await.expect("deregister");
     picky.stop().await;
 
@@ -342,7 +346,12 @@ async fn a_request_on_an_empty_set_waits_for_an_instance() {
         async move { client.lorem(&sentence()).await }
     });
     // The request is parked, not failed, while nothing is registered.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let balancer = client.balancer().clone();
+    common::wait_until("the request parked in the balancer", || {
+        let parked = balancer.waiting() == 1;
+        async move { parked }
+    })
+    .await;
     assert!(!waiting.is_finished(), "the request did not wait");
     let server = start_lorem(registry.clone(), "lorem", "late").await;
     let lorem = tokio::time::timeout(DEADLINE, waiting)
@@ -380,7 +389,8 @@ async fn a_request_fails_clearly_when_no_instance_appears() {
 #[tokio::test]
 async fn the_set_follows_registrations() {
     let registry = registry();
-    let balancer = Balancer::new(registry.clone(), "lorem", BalancerOptions::default());
+    let balancer = Balancer::new(registry.clone(), "lorem", BalancerOptions::default())
+        .expect("a valid service name");
     wait_for_ids(&balancer, &[]).await;
     let x = registry
         .register(Instance::new("lorem", "x", "127.0.0.1", 1001))
@@ -415,9 +425,55 @@ async fn the_set_follows_registrations() {
     other.deregister().await.expect("deregister");
 }
 
+#[tokio::test]
+async fn an_invalid_service_name_is_refused_at_once() {
+    for bad in ["", "a/b", "..", "lorem service"] {
+        let error = Balancer::new(registry(), bad, BalancerOptions::default())
+            .expect_err("an invalid name is refused");
+        assert!(
+            matches!(error, Error::InvalidOptions(_)),
+            "{bad:?}: {error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("service {bad:?} must match")),
+            "{error}"
+        );
+    }
+}
+
 /// A watcher whose stream the test drives by hand.
 struct ScriptedWatcher {
     stream: std::sync::Mutex<Option<WatchStream>>,
+}
+
+/// Items the balancer has taken from a scripted stream, and how many of
+/// them it has finished handling: it polls for the next item only after
+/// handling the last one.
+#[derive(Default)]
+struct Progress {
+    taken: AtomicU64,
+    handled: AtomicU64,
+}
+
+/// A stream over `rx` that records its consumer's [`Progress`].
+fn tracked(
+    mut rx: futures::channel::mpsc::UnboundedReceiver<registry::Result<Vec<Instance>>>,
+    progress: Arc<Progress>,
+) -> WatchStream {
+    futures::stream::poll_fn(move |cx| {
+        // Being polled again means every item taken so far was handled.
+        progress
+            .handled
+            .store(progress.taken.load(Ordering::SeqCst), Ordering::SeqCst);
+        let item = rx.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(Some(_)) = &item {
+            progress.taken.fetch_add(1, Ordering::SeqCst);
+        }
+        item
+    })
+    .boxed()
 }
 
 #[async_trait::async_trait]
@@ -440,10 +496,12 @@ impl Watcher for ScriptedWatcher {
 #[tokio::test]
 async fn a_watch_error_keeps_the_last_good_set() {
     let (tx, rx) = futures::channel::mpsc::unbounded::<registry::Result<Vec<Instance>>>();
+    let progress = Arc::new(Progress::default());
     let watcher = ScriptedWatcher {
-        stream: std::sync::Mutex::new(Some(rx.boxed())),
+        stream: std::sync::Mutex::new(Some(tracked(rx, progress.clone()))),
     };
-    let balancer = Balancer::new(watcher, "lorem", BalancerOptions::default());
+    let balancer =
+        Balancer::new(watcher, "lorem", BalancerOptions::default()).expect("a valid service name");
     let a = Instance::new("lorem", "a", "127.0.0.1", 1001);
     tx.unbounded_send(Ok(vec![a.clone()])).unwrap();
     wait_for_ids(&balancer, &["a"]).await;
@@ -455,8 +513,13 @@ async fn a_watch_error_keeps_the_last_good_set() {
     wait_for_ids(&balancer, &["a", "b"]).await;
     tx.unbounded_send(Err(registry::Error::Closed { backend: "memory" }))
         .unwrap();
-    // Give the error time to be handled: the set must not change.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the fourth item (the second error) is handled, the set must be
+    // unchanged.
+    common::wait_until("the balancer handled the second error", || {
+        let handled = progress.handled.load(Ordering::SeqCst) >= 4;
+        async move { handled }
+    })
+    .await;
     assert_eq!(balancer.instances().len(), 2);
     assert_eq!(
         balancer.pick(&[]).map(|i| i.service),

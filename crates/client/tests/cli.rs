@@ -57,29 +57,123 @@ async fn load_json_prints_one_object_even_when_nothing_answers() {
     assert!(report["per_instance"].is_object(), "{report}");
     // The reason is logged on stderr.
     assert!(stderr.contains("no instance"), "{stderr}");
+    // So is the warning that the memory registry sees only this process.
+    assert!(
+        stderr.contains("REGISTRY is memory (the default)"),
+        "{stderr}"
+    );
+}
+
+/// Runs `lorem-client` with `args` (and `REGISTRY=registry`), bounded in
+/// time: `(exit code, stdout, stderr)`.
+async fn run(registry: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        lorem_client().env("REGISTRY", registry).args(args).output(),
+    )
+    .await
+    .expect("lorem-client finishes")
+    .expect("lorem-client runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Checks that `stdout` is exactly one all-failed JSON report whose
+/// `error` contains `reason`, and returns it.
+fn all_failed_report(stdout: &str, failed: u64, reason: &str) -> Value {
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "exactly one line: {stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(report["ok"], 0, "{report}");
+    assert_eq!(report["failed"], failed, "{report}");
+    for key in ["p50_ms", "p99_ms", "rps"] {
+        assert!(report[key].is_number(), "{key} in {report}");
+    }
+    assert!(report["per_instance"].is_object(), "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(reason),
+        "error should mention {reason:?}: {report}"
+    );
+    report
 }
 
 #[tokio::test]
-async fn load_without_a_bound_is_a_usage_error() {
-    let output = lorem_client()
-        .args(["load", "--json"])
-        .output()
-        .await
-        .expect("lorem-client runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+async fn load_json_reports_usage_errors_as_json() {
+    // No bound at all: one failed request.
+    let (code, stdout, stderr) = run("memory", &["load", "--json"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 1, "--requests");
+    assert!(stderr.contains("--requests"), "{stderr}");
+
+    // A bad duration: every requested request failed.
+    let (code, stdout, stderr) = run(
+        "memory",
+        &["load", "--requests", "5", "--duration", "soon", "--json"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 5, "--duration");
+    assert!(stderr.contains("--duration"), "{stderr}");
+
+    // An unknown flag, with --json before the subcommand's other flags.
+    let (code, stdout, stderr) = run(
+        "memory",
+        &["load", "--json", "--requests=2", "--no-such-flag"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 2, "--no-such-flag");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
+
+#[tokio::test]
+async fn load_json_reports_setting_errors_as_json() {
+    let (code, stdout, stderr) = run("etc", &["load", "--requests", "4", "--json"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 4, "unknown registry \"etc\"");
+    assert!(stderr.contains("unknown registry \"etc\""), "{stderr}");
+
+    // A service name no registry can hold fails at once, not after a wait
+    // per request.
+    let (code, stdout, stderr) = run(
+        "memory",
+        &["load", "--service", "a/b", "--requests", "3", "--json"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 3, "service \"a/b\" must match");
+}
+
+#[tokio::test]
+async fn usage_errors_without_json_are_clap_errors() {
+    let (code, stdout, stderr) = run("memory", &["load"]).await;
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("--requests"), "{stderr}");
 }
 
 #[tokio::test]
+async fn an_invalid_service_name_is_refused_at_start() {
+    let (code, stdout, stderr) = run("memory", &["loop", "--count", "1", "--service", ".."]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("service \"..\" must match"), "{stderr}");
+    assert!(
+        !stderr.contains("no instance"),
+        "no wait for an instance: {stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_registry_name_is_reported() {
-    let output = lorem_client()
-        .env("REGISTRY", "etc")
-        .args(["loop", "--count", "1"])
-        .output()
-        .await
-        .expect("lorem-client runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stdout, stderr) = run("etc", &["loop", "--count", "1"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("unknown registry \"etc\""), "{stderr}");
 }

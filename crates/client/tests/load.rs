@@ -7,8 +7,8 @@ use std::time::Duration;
 use client::load::{self, LoadOptions};
 use client::repeat::{self, RepeatOptions};
 use client::{BalancerOptions, ClientOptions, LoremRequest};
-use common::{lorem_client, start_lorem, wait_for_ids};
-use registry::MemoryRegistry;
+use common::{Stub, lorem_client, start_lorem, wait_for_ids};
+use registry::{Instance, MemoryRegistry, Registrar};
 
 #[tokio::test]
 async fn load_reports_counts_latency_and_spread() {
@@ -85,4 +85,54 @@ async fn load_reports_counts_latency_and_spread() {
 
     a.shutdown().await.expect("clean shutdown");
     b.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn per_instance_counts_by_registry_id_not_by_header() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    // Registered as "real", but names itself "impostor" in x-instance-id.
+    let stub = Stub::start(axum::Router::new().route(
+        "/lorem/{kind}/{min}/{max}",
+        axum::routing::post(|| async {
+            (
+                [("x-instance-id", "impostor")],
+                axum::Json(serde_json::json!({ "message": "lorem ipsum" })),
+            )
+        }),
+    ))
+    .await;
+    let registration = registry
+        .register(Instance::new(
+            "lorem",
+            "real",
+            "127.0.0.1",
+            stub.addr.port(),
+        ))
+        .await
+        .expect("register");
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["real"]).await;
+    let report = load::run(
+        &client,
+        &LoadOptions {
+            requests: Some(10),
+            duration: None,
+            concurrency: 2,
+            request: LoremRequest::default(),
+        },
+    )
+    .await
+    .expect("valid options");
+    assert_eq!((report.ok, report.failed), (10, 0), "{report}");
+    assert_eq!(
+        report.per_instance.into_iter().collect::<Vec<_>>(),
+        [("real".to_owned(), 10)]
+    );
+    registration.deregister().await.expect("deregister");
+    stub.stop().await;
 }

@@ -2,12 +2,18 @@
 //!
 //! The registry comes from the environment (`REGISTRY`, `REGISTRY_ADDR`...,
 //! see `registry::Settings`); logs go to stderr, filtered by `RUST_LOG`.
+//!
+//! With `--json` anywhere on the command line, stdout gets exactly one JSON
+//! load report whatever happens (bad arguments and unusable settings
+//! included: an all-failed report with an `error` key), and the exit status
+//! is 0 or 1. Only `--help` and `--version` print their usual text.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use client::load::{self, LoadOptions, LoadReport};
 use client::repeat::{self, RepeatOptions};
@@ -98,7 +104,10 @@ impl RequestArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     client::init_tracing();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let outcome = match &cli.command {
         Command::Load {
             requests,
@@ -132,8 +141,78 @@ async fn main() -> ExitCode {
     }
 }
 
+/// What `lorem-client` does with arguments clap refuses: with `--json` on
+/// the command line, the one JSON report a script expects (all failed, with
+/// the reason) and exit 1; otherwise clap's own message and status.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let wants_help = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    if wants_help || !wants_json(&args) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    eprint!("{rendered}");
+    // clap's message without its usage and help hints, on one line.
+    let message = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = match message.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None if message.is_empty() => "invalid arguments".to_owned(),
+        None => message,
+    };
+    let failed = requests_arg(&args).unwrap_or(1).max(1);
+    println!("{}", LoadReport::all_failed(failed, &message).to_json());
+    ExitCode::FAILURE
+}
+
+/// True when `--json` is among the raw arguments (before any `--`).
+fn wants_json(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--json" || arg.starts_with("--json="))
+}
+
+/// The value of `--requests`, if one is given and is a number.
+fn requests_arg(args: &[String]) -> Option<u64> {
+    let mut args = args.iter().take_while(|arg| *arg != "--");
+    while let Some(arg) = args.next() {
+        if arg == "--requests" {
+            return args.next().and_then(|value| value.parse().ok());
+        }
+        if let Some(value) = arg.strip_prefix("--requests=") {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
 async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
+    // A bad name is refused before anything connects: no registry could list
+    // an instance of it, so every request would wait in vain.
+    registry::validate_name("service", &cli.service)
+        .map_err(|error| match error {
+            registry::Error::InvalidInstance(message) => anyhow::anyhow!(message),
+            other => anyhow::Error::from(other),
+        })
+        .context("--service (or LOREM_SERVICE) is not a usable service name")?;
     let settings = registry::Settings::from_env().context("reading the registry settings")?;
+    if matches!(settings.backend, registry::BackendConfig::Memory(_)) {
+        tracing::warn!(
+            "REGISTRY is memory (the default): only instances registered in this same process \
+             are visible; set REGISTRY=consul|etcd|zookeeper to discover lorem-server processes"
+        );
+    }
     let registry = registry::connect(&settings)
         .await
         .with_context(|| format!("connecting to the {} registry", settings.backend.name()))?;
@@ -144,7 +223,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
             strategy: cli.strategy,
             wait_timeout: cli.wait_timeout,
         },
-    );
+    )?;
     let options = ClientOptions {
         attempts: cli.attempts,
         try_timeout: cli.try_timeout,

@@ -88,7 +88,8 @@ pub fn lorem_client(
     balancer: BalancerOptions,
     client: ClientOptions,
 ) -> LoremClient {
-    let balancer = Balancer::new(registry.clone(), service, balancer);
+    let balancer =
+        Balancer::new(registry.clone(), service, balancer).expect("a valid service name");
     LoremClient::new(balancer, client).expect("valid client options")
 }
 
