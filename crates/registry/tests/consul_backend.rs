@@ -1,12 +1,14 @@
 //! Consul-specific behaviour, against real dev agents started by `testkit`:
 //! recovery after an agent restart, registrations written by other clients
 //! (curl-style JSON, the `consul` CLI, the catalog API), TTL expiry of
-//! abandoned instances, id collisions, and the cost of an idle watch.
+//! abandoned instances, id collisions, the cost of an idle watch, and
+//! registrations that proceed while a heartbeat round is stalled.
 //!
 //! The generic behaviour every backend shares is in `conformance.rs`.
 //! Needs the Consul binary (`CONSUL_BIN`, `consul` on PATH, or
 //! `~/.cache/consul/1.14.11/consul`; build it with `scripts/build-consul.sh`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -569,5 +571,214 @@ async fn an_agent_that_never_answers_is_unavailable_within_the_timeout() -> Resu
     assert!(err.to_string().contains(&addr), "{err}");
     assert!(started.elapsed() < PATIENCE, "connect hung");
     drop(silent);
+    Ok(())
+}
+
+/// A TCP proxy that, while stalling is on, holds back every request whose
+/// bytes contain `needle` until stalling is turned off, and counts the held
+/// requests and those whose client gave up (closed the connection) while
+/// held.
+struct StallingProxy {
+    addr: String,
+    stall: tokio::sync::watch::Sender<bool>,
+    held: Arc<AtomicUsize>,
+    given_up: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: String, needle: &'static str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (stall, stall_rx) = tokio::sync::watch::channel(false);
+        let held = Arc::new(AtomicUsize::new(0));
+        let given_up = Arc::new(AtomicUsize::new(0));
+        let (h, g) = (held.clone(), given_up.clone());
+        let task = tokio::spawn(async move {
+            for _ in 0..1000 {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(stalling_pipe(
+                    inbound,
+                    outbound,
+                    needle,
+                    stall_rx.clone(),
+                    h.clone(),
+                    g.clone(),
+                ));
+            }
+        });
+        Ok(StallingProxy {
+            addr,
+            stall,
+            held,
+            given_up,
+            task,
+        })
+    }
+
+    fn set_stalling(&self, on: bool) {
+        self.stall.send_replace(on);
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    fn given_up(&self) -> usize {
+        self.given_up.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stalling_pipe(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    needle: &'static str,
+    mut stall: tokio::sync::watch::Receiver<bool>,
+    held: Arc<AtomicUsize>,
+    given_up: Arc<AtomicUsize>,
+) {
+    let (mut from_client, mut to_client) = inbound.into_split();
+    let (mut from_server, mut to_server) = outbound.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = buf[..n].to_vec();
+            if *stall.borrow() && String::from_utf8_lossy(&chunk).contains(needle) {
+                held.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    tokio::select! {
+                        released = stall.wait_for(|on| !*on) => {
+                            if released.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        read = from_client.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => {
+                                given_up.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => chunk.extend_from_slice(&buf[..n]),
+                        },
+                    }
+                }
+            }
+            if to_server.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let down = tokio::io::copy(&mut from_server, &mut to_client);
+    let _ = tokio::join!(up, down);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let proxy = StallingProxy::start(agent.http_addr(), "PUT /v1/agent/check/pass/").await?;
+    // A long REGISTRY_TIMEOUT: the stalled heartbeat stays in flight (its
+    // client waits for it) far longer than the registrations below take.
+    let (config, mut settings) = settings(&proxy.addr, Duration::from_secs(3), None);
+    settings.timeout = Duration::from_secs(20);
+    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let a = registry.register(lorem("a")).await?;
+
+    // The first heartbeat round (one TTL/3 after the registration) hangs on
+    // a's heartbeat, which the proxy holds back.
+    proxy.set_stalling(true);
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.held() == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no heartbeat reached the proxy within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Meanwhile registrations and deregistrations go through.
+    let during = Instant::now();
+    let b = registry
+        .register(lorem("b"))
+        .await
+        .context("register b while a heartbeat round is stalled")?;
+    let c = registry
+        .register(lorem("c"))
+        .await
+        .context("register c while a heartbeat round is stalled")?;
+    c.deregister()
+        .await
+        .context("deregister c while a heartbeat round is stalled")?;
+    let took = during.elapsed();
+    // The round was still waiting for its heartbeat all along: the proxy
+    // still holds it and its client has not given up on it.
+    ensure!(
+        proxy.held() == 1 && proxy.given_up() == 0,
+        "the stalled heartbeat ended before the registrations finished (held {}, given up {})",
+        proxy.held(),
+        proxy.given_up()
+    );
+    println!(
+        "consul: 2 registrations and 1 deregistration took {took:?} while a heartbeat round was stalled"
+    );
+    let lorem_now = registry.instances("lorem").await?;
+    ensure!(
+        ids(&lorem_now).contains(&"b") && !ids(&lorem_now).contains(&"c"),
+        "during the stall: {lorem_now:?}"
+    );
+
+    // Released, the round ends and heartbeats keep both alive.
+    proxy.set_stalling(false);
+    poll_instances(&registry, "lorem", "a and b passing", |s| {
+        ids(s) == ["a", "b"]
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ids(&registry.instances("lorem").await?), ["a", "b"]);
+    a.deregister().await?;
+    b.deregister().await?;
+    assert_eq!(registry.instances("lorem").await?, vec![]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_racing_the_old_handles_deregistration_stays() -> Result<()> {
+    init_tracing();
+    let agent = start_agent().await?;
+    let registry = connect(&agent.http_addr(), Duration::from_secs(3)).await?;
+    // Whichever the registrar receives first, the newer registration of the
+    // id is what remains: the old handle's token no longer owns it.
+    for round in 0..10 {
+        let old = registry
+            .register(lorem("a").with_tag(format!("old{round}")))
+            .await?;
+        let newer = lorem("a").with_tag(format!("new{round}"));
+        let (removed, replaced) = tokio::join!(old.deregister(), registry.register(newer.clone()));
+        removed?;
+        let replacement = replaced?;
+        assert_eq!(
+            registry.instances("lorem").await?,
+            vec![newer],
+            "round {round}"
+        );
+        replacement.deregister().await?;
+        assert_eq!(registry.instances("lorem").await?, vec![], "round {round}");
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! |--------------|-----------------------------------------------------------------------------|
 //! | connect      | `GET /v1/status/leader` (proves the agent answers; needs no ACL)            |
 //! | register     | `GET /v1/agent/service/<id>` (id collision check), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` |
-//! | keep alive   | one task per registrar: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3 |
+//! | keep alive   | one task per registrar: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3, each round in a task of its own so it never holds up registrations |
 //! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" answer means the agent forgot the instance: register it again; connection errors: retry with backoff |
 //! | deregister   | `PUT /v1/agent/service/deregister/<id>`                                     |
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
@@ -18,6 +18,11 @@
 //! `Weights.Passing` (`Weights.Warning` is 1). The TTL check has the id
 //! `service:<id>`, the TTL of [`Settings::ttl`], and
 //! `DeregisterCriticalServiceAfter` = max(1 minute, 10 x TTL).
+//!
+//! Concurrency: the calls of one registrar run side by side (up to 32
+//! registrations or deregistrations at once, heartbeats 16 at a time on
+//! their own), while the operations on one id keep the order they were
+//! asked in; see `keeper.rs`.
 //!
 //! Consul's rules that show through:
 //! - Service ids are unique per *agent*, across all services: registering an
