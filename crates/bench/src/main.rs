@@ -6,14 +6,19 @@
 //!
 //! - `register p50/p99`: latency of `register()` until it returns;
 //! - `visible p50/p99`: from calling `register()` to a *separate*
-//!   connection's watch showing the instance;
+//!   connection's watch showing the instance (rounds are 200 ms apart, so
+//!   each change is measured on a quiet registry);
 //! - `deregister->gone p50`: from `deregister()` to the watch dropping it;
 //! - `crash detect`: from `abandon()` to the watch dropping the instance
 //!   (TTL 2 s; ZooKeeper's session is at least 6 s);
 //! - `200 concurrent`: 200 concurrent registrations until all are visible;
-//! - `server RSS`: the server process's resident memory after the work.
+//! - `server RSS`: the server process's resident memory after the work;
+//! - `lorem rps / p99`: two in-process lorem servers registered through the
+//!   backend and `--load-requests` lorem requests through the discovery-fed
+//!   balancer (concurrency 16). The registry is off the request path, so
+//!   this should be the same on every backend: it checks that it is.
 //!
-//! Usage: `cargo run --release -p bench -- [--rounds N] [--json] [--only etcd,consul]`.
+//! Usage: `cargo run -p bench -- [--rounds N] [--load-requests N] [--json] [--only etcd,consul]`.
 //! Every phase is bounded by a count and a deadline.
 
 use std::process::ExitCode;
@@ -32,6 +37,8 @@ use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
 const TTL: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(5);
 const PHASE_DEADLINE: Duration = Duration::from_secs(60);
+/// The pause before each register/deregister round.
+const ROUND_GAP: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Default, Serialize)]
 struct Row {
@@ -44,6 +51,9 @@ struct Row {
     crash_detect_ms: f64,
     concurrent_200_ms: f64,
     server_rss_mb: Option<f64>,
+    lorem_rps: f64,
+    lorem_p99_ms: f64,
+    lorem_failed: u64,
 }
 
 struct Target {
@@ -157,7 +167,7 @@ async fn until(
     }
 }
 
-async fn measure(target: &Target, rounds: usize) -> Result<Row> {
+async fn measure(target: &Target, rounds: usize, load_requests: u64) -> Result<Row> {
     let registrar = target.connect().await?;
     let watcher = target.connect().await?;
     let mut row = Row {
@@ -170,6 +180,10 @@ async fn measure(target: &Target, rounds: usize) -> Result<Row> {
     until(&mut watch, "the first snapshot", |_| true).await?;
     let (mut register, mut propagate, mut gone) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
+        // A quiet registry between rounds: watch loops that pace bursts of
+        // changes (Consul's blocking queries) are measured on one change,
+        // as in service discovery, not on a change storm.
+        tokio::time::sleep(ROUND_GAP).await;
         let id = format!("r{i}");
         let started = Instant::now();
         let registration = registrar
@@ -233,6 +247,41 @@ async fn measure(target: &Target, rounds: usize) -> Result<Row> {
     futures::future::join_all(registrations.into_iter().map(|r| r.deregister())).await;
 
     row.server_rss_mb = target.pid.and_then(rss_mb);
+
+    // The whole lorem stack over this backend.
+    let mut servers = Vec::new();
+    for id in ["a", "b"] {
+        let mut options = lorem::server::ServerOptions::new(id);
+        options.listen = "127.0.0.1:0".parse()?;
+        options.drain_delay = Duration::ZERO;
+        servers.push(lorem::server::start(options, target.connect().await?).await?);
+    }
+    let balancer =
+        client::Balancer::new(watcher.clone(), "lorem", client::BalancerOptions::default())?;
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while balancer.instances().len() < 2 {
+        if Instant::now() > deadline {
+            bail!("the two lorem servers never became visible");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lorem_client = client::LoremClient::new(balancer, client::ClientOptions::default())?;
+    let report = client::load::run(
+        &lorem_client,
+        &client::load::LoadOptions {
+            requests: Some(load_requests),
+            duration: Some(PHASE_DEADLINE),
+            concurrency: 16,
+            ..client::load::LoadOptions::default()
+        },
+    )
+    .await?;
+    row.lorem_rps = report.rps.round();
+    row.lorem_p99_ms = (report.p99_ms * 100.0).round() / 100.0;
+    row.lorem_failed = report.failed;
+    for server in servers {
+        server.shutdown().await?;
+    }
     Ok(row)
 }
 
@@ -252,10 +301,10 @@ fn rss_mb(pid: u32) -> Option<f64> {
 
 fn print_table(rows: &[Row], rounds: usize) {
     println!(
-        "same work on every backend: {rounds} register/visible/deregister rounds, 1 crash, 200 concurrent registrations (TTL {TTL:?}, loopback)"
+        "same work on every backend: {rounds} register/visible/deregister rounds, 1 crash, 200 concurrent registrations, then lorem load through the balancer (TTL {TTL:?}, loopback)"
     );
     println!(
-        "{:<10} {:>13} {:>13} {:>14} {:>14} {:>12} {:>12} {:>14} {:>10}",
+        "{:<10} {:>13} {:>13} {:>14} {:>14} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10}",
         "backend",
         "register p50",
         "register p99",
@@ -264,11 +313,13 @@ fn print_table(rows: &[Row], rounds: usize) {
         "dereg->gone",
         "crash",
         "200 concurrent",
-        "server RSS"
+        "server RSS",
+        "lorem rps",
+        "lorem p99"
     );
     for r in rows {
         println!(
-            "{:<10} {:>10.2} ms {:>10.2} ms {:>11.2} ms {:>11.2} ms {:>9.2} ms {:>9.0} ms {:>11.0} ms {:>10}",
+            "{:<10} {:>10.2} ms {:>10.2} ms {:>11.2} ms {:>11.2} ms {:>9.2} ms {:>9.0} ms {:>11.0} ms {:>10} {:>10.0} {:>7.2} ms{}",
             r.backend,
             r.register_p50_ms,
             r.register_p99_ms,
@@ -279,13 +330,21 @@ fn print_table(rows: &[Row], rounds: usize) {
             r.concurrent_200_ms,
             r.server_rss_mb
                 .map(|m| format!("{m:.0} MB"))
-                .unwrap_or_else(|| "-".to_owned())
+                .unwrap_or_else(|| "-".to_owned()),
+            r.lorem_rps,
+            r.lorem_p99_ms,
+            if r.lorem_failed > 0 {
+                format!(" ({} failed)", r.lorem_failed)
+            } else {
+                String::new()
+            }
         );
     }
 }
 
 struct Options {
     rounds: usize,
+    load_requests: u64,
     json: bool,
     only: Vec<String>,
 }
@@ -293,6 +352,7 @@ struct Options {
 fn parse_args() -> Result<Options> {
     let mut options = Options {
         rounds: 100,
+        load_requests: 20_000,
         json: false,
         only: ["memory", "etcd", "zookeeper", "consul"]
             .map(str::to_owned)
@@ -307,6 +367,13 @@ fn parse_args() -> Result<Options> {
                 options.rounds = n.parse().context("--rounds needs a number")?;
                 if !(1..=10_000).contains(&options.rounds) {
                     bail!("--rounds must be 1-10000");
+                }
+            }
+            "--load-requests" => {
+                let n = args.next().context("--load-requests needs a number")?;
+                options.load_requests = n.parse().context("--load-requests needs a number")?;
+                if !(1..=1_000_000).contains(&options.load_requests) {
+                    bail!("--load-requests must be 1-1000000");
                 }
             }
             "--only" => {
@@ -345,7 +412,7 @@ async fn main() -> ExitCode {
     for backend in &options.only {
         eprintln!("compare-backends: {backend}...");
         let result = match Target::start(backend) {
-            Ok(target) => measure(&target, options.rounds).await,
+            Ok(target) => measure(&target, options.rounds, options.load_requests).await,
             Err(error) => Err(error),
         };
         match result {

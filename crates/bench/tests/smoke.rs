@@ -6,7 +6,15 @@ use std::process::Command;
 #[test]
 fn compare_backends_prints_one_row_per_backend() {
     let output = Command::new(env!("CARGO_BIN_EXE_compare-backends"))
-        .args(["--rounds", "3", "--json", "--only", "memory,etcd"])
+        .args([
+            "--rounds",
+            "3",
+            "--load-requests",
+            "200",
+            "--json",
+            "--only",
+            "memory,etcd",
+        ])
         .output()
         .expect("run compare-backends");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -35,10 +35,11 @@
 //! - Watches follow Consul's blocking-query rules: a return is not
 //!   necessarily a change (repeats are dropped), the index is reset to 0 when
 //!   it goes backwards (an agent restarted with fresh state), an index of 0
-//!   in an answer is replaced by 1, and the loop sends at most one request
-//!   per 50 ms. A blocking request's timeout is `wait + wait/16 (Consul's
-//!   jitter) + REGISTRY_TIMEOUT`; every other call is bounded by
-//!   `REGISTRY_TIMEOUT`.
+//!   in an answer is replaced by 1, and the loop is rate-limited (a burst
+//!   of 5 requests, then one per 50 ms, so a quick follow-up change is not
+//!   delayed but a hot loop is bounded). A blocking request's timeout is
+//!   `wait + wait/16 (Consul's jitter) + REGISTRY_TIMEOUT`; every other call
+//!   is bounded by `REGISTRY_TIMEOUT`.
 //!
 //! Conventions of Consul's own tools are honoured: `CONSUL_HTTP_ADDR` when no
 //! address is configured (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`
@@ -119,9 +120,12 @@ const DEFAULT_ADDR: &str = "127.0.0.1:8500";
 /// How long a blocking query may wait for a change before the agent answers
 /// anyway.
 const WATCH_WAIT: Duration = Duration::from_secs(60);
-/// The least time between two requests of one watch, even when the agent
-/// answers at once.
+/// The pace of one watch's requests once its burst is spent, even when the
+/// agent answers at once.
 const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Requests a watch may send back to back before [`WATCH_MIN_INTERVAL`]
+/// applies (see [`RateLimit`]).
+const WATCH_BURST: u32 = 5;
 /// How many services [`ConsulRegistry::services`] reads at once.
 const SERVICES_CONCURRENCY: usize = 8;
 
@@ -402,6 +406,47 @@ fn next_index(sent: u64, answer: u64) -> u64 {
     }
 }
 
+/// A token bucket: up to `burst` requests at once, then one per `interval`.
+///
+/// Consul asks clients to rate-limit blocking-query loops (a query can
+/// return at once, again and again). A plain minimum interval between
+/// requests would also delay the query that follows a real change, adding up
+/// to one interval of latency whenever changes come close together; the
+/// burst lets those through at once while still bounding a hot loop.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    interval: Duration,
+    updated: Instant,
+}
+
+impl RateLimit {
+    fn new(burst: u32, interval: Duration) -> Self {
+        RateLimit {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            interval,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Waits until a request may be sent, and takes its token.
+    async fn acquire(&mut self) {
+        let now = Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() / self.interval.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.updated = now;
+        if self.tokens < 1.0 {
+            let wait = self.interval.mul_f64(1.0 - self.tokens);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.updated = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// One watch: blocking health queries, one full snapshot per answer.
 async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
     if let Err(error) = validate_service(&service) {
@@ -411,12 +456,9 @@ async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
     let mut index = 0u64;
     let mut backoff = Backoff::reconnect();
     let mut failing = false;
-    let mut last_request: Option<Instant> = None;
+    let mut limiter = RateLimit::new(WATCH_BURST, WATCH_MIN_INTERVAL);
     loop {
-        if let Some(at) = last_request {
-            tokio::time::sleep_until(at + WATCH_MIN_INTERVAL).await;
-        }
-        last_request = Some(Instant::now());
+        limiter.acquire().await;
         let blocking = (index > 0).then_some((index, WATCH_WAIT));
         match api.healthy(&service, blocking).await {
             Ok((instances, answer)) => {
@@ -462,6 +504,29 @@ mod tests {
         assert_eq!(next_index(0, 42), 42);
         assert_eq!(next_index(42, 42), 42);
         assert_eq!(next_index(42, 50), 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_rate_limit_lets_a_burst_through_then_paces() {
+        let mut limiter = RateLimit::new(5, Duration::from_millis(50));
+        let started = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a burst of 5 is not delayed"
+        );
+        for _ in 0..4 {
+            limiter.acquire().await;
+        }
+        // Then one request per interval: a hot loop is bounded.
+        assert!(
+            started.elapsed() >= Duration::from_millis(195),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(next_index(42, 7), 0);
         assert_eq!(next_index(1, 0), 0);
     }
