@@ -503,15 +503,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct_and_bindable() {
+    fn free_ports_are_distinct() {
+        // Whether a port is still free later cannot be asserted: any process
+        // on the machine may take an ephemeral port at any time (that race
+        // is what `with_port_retries` covers).
         let ports: HashSet<u16> = (0..20).map(|_| free_port()).collect();
         assert_eq!(ports.len(), 20);
-        for port in ports {
-            assert!(
-                TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                "port {port}"
-            );
-        }
+        assert!(!ports.contains(&0));
     }
 
     #[test]
