@@ -18,20 +18,8 @@ case "${mode}" in
   *) echo "usage: $0 [build|test]" >&2; exit 2 ;;
 esac
 
-step_start=$(date +%s)
-step() {
-  step_start=$(date +%s)
-  echo "==> $*"
-}
-step_done() {
-  echo "    done in $(( $(date +%s) - step_start )) s"
-}
-die() {
-  echo "error: $*" >&2
-  exit 1
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-have() { command -v "$1" >/dev/null 2>&1; }
 # An override variable naming an executable counts as installed (testkit
 # looks there first).
 have_or_override() { [[ -n "${2:-}" && -x "${2}" ]] || have "$1"; }

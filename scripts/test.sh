@@ -23,18 +23,7 @@ cd "${ROOT}"
 export DEBIAN_FRONTEND=noninteractive
 
 script_start=$(date +%s)
-step_start=${script_start}
-step() {
-  step_start=$(date +%s)
-  echo "==> $*"
-}
-step_done() {
-  echo "    done in $(( $(date +%s) - step_start )) s"
-}
-die() {
-  echo "error: $*" >&2
-  exit 1
-}
+source "${ROOT}/scripts/lib.sh"
 
 step "installing what the tests need (scripts/install-deps.sh test)"
 "${ROOT}/scripts/install-deps.sh" test

@@ -62,7 +62,10 @@ pub use config::{
 };
 pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
 pub use error::{BoxError, Error, Result};
+pub use consul::ConsulRegistry;
+pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
+pub use zookeeper::ZookeeperRegistry;
 pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
     MAX_TAG_LEN, MAX_TAGS, validate_name,
