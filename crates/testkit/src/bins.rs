@@ -92,31 +92,18 @@ fn find(lookup: &Lookup, env: Env<'_>) -> Result<PathBuf> {
     )
 }
 
+/// A Debian-packaged binary: `name` on `PATH`, else `/usr/bin/<name>`.
+fn usr_bin_lookup(name: &'static str, env_var: &'static str, hint: &'static str) -> Lookup {
+    Lookup {
+        name,
+        env_var,
+        fallbacks: vec![Path::new("/usr/bin").join(name)],
+        hint,
+    }
+}
+
 fn etcd_lookup() -> Lookup {
-    Lookup {
-        name: "etcd",
-        env_var: "TESTKIT_ETCD_BIN",
-        fallbacks: vec![PathBuf::from("/usr/bin/etcd")],
-        hint: ETCD_HINT,
-    }
-}
-
-fn etcdctl_lookup() -> Lookup {
-    Lookup {
-        name: "etcdctl",
-        env_var: "TESTKIT_ETCDCTL_BIN",
-        fallbacks: vec![PathBuf::from("/usr/bin/etcdctl")],
-        hint: ETCDCTL_HINT,
-    }
-}
-
-fn java_lookup() -> Lookup {
-    Lookup {
-        name: "java",
-        env_var: "TESTKIT_JAVA",
-        fallbacks: vec![PathBuf::from("/usr/bin/java")],
-        hint: JAVA_HINT,
-    }
+    usr_bin_lookup("etcd", "TESTKIT_ETCD_BIN", ETCD_HINT)
 }
 
 fn consul_lookup(env: Env<'_>) -> Lookup {
@@ -159,7 +146,10 @@ pub fn etcd_bin() -> Result<PathBuf> {
 ///
 /// As [`etcd_bin`].
 pub fn etcdctl_bin() -> Result<PathBuf> {
-    find(&etcdctl_lookup(), &process_env)
+    find(
+        &usr_bin_lookup("etcdctl", "TESTKIT_ETCDCTL_BIN", ETCDCTL_HINT),
+        &process_env,
+    )
 }
 
 /// The Consul binary: `$CONSUL_BIN`, else `consul` on `PATH`, else
@@ -179,7 +169,10 @@ pub fn consul_bin() -> Result<PathBuf> {
 ///
 /// If none is found; the message says how to install it.
 pub fn java_bin() -> Result<PathBuf> {
-    find(&java_lookup(), &process_env)
+    find(
+        &usr_bin_lookup("java", "TESTKIT_JAVA", JAVA_HINT),
+        &process_env,
+    )
 }
 
 /// The Java classpath of the ZooKeeper server: `$TESTKIT_ZK_CLASSPATH`, else

@@ -11,14 +11,14 @@ use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tempfile::TempDir;
 use tracing::info;
 
 use crate::RegistryServer;
 use crate::bins::consul_bin;
 use crate::process::{
-    Proc, Spec, StartFailure, free_port, http_get, wait_ready, with_port_retries,
+    Proc, Spec, StartFailure, free_port, http_get, temp_dir, wait_ready, with_port_retries,
 };
 
 /// How long an agent may take to elect itself and sync its node.
@@ -73,11 +73,7 @@ impl ConsulAgent {
     }
 
     fn prepare(bin: &std::path::Path) -> std::result::Result<Self, StartFailure> {
-        let dir = tempfile::Builder::new()
-            .prefix("testkit-consul-")
-            .tempdir()
-            .context("cannot create a temp dir for Consul")
-            .map_err(StartFailure::Other)?;
+        let dir = temp_dir("testkit-consul-", "Consul")?;
         let (http, server, serf_lan, serf_wan) =
             (free_port(), free_port(), free_port(), free_port());
         let node = format!(

@@ -8,8 +8,9 @@
 //! directory holds a member.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tempfile::TempDir;
@@ -17,10 +18,8 @@ use tracing::info;
 
 use crate::RegistryServer;
 use crate::bins::etcd_bin;
-use crate::process::{
-    Proc, STOP_GRACE, Spec, StartFailure, accepts_tcp, free_port, http_get, wait_ready,
-    with_port_retries,
-};
+use crate::cluster::{Kind, Member, Members};
+use crate::process::{Proc, Spec, StartFailure, free_port, http_get, temp_dir};
 
 /// How long a single node may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,20 +29,16 @@ const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(40);
 /// Distinguishes clusters started by one process (the cluster token).
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
-#[derive(Debug)]
-struct Member {
-    client_port: u16,
-    proc: Proc,
-}
+/// etcd members are ready when healthy.
+static ETCD: Kind = Kind {
+    name: "etcd",
+    group: "cluster",
+    ready: healthy,
+};
 
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
-    }
-
-    fn healthy(&self) -> bool {
-        matches!(http_get(self.client_port, "/health"), Ok((200, _)))
-    }
+/// Whether `GET /health` on `port` answers 200.
+fn healthy(port: u16) -> bool {
+    matches!(http_get(port, "/health"), Ok((200, _)))
 }
 
 /// A throwaway etcd cluster of N members on loopback.
@@ -53,10 +48,7 @@ impl Member {
 /// member and removes the data.
 #[derive(Debug)]
 pub struct EtcdCluster {
-    members: Vec<Member>,
-    ready_timeout: Duration,
-    /// Dropped after `members`, whose drop kills the processes.
-    dir: TempDir,
+    members: Members,
 }
 
 impl EtcdCluster {
@@ -76,19 +68,13 @@ impl EtcdCluster {
 
     fn start_with(nodes: usize, timing: (u32, u32), ready_timeout: Duration) -> Result<Self> {
         let bin = etcd_bin()?;
-        let what = if nodes == 1 {
-            "etcd".to_owned()
-        } else {
-            format!("etcd cluster of {nodes}")
-        };
-        let cluster = with_port_retries(&what, || {
-            let mut cluster = Self::prepare(&bin, nodes, timing, ready_timeout)?;
-            cluster.spawn_all_and_wait()?;
-            Ok(cluster)
+        let members = Members::start(&ETCD, nodes, ready_timeout, || {
+            Self::prepare(&bin, nodes, timing)
         })?;
+        let cluster = Self { members };
         info!(
             endpoints = %cluster.endpoints().join(","),
-            dir = %cluster.dir.path().display(),
+            dir = %cluster.dir().display(),
             "etcd started"
         );
         Ok(cluster)
@@ -96,19 +82,11 @@ impl EtcdCluster {
 
     /// Creates the temp dir and the members' command lines with fresh ports.
     fn prepare(
-        bin: &std::path::Path,
+        bin: &Path,
         nodes: usize,
         (heartbeat_ms, election_ms): (u32, u32),
-        ready_timeout: Duration,
-    ) -> std::result::Result<Self, StartFailure> {
-        let dir = tempfile::Builder::new()
-            .prefix("testkit-etcd-")
-            .tempdir()
-            .map_err(|e| {
-                StartFailure::Other(
-                    anyhow::Error::new(e).context("cannot create a temp dir for etcd"),
-                )
-            })?;
+    ) -> std::result::Result<(TempDir, Vec<Member>), StartFailure> {
+        let dir = temp_dir("testkit-etcd-", "etcd")?;
         let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
         let names: Vec<String> = (0..nodes).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
@@ -152,15 +130,10 @@ impl EtcdCluster {
                     format!("--heartbeat-interval={heartbeat_ms}").into(),
                     format!("--election-timeout={election_ms}").into(),
                 ];
-                let label = if nodes == 1 {
-                    format!("etcd (client port {client})")
-                } else {
-                    format!("etcd member {name} (client port {client})")
-                };
                 Member {
                     client_port: client,
                     proc: Proc::new(Spec {
-                        label,
+                        label: ETCD.label(nodes, name, client),
                         program: bin.to_owned(),
                         args,
                         cwd: dir.path().to_owned(),
@@ -171,43 +144,18 @@ impl EtcdCluster {
                 }
             })
             .collect();
-        Ok(Self {
-            members,
-            ready_timeout,
-            dir,
-        })
-    }
-
-    fn spawn_all_and_wait(&mut self) -> std::result::Result<(), StartFailure> {
-        for m in &mut self.members {
-            m.proc.spawn().map_err(StartFailure::Other)?;
-        }
-        let ports: Vec<u16> = self.members.iter().map(|m| m.client_port).collect();
-        wait_ready(
-            self.members.iter_mut().map(|m| &mut m.proc),
-            self.ready_timeout,
-            "etcd",
-            |i| matches!(http_get(ports[i], "/health"), Ok((200, _))),
-        )
+        Ok((dir, members))
     }
 
     /// The members' client endpoints, `127.0.0.1:port` each (no scheme;
     /// etcd-client and etcdctl accept that form).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(Member::endpoint).collect()
+        self.members.addrs()
     }
 
     /// The temp directory holding every member's data directory and log.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    fn member(&mut self, i: usize) -> Result<&mut Member> {
-        let n = self.members.len();
-        match self.members.get_mut(i) {
-            Some(m) => Ok(m),
-            None => bail!("no etcd member {i}: the cluster has {n} (0..{n})"),
-        }
+    pub fn dir(&self) -> &Path {
+        self.members.dir()
     }
 
     /// Stops member `i` (SIGTERM, SIGKILL after 10 s) and waits for its PID
@@ -217,7 +165,7 @@ impl EtcdCluster {
     ///
     /// If `i` is out of range or the process cannot be waited for.
     pub fn stop_member(&mut self, i: usize) -> Result<()> {
-        self.member(i)?.proc.stop()
+        self.members.stop_member(i)
     }
 
     /// SIGKILLs member `i` (a crash) and waits for its PID to exit.
@@ -226,7 +174,7 @@ impl EtcdCluster {
     ///
     /// As [`Self::stop_member`].
     pub fn kill_member(&mut self, i: usize) -> Result<()> {
-        self.member(i)?.proc.kill()
+        self.members.kill_member(i)
     }
 
     /// Starts member `i` again on its ports and data directory. Waits until
@@ -239,37 +187,17 @@ impl EtcdCluster {
     /// If `i` is out of range, or the member exits or is not ready within
     /// the deadline (the message quotes its log).
     pub fn start_member(&mut self, i: usize) -> Result<()> {
-        let timeout = self.ready_timeout;
-        let n = self.members.len();
-        self.member(i)?;
-        let running = self
-            .members
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(j, m)| (j == i || m.proc.is_running()).then_some(()))
-            .count();
-        let quorum = running > n / 2;
-        let m = self.member(i)?;
-        m.proc.spawn()?;
-        let port = m.client_port;
-        wait_ready([&mut m.proc], timeout, "etcd member", |_| {
-            if quorum {
-                matches!(http_get(port, "/health"), Ok((200, _)))
-            } else {
-                accepts_tcp(port)
-            }
-        })
-        .map_err(StartFailure::into_error)
+        self.members.start_member(i)
     }
 
     /// The PID of member `i` while it runs.
     pub fn member_pid(&self, i: usize) -> Option<u32> {
-        self.members.get(i).and_then(|m| m.proc.pid())
+        self.members.member_pid(i)
     }
 
     /// Whether member `i` answers `/health` with 200 right now.
     pub fn member_healthy(&self, i: usize) -> bool {
-        self.members.get(i).is_some_and(Member::healthy)
+        self.members.client_port(i).is_some_and(healthy)
     }
 }
 
@@ -283,18 +211,11 @@ impl RegistryServer for EtcdCluster {
     }
 
     fn stop(&mut self) -> Result<()> {
-        for m in &mut self.members {
-            m.proc.send_term();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for m in &mut self.members {
-            m.proc.wait_exit(deadline)?;
-        }
-        Ok(())
+        self.members.stop_all()
     }
 
     fn start(&mut self) -> Result<()> {
-        self.spawn_all_and_wait().map_err(StartFailure::into_error)
+        self.members.start_all()
     }
 }
 
@@ -353,7 +274,7 @@ impl EtcdServer {
     }
 
     /// The temp directory holding the data directory and `m0.log`.
-    pub fn dir(&self) -> &std::path::Path {
+    pub fn dir(&self) -> &Path {
         self.inner.dir()
     }
 }

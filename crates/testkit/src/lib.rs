@@ -7,7 +7,9 @@
 //!   name, the `REGISTRY_ADDR` value, stop and start), so a conformance
 //!   suite can be generic over backends.
 //! - [`EtcdServer`], [`EtcdCluster`] (`etcd`), [`ZkServer`], [`ZkEnsemble`]
-//!   (`zookeeper`), [`ConsulAgent`] (`consul`): one module per backend.
+//!   (`zookeeper`), [`ConsulAgent`] (`consul`): one module per backend;
+//!   the member handling an etcd cluster and a ZooKeeper ensemble share
+//!   (lookup, stop, kill, start with the quorum rule) is in `cluster`.
 //! - [`etcd_bin`], [`etcdctl_bin`], [`java_bin`], [`zk_classpath`],
 //!   [`consul_bin`]: where the binaries are; a missing one is an error
 //!   saying how to install it (`bins`).
@@ -48,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 mod bins;
+mod cluster;
 mod consul;
 mod etcd;
 mod process;

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use tempfile::TempDir;
 use tracing::{debug, warn};
 
 /// How long a stopped process may take to exit after SIGTERM before SIGKILL.
@@ -474,6 +475,15 @@ fn exchange(port: u16, request: &[u8]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// A fresh temp dir `<prefix>XXXX` for one server's data and logs.
+pub(crate) fn temp_dir(prefix: &str, server: &str) -> std::result::Result<TempDir, StartFailure> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .with_context(|| format!("cannot create a temp dir for {server}"))
+        .map_err(StartFailure::Other)
+}
+
 /// Retries `attempt` (which picks fresh ports) while it fails because a
 /// port was taken between [`free_port`] and the bind.
 pub(crate) fn with_port_retries<T>(
@@ -501,6 +511,19 @@ pub(crate) fn with_port_retries<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `/bin/sh -c script` server logging to `<label>.log` in `dir`.
+    fn sh(dir: &Path, label: &str, script: &str) -> Spec {
+        Spec {
+            label: label.into(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: dir.to_owned(),
+            log: dir.join(format!("{label}.log")),
+            env: Vec::new(),
+            cleanup: None,
+        }
+    }
 
     #[test]
     fn free_ports_are_distinct() {
@@ -552,15 +575,7 @@ mod tests {
     #[test]
     fn a_server_that_exits_is_reported_with_its_log() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = |label: &str, script: &str| Spec {
-            label: label.into(),
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            cwd: dir.path().to_owned(),
-            log: dir.path().join(format!("{label}.log")),
-            env: Vec::new(),
-            cleanup: None,
-        };
+        let spec = |label: &str, script: &str| sh(dir.path(), label, script);
         let mut taken = Proc::new(spec(
             "taken",
             "echo 'listen: bind: Address already in use' >&2; exit 1",
@@ -584,15 +599,7 @@ mod tests {
     #[test]
     fn stop_sends_term_and_waits_for_the_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let mut proc = Proc::new(Spec {
-            label: "sleeper".into(),
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "exec sleep 60".into()],
-            cwd: dir.path().to_owned(),
-            log: dir.path().join("sleeper.log"),
-            env: Vec::new(),
-            cleanup: None,
-        });
+        let mut proc = Proc::new(sh(dir.path(), "sleeper", "exec sleep 60"));
         proc.spawn().unwrap();
         let pid = proc.pid().unwrap();
         assert!(proc.is_running());
@@ -610,13 +617,8 @@ mod tests {
         // parent has (the parent test in tests/servers.rs sets some).
         let dir = tempfile::tempdir().unwrap();
         let mut proc = Proc::new(Spec {
-            label: "env".into(),
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "env; echo END".into()],
-            cwd: dir.path().to_owned(),
-            log: dir.path().join("env.log"),
             env: vec![("TESTKIT_EXTRA".into(), "1".into())],
-            cleanup: None,
+            ..sh(dir.path(), "env", "env; echo END")
         });
         proc.spawn().unwrap();
         proc.wait_exit(Instant::now() + Duration::from_secs(20))

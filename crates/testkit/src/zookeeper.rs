@@ -10,7 +10,7 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
@@ -18,21 +18,20 @@ use tracing::info;
 
 use crate::RegistryServer;
 use crate::bins::{java_bin, zk_classpath};
-use crate::process::{
-    Proc, STOP_GRACE, Spec, StartFailure, accepts_tcp, four_letter_word, free_port, wait_ready,
-    with_port_retries,
-};
+use crate::cluster::{Kind, Member, Members};
+use crate::process::{Proc, Spec, StartFailure, four_letter_word, free_port, temp_dir};
 
 /// How long a standalone server may take to serve (a JVM start).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an ensemble may take to elect a leader and serve.
 const ENSEMBLE_READY_TIMEOUT: Duration = Duration::from_secs(40);
 
-#[derive(Debug)]
-struct Member {
-    client_port: u16,
-    proc: Proc,
-}
+/// ZooKeeper members are ready when they serve.
+static ZOOKEEPER: Kind = Kind {
+    name: "ZooKeeper",
+    group: "ensemble",
+    ready: serving,
+};
 
 /// Whether `srvr` on `port` reports a serving mode.
 fn serving(port: u16) -> bool {
@@ -44,10 +43,7 @@ fn serving(port: u16) -> bool {
 /// Dropping it kills every member and removes the data.
 #[derive(Debug)]
 pub struct ZkEnsemble {
-    members: Vec<Member>,
-    ready_timeout: Duration,
-    /// Dropped after `members`, whose drop kills the processes.
-    dir: TempDir,
+    members: Members,
 }
 
 impl ZkEnsemble {
@@ -69,19 +65,13 @@ impl ZkEnsemble {
     fn start_with(nodes: usize, ready_timeout: Duration) -> Result<Self> {
         let java = java_bin()?;
         let classpath = zk_classpath()?;
-        let what = if nodes == 1 {
-            "ZooKeeper".to_owned()
-        } else {
-            format!("ZooKeeper ensemble of {nodes}")
-        };
-        let ensemble = with_port_retries(&what, || {
-            let mut ensemble = Self::prepare(&java, &classpath, nodes, ready_timeout)?;
-            ensemble.spawn_all_and_wait()?;
-            Ok(ensemble)
+        let members = Members::start(&ZOOKEEPER, nodes, ready_timeout, || {
+            Self::prepare(&java, &classpath, nodes)
         })?;
+        let ensemble = Self { members };
         info!(
             connect = %ensemble.connect_string(),
-            dir = %ensemble.dir.path().display(),
+            dir = %ensemble.dir().display(),
             "ZooKeeper started"
         );
         Ok(ensemble)
@@ -92,14 +82,9 @@ impl ZkEnsemble {
         java: &Path,
         classpath: &str,
         nodes: usize,
-        ready_timeout: Duration,
-    ) -> std::result::Result<Self, StartFailure> {
+    ) -> std::result::Result<(TempDir, Vec<Member>), StartFailure> {
         let other = |e: anyhow::Error| StartFailure::Other(e);
-        let dir = tempfile::Builder::new()
-            .prefix("testkit-zk-")
-            .tempdir()
-            .context("cannot create a temp dir for ZooKeeper")
-            .map_err(other)?;
+        let dir = temp_dir("testkit-zk-", "ZooKeeper")?;
         // (client, quorum, election) per member.
         let ports: Vec<(u16, u16, u16)> = (0..nodes)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -154,15 +139,10 @@ impl ZkEnsemble {
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
                 cfg_path.into(),
             ];
-            let label = if nodes == 1 {
-                format!("ZooKeeper (client port {client})")
-            } else {
-                format!("ZooKeeper member {id} (client port {client})")
-            };
             members.push(Member {
                 client_port: client,
                 proc: Proc::new(Spec {
-                    label,
+                    label: ZOOKEEPER.label(nodes, id, client),
                     program: java.to_owned(),
                     args,
                     cwd: member_dir.clone(),
@@ -172,46 +152,17 @@ impl ZkEnsemble {
                 }),
             });
         }
-        Ok(Self {
-            members,
-            ready_timeout,
-            dir,
-        })
-    }
-
-    fn spawn_all_and_wait(&mut self) -> std::result::Result<(), StartFailure> {
-        for m in &mut self.members {
-            m.proc.spawn().map_err(StartFailure::Other)?;
-        }
-        let ports: Vec<u16> = self.members.iter().map(|m| m.client_port).collect();
-        wait_ready(
-            self.members.iter_mut().map(|m| &mut m.proc),
-            self.ready_timeout,
-            "ZooKeeper",
-            |i| serving(ports[i]),
-        )
+        Ok((dir, members))
     }
 
     /// The connect string, `127.0.0.1:p1,127.0.0.1:p2,...`.
     pub fn connect_string(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.members.addrs().join(",")
     }
 
     /// The temp directory holding every member's config, data and log.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn member(&mut self, i: usize) -> Result<&mut Member> {
-        let n = self.members.len();
-        match self.members.get_mut(i) {
-            Some(m) => Ok(m),
-            None => bail!("no ZooKeeper member {i}: the ensemble has {n} (0..{n})"),
-        }
+        self.members.dir()
     }
 
     /// Stops member `i` (SIGTERM, SIGKILL after 10 s) and waits for its PID
@@ -221,7 +172,7 @@ impl ZkEnsemble {
     ///
     /// If `i` is out of range or the process cannot be waited for.
     pub fn stop_member(&mut self, i: usize) -> Result<()> {
-        self.member(i)?.proc.stop()
+        self.members.stop_member(i)
     }
 
     /// SIGKILLs member `i` (a crash) and waits for its PID to exit.
@@ -230,7 +181,7 @@ impl ZkEnsemble {
     ///
     /// As [`Self::stop_member`].
     pub fn kill_member(&mut self, i: usize) -> Result<()> {
-        self.member(i)?.proc.kill()
+        self.members.kill_member(i)
     }
 
     /// Starts member `i` again on its ports and data. Waits until it serves
@@ -242,38 +193,18 @@ impl ZkEnsemble {
     /// If `i` is out of range, or the member exits or is not ready within
     /// the deadline (the message quotes its log).
     pub fn start_member(&mut self, i: usize) -> Result<()> {
-        let timeout = self.ready_timeout;
-        let n = self.members.len();
-        self.member(i)?;
-        let running = self
-            .members
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(j, m)| (j == i || m.proc.is_running()).then_some(()))
-            .count();
-        let quorum = running > n / 2;
-        let m = self.member(i)?;
-        m.proc.spawn()?;
-        let port = m.client_port;
-        wait_ready([&mut m.proc], timeout, "ZooKeeper member", |_| {
-            if quorum {
-                serving(port)
-            } else {
-                accepts_tcp(port)
-            }
-        })
-        .map_err(StartFailure::into_error)
+        self.members.start_member(i)
     }
 
     /// The PID of member `i` while it runs.
     pub fn member_pid(&self, i: usize) -> Option<u32> {
-        self.members.get(i).and_then(|m| m.proc.pid())
+        self.members.member_pid(i)
     }
 
     /// The `Mode:` member `i` reports right now (`standalone`, `leader`,
     /// `follower`), if it serves.
     pub fn member_mode(&self, i: usize) -> Option<String> {
-        let port = self.members.get(i)?.client_port;
+        let port = self.members.client_port(i)?;
         let answer = four_letter_word(port, "srvr").ok()?;
         answer
             .lines()
@@ -292,18 +223,11 @@ impl RegistryServer for ZkEnsemble {
     }
 
     fn stop(&mut self) -> Result<()> {
-        for m in &mut self.members {
-            m.proc.send_term();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for m in &mut self.members {
-            m.proc.wait_exit(deadline)?;
-        }
-        Ok(())
+        self.members.stop_all()
     }
 
     fn start(&mut self) -> Result<()> {
-        self.spawn_all_and_wait().map_err(StartFailure::into_error)
+        self.members.start_all()
     }
 }
 
