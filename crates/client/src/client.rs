@@ -9,17 +9,18 @@
 
 use std::collections::HashSet;
 use std::error::Error as _;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use registry::Instance;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::balancer::{Balancer, Snapshot};
 use crate::error::{Error, Result};
+
+// The server's own kinds, so that client and server cannot disagree on them.
+pub use lorem::generate::Kind;
 
 /// The header through which an instance names itself.
 pub const INSTANCE_HEADER: &str = "x-instance-id";
@@ -275,48 +276,23 @@ impl Client {
     }
 }
 
-/// What to generate: the path segment of the lorem API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// Words.
-    Word,
-    /// Sentences.
-    Sentence,
-    /// Paragraphs.
-    Paragraph,
-}
-
-impl Kind {
-    /// The name used in paths and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Word => "word",
-            Kind::Sentence => "sentence",
-            Kind::Paragraph => "paragraph",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "word" | "words" => Ok(Kind::Word),
-            "sentence" | "sentences" => Ok(Kind::Sentence),
-            "paragraph" | "paragraphs" => Ok(Kind::Paragraph),
-            _ => Err(Error::InvalidOptions(format!(
-                "unknown kind {s:?}; expected word, sentence or paragraph"
-            ))),
-        }
-    }
+/// Parses a [`Kind`] as users of the client write it: in any case, singular
+/// or plural (`word`, `Sentences`...). The server's path segment itself is
+/// the singular ([`Kind::as_str`]).
+///
+/// # Errors
+/// [`Error::InvalidOptions`] naming the text, for anything else.
+pub fn parse_kind(text: &str) -> Result<Kind> {
+    let trimmed = text.trim();
+    let singular = trimmed.strip_suffix(['s', 'S']).unwrap_or(trimmed);
+    Kind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str().eq_ignore_ascii_case(singular))
+        .ok_or_else(|| {
+            Error::InvalidOptions(format!(
+                "unknown kind {text:?}; expected word, sentence or paragraph"
+            ))
+        })
 }
 
 /// One lorem request: `kind` with a length between `min` and `max`.
@@ -441,6 +417,34 @@ impl LoremClient {
                 instance: answer.instance,
                 reason: format!("unexpected HTTP status {status}"),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_in_any_case_singular_or_plural() {
+        for (text, kind) in [
+            ("word", Kind::Word),
+            (" WORDS ", Kind::Word),
+            ("Sentence", Kind::Sentence),
+            ("sentences", Kind::Sentence),
+            ("PARAGRAPHs", Kind::Paragraph),
+        ] {
+            assert_eq!(parse_kind(text).ok(), Some(kind), "{text:?}");
+        }
+        for bad in ["poem", "", "s", "wordss", "word s"] {
+            let error = parse_kind(bad).expect_err("refused");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "invalid client options: unknown kind {bad:?}; expected word, sentence or paragraph"
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::client::{INSTANCE_HEADER, Kind, LoremClient, LoremRequest};
+use crate::client::{INSTANCE_HEADER, LoremClient, LoremRequest, parse_kind};
 use crate::error::Error;
 
 /// The body of `POST /sd-lorem`, as go-kit's client sends it.
@@ -87,7 +87,7 @@ async fn sd_lorem(State(client): State<LoremClient>, body: Bytes) -> Response {
             );
         }
     };
-    let kind: Kind = match parsed.request_type.parse() {
+    let kind = match parse_kind(&parsed.request_type) {
         Ok(kind) => kind,
         Err(_) => {
             return json_error(

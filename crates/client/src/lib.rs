@@ -47,7 +47,7 @@ pub mod repeat;
 pub use balancer::{Balancer, BalancerOptions, DEFAULT_WAIT_TIMEOUT, Snapshot, Strategy};
 pub use client::{
     Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_TRY_TIMEOUT, INSTANCE_HEADER, Kind,
-    Lorem, LoremClient, LoremRequest,
+    Lorem, LoremClient, LoremRequest, parse_kind,
 };
 pub use error::{Error, Result};
 

@@ -8,16 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::post;
 use client::{Balancer, BalancerOptions, ClientOptions, Error, Kind, LoremRequest, Strategy};
-use common::{DEADLINE, Stub, closed_port, lorem_client, start_lorem, wait_for_ids};
+use common::{
+    DEADLINE, Stub, closed_port, default_client, lorem_client, memory_registry, register_at,
+    start_lorem, wait_for_ids,
+};
 use futures::StreamExt;
-use registry::{Instance, MemoryRegistry, Registrar, WatchStream, Watcher};
-
-fn registry() -> MemoryRegistry {
-    MemoryRegistry::new(Duration::from_secs(10))
-}
+use registry::{Instance, Registrar, WatchStream, Watcher};
 
 fn sentence() -> LoremRequest {
     LoremRequest::new(Kind::Sentence, 5, 20)
@@ -25,17 +22,12 @@ fn sentence() -> LoremRequest {
 
 #[tokio::test]
 async fn round_robin_spreads_evenly_over_three_instances() {
-    let registry = registry();
+    let registry = memory_registry();
     let mut servers = Vec::new();
     for id in ["a", "b", "c"] {
         servers.push(start_lorem(registry.clone(), "lorem", id).await);
     }
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["a", "b", "c"]).await;
 
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
@@ -56,7 +48,7 @@ async fn round_robin_spreads_evenly_over_three_instances() {
 
 #[tokio::test]
 async fn weighted_round_robin_follows_the_weights() {
-    let registry = registry();
+    let registry = memory_registry();
     let mut registrations = Vec::new();
     for (id, weight) in [("a", 1), ("b", 2), ("c", 3)] {
         // Picking never connects, so the addresses need no server.
@@ -107,25 +99,12 @@ async fn weighted_round_robin_follows_the_weights() {
 
 #[tokio::test]
 async fn requests_retry_away_from_a_dead_instance() {
-    let registry = registry();
+    let registry = memory_registry();
     let live = start_lorem(registry.clone(), "lorem", "live").await;
     // Registered, but nothing listens on its port: like a crashed server
     // whose registration has not expired yet.
-    let dead = registry
-        .register(Instance::new(
-            "lorem",
-            "dead",
-            "127.0.0.1",
-            closed_port().await,
-        ))
-        .await
-        .expect("register");
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let dead = register_at(&registry, "dead", closed_port().await).await;
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["dead", "live"]).await;
 
     let mut retries = 0;
@@ -146,33 +125,17 @@ async fn requests_retry_away_from_a_dead_instance() {
 
 #[tokio::test]
 async fn server_errors_are_retried_on_another_instance() {
-    let registry = registry();
+    let registry = memory_registry();
     let hits = Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
-    let broken = Stub::start(Router::new().route(
-        "/lorem/{kind}/{min}/{max}",
-        post(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }
-        }),
-    ))
+    let broken = Stub::lorem(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }
+    })
     .await;
-    let _broken = registry
-        .register(Instance::new(
-            "lorem",
-            "broken",
-            "127.0.0.1",
-            broken.addr.port(),
-        ))
-        .await
-        .expect("register");
+    let _broken = register_at(&registry, "broken", broken.addr.port()).await;
     let live = start_lorem(registry.clone(), "lorem", "live").await;
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["broken", "live"]).await;
 
     for _ in 0..6 {
@@ -203,38 +166,22 @@ async fn server_errors_are_retried_on_another_instance() {
 
 #[tokio::test]
 async fn client_errors_are_returned_without_retry() {
-    let registry = registry();
+    let registry = memory_registry();
     let hits = Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
-    let picky = Stub::start(Router::new().route(
-        "/lorem/{kind}/{min}/{max}",
-        post(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async {
-                (
-                    axum::http::StatusCode::BAD_REQUEST,
-                    [("x-instance-id", "picky-1")],
-                    r#"{"error":"nope"}"#,
-                )
-            }
-        }),
-    ))
+    let picky = Stub::lorem(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                [("x-instance-id", "picky-1")],
+                r#"{"error":"nope"}"#,
+            )
+        }
+    })
     .await;
-    let registration = registry
-        .register(Instance::new(
-            "lorem",
-            "picky",
-            "127.0.0.1",
-            picky.addr.port(),
-        ))
-        .await
-        .expect("register");
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let registration = register_at(&registry, "picky", picky.addr.port()).await;
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["picky"]).await;
     let error = client
         .lorem(&sentence())
@@ -284,25 +231,14 @@ async fn client_errors_are_returned_without_retry() {
 
 #[tokio::test]
 async fn a_hung_instance_costs_one_try_timeout() {
-    let registry = registry();
+    let registry = memory_registry();
     // Accepts connections, never answers.
-    let hung = Stub::start(Router::new().route(
-        "/lorem/{kind}/{min}/{max}",
-        post(|| async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            "never"
-        }),
-    ))
+    let hung = Stub::lorem(|| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        "never"
+    })
     .await;
-    let _hung = registry
-        .register(Instance::new(
-            "lorem",
-            "hung",
-            "127.0.0.1",
-            hung.addr.port(),
-        ))
-        .await
-        .expect("register");
+    let _hung = register_at(&registry, "hung", hung.addr.port()).await;
     let live = start_lorem(registry.clone(), "lorem", "live").await;
     let client = lorem_client(
         &registry,
@@ -330,7 +266,7 @@ async fn a_hung_instance_costs_one_try_timeout() {
 
 #[tokio::test]
 async fn a_request_on_an_empty_set_waits_for_an_instance() {
-    let registry = registry();
+    let registry = memory_registry();
     let client = lorem_client(
         &registry,
         "lorem",
@@ -365,7 +301,7 @@ async fn a_request_on_an_empty_set_waits_for_an_instance() {
 
 #[tokio::test]
 async fn a_request_fails_clearly_when_no_instance_appears() {
-    let registry = registry();
+    let registry = memory_registry();
     let client = lorem_client(
         &registry,
         "nobody",
@@ -388,19 +324,13 @@ async fn a_request_fails_clearly_when_no_instance_appears() {
 
 #[tokio::test]
 async fn the_set_follows_registrations() {
-    let registry = registry();
+    let registry = memory_registry();
     let balancer = Balancer::new(registry.clone(), "lorem", BalancerOptions::default())
         .expect("a valid service name");
     wait_for_ids(&balancer, &[]).await;
-    let x = registry
-        .register(Instance::new("lorem", "x", "127.0.0.1", 1001))
-        .await
-        .expect("register");
+    let x = register_at(&registry, "x", 1001).await;
     wait_for_ids(&balancer, &["x"]).await;
-    let y = registry
-        .register(Instance::new("lorem", "y", "127.0.0.1", 1002))
-        .await
-        .expect("register");
+    let y = register_at(&registry, "y", 1002).await;
     // Another service does not leak in.
     let other = registry
         .register(Instance::new("other", "z", "127.0.0.1", 1003))
@@ -410,10 +340,7 @@ async fn the_set_follows_registrations() {
     x.deregister().await.expect("deregister");
     wait_for_ids(&balancer, &["y"]).await;
     // Same id, new port: the set changes.
-    let y2 = registry
-        .register(Instance::new("lorem", "y", "127.0.0.1", 2002))
-        .await
-        .expect("register");
+    let y2 = register_at(&registry, "y", 2002).await;
     let mut set = balancer.subscribe();
     let moved = tokio::time::timeout(DEADLINE, set.wait_for(|s| s.iter().any(|i| i.port == 2002)))
         .await
@@ -428,7 +355,7 @@ async fn the_set_follows_registrations() {
 #[tokio::test]
 async fn an_invalid_service_name_is_refused_at_once() {
     for bad in ["", "a/b", "..", "lorem service"] {
-        let error = Balancer::new(registry(), bad, BalancerOptions::default())
+        let error = Balancer::new(memory_registry(), bad, BalancerOptions::default())
             .expect_err("an invalid name is refused");
         assert!(
             matches!(error, Error::InvalidOptions(_)),

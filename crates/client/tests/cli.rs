@@ -23,38 +23,20 @@ fn lorem_client() -> tokio::process::Command {
 
 #[tokio::test]
 async fn load_json_prints_one_object_even_when_nothing_answers() {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        lorem_client()
-            .args([
-                "load",
-                "--requests",
-                "3",
-                "--wait-timeout",
-                "200ms",
-                "--json",
-            ])
-            .output(),
+    let (code, stdout, stderr) = run(
+        "memory",
+        &[
+            "load",
+            "--requests",
+            "3",
+            "--wait-timeout",
+            "200ms",
+            "--json",
+        ],
     )
-    .await
-    .expect("lorem-client finishes")
-    .expect("lorem-client runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert_eq!(
-        stdout.trim().lines().count(),
-        1,
-        "exactly one line: {stdout}"
-    );
-    let report: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
-    assert_eq!(report["ok"], 0, "{report}");
-    assert_eq!(report["failed"], 3, "{report}");
-    for key in ["p50_ms", "p99_ms", "rps"] {
-        assert!(report[key].is_number(), "{key} in {report}");
-    }
-    assert!(report["per_instance"].is_object(), "{report}");
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    no_success_report(&stdout, 3);
     // The reason is logged on stderr.
     assert!(stderr.contains("no instance"), "{stderr}");
     // So is the warning that the memory registry sees only this process.
@@ -81,9 +63,9 @@ async fn run(registry: &str, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// Checks that `stdout` is exactly one all-failed JSON report whose
-/// `error` contains `reason`, and returns it.
-fn all_failed_report(stdout: &str, failed: u64, reason: &str) -> Value {
+/// Checks that `stdout` is exactly one JSON report of `failed` failed
+/// requests and none that succeeded, and returns it.
+fn no_success_report(stdout: &str, failed: u64) -> Value {
     assert_eq!(
         stdout.trim().lines().count(),
         1,
@@ -97,6 +79,13 @@ fn all_failed_report(stdout: &str, failed: u64, reason: &str) -> Value {
         assert!(report[key].is_number(), "{key} in {report}");
     }
     assert!(report["per_instance"].is_object(), "{report}");
+    report
+}
+
+/// Checks that `stdout` is exactly one all-failed JSON report whose
+/// `error` contains `reason`, and returns it.
+fn all_failed_report(stdout: &str, failed: u64, reason: &str) -> Value {
+    let report = no_success_report(stdout, failed);
     let error = report["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(reason),
@@ -105,51 +94,63 @@ fn all_failed_report(stdout: &str, failed: u64, reason: &str) -> Value {
     report
 }
 
+/// Runs `lorem-client` with `args` (and `REGISTRY=registry`), checks that it
+/// exits with 1 and prints an all-failed report of `failed` requests whose
+/// error contains `reason`, and returns its stderr.
+async fn run_all_failed(registry: &str, args: &[&str], failed: u64, reason: &str) -> String {
+    let (code, stdout, stderr) = run(registry, args).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, failed, reason);
+    stderr
+}
+
 #[tokio::test]
 async fn load_json_reports_usage_errors_as_json() {
     // No bound at all: one failed request.
-    let (code, stdout, stderr) = run("memory", &["load", "--json"]).await;
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    all_failed_report(&stdout, 1, "--requests");
+    let stderr = run_all_failed("memory", &["load", "--json"], 1, "--requests").await;
     assert!(stderr.contains("--requests"), "{stderr}");
 
     // A bad duration: every requested request failed.
-    let (code, stdout, stderr) = run(
+    let stderr = run_all_failed(
         "memory",
         &["load", "--requests", "5", "--duration", "soon", "--json"],
+        5,
+        "--duration",
     )
     .await;
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    all_failed_report(&stdout, 5, "--duration");
     assert!(stderr.contains("--duration"), "{stderr}");
 
     // An unknown flag, with --json before the subcommand's other flags.
-    let (code, stdout, stderr) = run(
+    let stderr = run_all_failed(
         "memory",
         &["load", "--json", "--requests=2", "--no-such-flag"],
+        2,
+        "--no-such-flag",
     )
     .await;
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    all_failed_report(&stdout, 2, "--no-such-flag");
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
 }
 
 #[tokio::test]
 async fn load_json_reports_setting_errors_as_json() {
-    let (code, stdout, stderr) = run("etc", &["load", "--requests", "4", "--json"]).await;
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    all_failed_report(&stdout, 4, "unknown registry \"etc\"");
+    let stderr = run_all_failed(
+        "etc",
+        &["load", "--requests", "4", "--json"],
+        4,
+        "unknown registry \"etc\"",
+    )
+    .await;
     assert!(stderr.contains("unknown registry \"etc\""), "{stderr}");
 
     // A service name no registry can hold fails at once, not after a wait
     // per request.
-    let (code, stdout, stderr) = run(
+    run_all_failed(
         "memory",
         &["load", "--service", "a/b", "--requests", "3", "--json"],
+        3,
+        "service \"a/b\" must match",
     )
     .await;
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    all_failed_report(&stdout, 3, "service \"a/b\" must match");
 }
 
 #[tokio::test]

@@ -5,8 +5,7 @@ mod common;
 use std::time::Duration;
 
 use client::{BalancerOptions, ClientOptions, gateway};
-use common::{DEADLINE, lorem_client, start_lorem, wait_for_ids};
-use registry::MemoryRegistry;
+use common::{DEADLINE, default_client, lorem_client, memory_registry, start_lorem, wait_for_ids};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -38,6 +37,17 @@ impl Gateway {
     }
 }
 
+/// An HTTP client for the gateway, never through a proxy from the
+/// environment.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// GETs `url` and parses its JSON body.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn post(http: &reqwest::Client, url: &str, body: &str) -> (u16, Option<String>, Value) {
     let response = http
         .post(url)
@@ -57,17 +67,12 @@ async fn post(http: &reqwest::Client, url: &str, body: &str) -> (u16, Option<Str
 
 #[tokio::test]
 async fn the_gateway_answers_from_a_discovered_instance() {
-    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let registry = memory_registry();
     let server = start_lorem(registry.clone(), "lorem", "g1").await;
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["g1"]).await;
     let gateway = start_gateway(client).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let sd = format!("{}/sd-lorem", gateway.url);
 
     let (status, instance, body) =
@@ -97,25 +102,11 @@ async fn the_gateway_answers_from_a_discovered_instance() {
     assert_eq!(instance.as_deref(), Some("g1"));
     assert!(body["error"].as_str().is_some(), "{body}");
 
-    let instances: Value = http
-        .get(format!("{}/instances", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let instances = get_json(&http, &format!("{}/instances", gateway.url)).await;
     assert_eq!(instances[0]["id"], "g1", "{instances}");
     assert_eq!(instances.as_array().map(Vec::len), Some(1));
 
-    let health: Value = http
-        .get(format!("{}/health", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&http, &format!("{}/health", gateway.url)).await;
     assert_eq!(health, json!({"status": true}));
 
     gateway.stop().await;
@@ -124,7 +115,7 @@ async fn the_gateway_answers_from_a_discovered_instance() {
 
 #[tokio::test]
 async fn the_gateway_says_503_when_no_instance_appears() {
-    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let registry = memory_registry();
     let client = lorem_client(
         &registry,
         "lorem",
@@ -135,7 +126,7 @@ async fn the_gateway_says_503_when_no_instance_appears() {
         ClientOptions::default(),
     );
     let gateway = start_gateway(client).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let (status, instance, body) = post(
         &http,
         &format!("{}/sd-lorem", gateway.url),

@@ -4,23 +4,17 @@ mod common;
 
 use std::time::Duration;
 
+use client::LoremRequest;
 use client::load::{self, LoadOptions};
 use client::repeat::{self, RepeatOptions};
-use client::{BalancerOptions, ClientOptions, LoremRequest};
-use common::{Stub, lorem_client, start_lorem, wait_for_ids};
-use registry::{Instance, MemoryRegistry, Registrar};
+use common::{Stub, default_client, memory_registry, register_at, start_lorem, wait_for_ids};
 
 #[tokio::test]
 async fn load_reports_counts_latency_and_spread() {
-    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let registry = memory_registry();
     let a = start_lorem(registry.clone(), "lorem", "a").await;
     let b = start_lorem(registry.clone(), "lorem", "b").await;
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["a", "b"]).await;
 
     let report = load::run(
@@ -89,33 +83,17 @@ async fn load_reports_counts_latency_and_spread() {
 
 #[tokio::test]
 async fn per_instance_counts_by_registry_id_not_by_header() {
-    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let registry = memory_registry();
     // Registered as "real", but names itself "impostor" in x-instance-id.
-    let stub = Stub::start(axum::Router::new().route(
-        "/lorem/{kind}/{min}/{max}",
-        axum::routing::post(|| async {
-            (
-                [("x-instance-id", "impostor")],
-                axum::Json(serde_json::json!({ "message": "lorem ipsum" })),
-            )
-        }),
-    ))
+    let stub = Stub::lorem(|| async {
+        (
+            [("x-instance-id", "impostor")],
+            axum::Json(serde_json::json!({ "message": "lorem ipsum" })),
+        )
+    })
     .await;
-    let registration = registry
-        .register(Instance::new(
-            "lorem",
-            "real",
-            "127.0.0.1",
-            stub.addr.port(),
-        ))
-        .await
-        .expect("register");
-    let client = lorem_client(
-        &registry,
-        "lorem",
-        BalancerOptions::default(),
-        ClientOptions::default(),
-    );
+    let registration = register_at(&registry, "real", stub.addr.port()).await;
+    let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["real"]).await;
     let report = load::run(
         &client,

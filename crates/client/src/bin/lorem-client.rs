@@ -85,7 +85,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct RequestArgs {
     /// What to generate: word, sentence or paragraph.
-    #[arg(long, default_value = "sentence")]
+    #[arg(long, default_value = "sentence", value_parser = client::parse_kind)]
     kind: Kind,
     /// Smallest length.
     #[arg(long, default_value_t = 5)]

@@ -7,14 +7,29 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::handler::Handler;
 use client::{Balancer, BalancerOptions, ClientOptions, LoremClient, Snapshot};
 use lorem::server::{RunningServer, ServerOptions};
-use registry::{MemoryRegistry, Registrar};
+use registry::{Instance, MemoryRegistry, Registrar, Registration};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// Generous bound on every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The in-process registry the tests run on, with a TTL no test outlives.
+pub fn memory_registry() -> MemoryRegistry {
+    MemoryRegistry::new(Duration::from_secs(10))
+}
+
+/// Registers instance `id` of service `lorem` at 127.0.0.1:`port` (a stub,
+/// or nothing at all) for as long as the returned handle lives.
+pub async fn register_at(registry: &MemoryRegistry, id: &str, port: u16) -> Registration {
+    registry
+        .register(Instance::new("lorem", id, "127.0.0.1", port))
+        .await
+        .expect("register")
+}
 
 /// Starts a real lorem server with `id` for `service` and waits until it is
 /// registered.
@@ -93,6 +108,16 @@ pub fn lorem_client(
     LoremClient::new(balancer, client).expect("valid client options")
 }
 
+/// [`lorem_client`] for service `lorem`, with default options.
+pub fn default_client(registry: &MemoryRegistry) -> LoremClient {
+    lorem_client(
+        registry,
+        "lorem",
+        BalancerOptions::default(),
+        ClientOptions::default(),
+    )
+}
+
 /// A port on 127.0.0.1 with nothing listening on it.
 pub async fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -127,6 +152,19 @@ impl Stub {
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Serves `handler` on the lorem route (`POST /lorem/{kind}/{min}/{max}`):
+    /// an instance that misbehaves on purpose.
+    pub async fn lorem<H, T>(handler: H) -> Stub
+    where
+        H: Handler<T, ()>,
+        T: 'static,
+    {
+        Stub::start(
+            axum::Router::new().route("/lorem/{kind}/{min}/{max}", axum::routing::post(handler)),
+        )
+        .await
     }
 
     /// Stops it and waits for a clean exit.
