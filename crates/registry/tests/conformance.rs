@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use registry::{
     BackendConfig, ConsulConfig, DynRegistry, Error, EtcdConfig, Instance, MemoryRegistry,
-    Registrar, Settings, WatchStream, Watcher, ZookeeperConfig,
+    Registrar, Settings, Watcher, ZookeeperConfig,
 };
 use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
+
+mod common;
+use common::{await_instances, await_snapshot, ids, instance};
 
 /// The registration TTL every backend runs the suite with.
 const TTL: Duration = Duration::from_secs(2);
@@ -218,63 +221,6 @@ fn settings(backend: BackendConfig) -> Settings {
         backend,
         ttl: TTL,
         timeout: TIMEOUT,
-    }
-}
-
-fn instance(service: &str, id: &str, port: u16) -> Instance {
-    Instance::new(service, id, "127.0.0.1", port)
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
-}
-
-/// Reads the watch until a snapshot satisfies `done`, or fails after `within`
-/// naming what never happened. Error items are tolerated (the stream must
-/// carry on behind them). Returns the matching snapshot.
-async fn await_snapshot(
-    watch: &mut WatchStream,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&[Instance]) -> bool,
-) -> Vec<Instance> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = None;
-    loop {
-        match tokio::time::timeout_at(deadline, watch.next()).await {
-            Ok(Some(Ok(snapshot))) => {
-                if done(&snapshot) {
-                    return snapshot;
-                }
-                last = Some(ids(&snapshot).join(","));
-            }
-            Ok(Some(Err(error))) => println!("  watch reported (and carries on): {error}"),
-            Ok(None) => panic!("the watch stream ended while waiting for {what}"),
-            Err(_) => panic!("{what} did not happen within {within:?}; last snapshot: {last:?}"),
-        }
-    }
-}
-
-/// Polls `instances()` until `done`, for checks that do not use a watch.
-async fn await_instances(
-    watcher: &dyn Watcher,
-    service: &str,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&[Instance]) -> bool,
-) -> Vec<Instance> {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match watcher.instances(service).await {
-            Ok(found) if done(&found) => return found,
-            Ok(found) => ids(&found).join(","),
-            Err(error) => format!("error: {error}"),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}; last read: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

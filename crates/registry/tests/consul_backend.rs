@@ -12,30 +12,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use futures::StreamExt;
+use anyhow::{Context, Result, ensure};
 use registry::consul::ConsulRegistry;
-use registry::{
-    BackendConfig, ConsulConfig, Error, Instance, Registrar, Settings, WatchStream, Watcher,
-};
+use registry::{BackendConfig, ConsulConfig, Error, Instance, Registrar, Settings, Watcher};
 use serde_json::{Value, json};
 use testkit::{ConsulAgent, RegistryServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+mod common;
+use common::{await_instances, await_snapshot, eventually, ids, init_tracing, lorem};
+
 /// Generous deadline for anything that should happen within a few seconds.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "registry=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Starts a dev agent without blocking the runtime's other tasks.
 async fn start_agent() -> Result<ConsulAgent> {
@@ -61,61 +51,6 @@ fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (ConsulConfig, Se
 async fn connect(addr: &str, ttl: Duration) -> Result<ConsulRegistry> {
     let (config, settings) = settings(addr, ttl, None);
     Ok(ConsulRegistry::connect(&config, &settings).await?)
-}
-
-fn lorem(id: &str) -> Instance {
-    Instance::new("lorem", id, "127.0.0.1", 8080)
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
-}
-
-/// Reads the watch until a snapshot satisfies `done`, or fails naming `what`.
-/// Error items (the agent is down) are counted and skipped.
-async fn wait_for(
-    watch: &mut WatchStream,
-    what: &str,
-    done: impl Fn(&[Instance]) -> bool,
-) -> Result<Vec<Instance>> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut errors = 0;
-    loop {
-        match tokio::time::timeout_at(deadline, watch.next()).await {
-            Err(_) => {
-                bail!("the watch never showed {what} within {PATIENCE:?} ({errors} error items)")
-            }
-            Ok(None) => bail!("the watch ended while waiting for {what}"),
-            Ok(Some(Ok(snapshot))) if done(&snapshot) => return Ok(snapshot),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(error))) => {
-                errors += 1;
-                eprintln!("watch error item while waiting for {what}: {error}");
-            }
-        }
-    }
-}
-
-/// Polls `instances` until `done`, or fails naming `what`.
-async fn poll_instances(
-    registry: &ConsulRegistry,
-    service: &str,
-    what: &str,
-    done: impl Fn(&[Instance]) -> bool,
-) -> Result<Vec<Instance>> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let last = registry.instances(service).await;
-        if let Ok(instances) = &last {
-            if done(instances) {
-                return Ok(instances.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{what} never happened within {PATIENCE:?}; last read: {last:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A plain HTTP call to the agent, as another client (curl) would make it.
@@ -160,7 +95,7 @@ async fn consul_cli(addr: &str, args: &[&str]) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let mut agent = start_agent().await?;
     let addr = agent.http_addr();
     let registry = connect(&addr, Duration::from_secs(3)).await?;
@@ -169,7 +104,7 @@ async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<
         .register(Instance::new("ipsum", "b", "127.0.0.1", 8081).with_weight(2))
         .await?;
     let mut watch = registry.watch("lorem");
-    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a", |s| ids(s) == ["a"]).await;
 
     agent = tokio::task::spawn_blocking(move || agent.stop().map(|()| agent)).await??;
     // While the agent is down, calls fail at once with transient errors and
@@ -192,9 +127,15 @@ async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<
     let restarted = Instant::now();
     // A fresh agent knows nothing: the heartbeats find the checks gone and
     // register both instances again; the watch reads the new state.
-    wait_for(&mut watch, "a back after the restart", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a back after the restart", |s| {
+        ids(s) == ["a"]
+    })
+    .await;
     let watch_back = restarted.elapsed();
-    let ipsum = poll_instances(&registry, "ipsum", "b re-registered", |s| ids(s) == ["b"]).await?;
+    let ipsum = await_instances(&registry, "ipsum", PATIENCE, "b re-registered", |s| {
+        ids(s) == ["b"]
+    })
+    .await;
     assert_eq!(ipsum[0].weight, 2);
     let all_back = restarted.elapsed();
     println!(
@@ -204,7 +145,7 @@ async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<
     assert_eq!(registry.services().await?, ["ipsum", "lorem"]);
 
     a.deregister().await?;
-    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    await_snapshot(&mut watch, PATIENCE, "a deregistered", |s| s.is_empty()).await;
     b.deregister().await?;
     drop(agent);
     Ok(())
@@ -212,7 +153,7 @@ async fn agent_restart_reregisters_everything_and_the_watch_resumes() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_by_other_clients_are_discovered_and_critical_ones_are_not() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let addr = agent.http_addr();
     let registry = connect(&addr, Duration::from_secs(3)).await?;
@@ -291,11 +232,17 @@ async fn registrations_by_other_clients_are_discovered_and_critical_ones_are_not
     assert_eq!(registry.services().await?, ["cli", "foreign"]);
 
     let mut watch = registry.watch("foreign");
-    wait_for(&mut watch, "f1 and f2", |s| ids(s) == ["f1", "f2"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "f1 and f2", |s| {
+        ids(s) == ["f1", "f2"]
+    })
+    .await;
 
     // Passing the foreign check makes it live; the CLI sees ours too.
     http(put.clone(), &addr, "/v1/agent/check/pass/service:c1", None).await?;
-    poll_instances(&registry, "critical", "c1 passing", |s| ids(s) == ["c1"]).await?;
+    await_instances(&registry, "critical", PATIENCE, "c1 passing", |s| {
+        ids(s) == ["c1"]
+    })
+    .await;
     let ours = registry.register(lorem("a")).await?;
     let listed = consul_cli(&addr, &["catalog", "services"]).await?;
     assert!(
@@ -308,7 +255,7 @@ async fn registrations_by_other_clients_are_discovered_and_critical_ones_are_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_layout_as_consul_shows_it() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let addr = agent.http_addr();
     let registry = connect(&addr, Duration::from_secs(10)).await?;
@@ -352,18 +299,18 @@ async fn our_layout_as_consul_shows_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_instance_leaves_after_the_ttl_while_its_sibling_stays() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let ttl = Duration::from_secs(2);
     let registry = connect(&agent.http_addr(), ttl).await?;
     let a = registry.register(lorem("a")).await?;
     let b = registry.register(lorem("b")).await?;
     let mut watch = registry.watch("lorem");
-    wait_for(&mut watch, "a and b", |s| ids(s) == ["a", "b"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a and b", |s| ids(s) == ["a", "b"]).await;
 
     let abandoned = Instant::now();
     b.abandon();
-    wait_for(&mut watch, "b gone", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "b gone", |s| ids(s) == ["a"]).await;
     let gone = abandoned.elapsed();
     println!(
         "consul crash detection: abandoned instance left the passing set after {gone:?} (TTL {ttl:?})"
@@ -382,13 +329,13 @@ async fn abandoned_instance_leaves_after_the_ttl_while_its_sibling_stays() -> Re
     .await?;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
     a.deregister().await?;
-    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    await_snapshot(&mut watch, PATIENCE, "a deregistered", |s| s.is_empty()).await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_taken_by_another_service_is_rejected() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let addr = agent.http_addr();
     let registry = connect(&addr, Duration::from_secs(3)).await?;
@@ -433,17 +380,20 @@ async fn an_id_taken_by_another_service_is_rejected() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_removed_behind_our_back_is_registered_again() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let addr = agent.http_addr();
     let registry = connect(&addr, Duration::from_secs(2)).await?;
     let a = registry.register(lorem("a")).await?;
     let mut watch = registry.watch("lorem");
-    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a", |s| ids(s) == ["a"]).await;
     consul_cli(&addr, &["services", "deregister", "-id=a"]).await?;
     let removed = Instant::now();
-    wait_for(&mut watch, "a removed", |s| s.is_empty()).await?;
-    wait_for(&mut watch, "a registered again", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a removed", |s| s.is_empty()).await;
+    await_snapshot(&mut watch, PATIENCE, "a registered again", |s| {
+        ids(s) == ["a"]
+    })
+    .await;
     println!(
         "consul: instance removed by the CLI was back after {:?} (TTL 2s)",
         removed.elapsed()
@@ -452,20 +402,39 @@ async fn a_service_removed_behind_our_back_is_registered_again() -> Result<()> {
     Ok(())
 }
 
-/// A TCP proxy that records what clients send, to count requests and see
-/// headers.
-struct RecordingProxy {
+/// A TCP proxy in front of the agent. It records what clients send, to
+/// count requests and see headers; and while a stall is on, it holds back
+/// every request whose bytes contain the stall's needle until the stall is
+/// released, counting the held requests and those whose client gave up
+/// (closed the connection) while held.
+struct Proxy {
     addr: String,
-    seen: Arc<Mutex<Vec<u8>>>,
+    stall: tokio::sync::watch::Sender<Option<&'static str>>,
+    taps: Taps,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl RecordingProxy {
+/// What every connection of a [`Proxy`] shares.
+#[derive(Clone)]
+struct Taps {
+    seen: Arc<Mutex<Vec<u8>>>,
+    stall: tokio::sync::watch::Receiver<Option<&'static str>>,
+    held: Arc<AtomicUsize>,
+    given_up: Arc<AtomicUsize>,
+}
+
+impl Proxy {
     async fn start(upstream: String) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
+        let (stall, stall_rx) = tokio::sync::watch::channel(None);
+        let taps = Taps {
+            seen: Arc::new(Mutex::new(Vec::new())),
+            stall: stall_rx,
+            held: Arc::new(AtomicUsize::new(0)),
+            given_up: Arc::new(AtomicUsize::new(0)),
+        };
+        let shared = taps.clone();
         let task = tokio::spawn(async move {
             for _ in 0..1000 {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -474,41 +443,93 @@ impl RecordingProxy {
                 let Ok(outbound) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                tokio::spawn(pipe(inbound, outbound, recorded.clone()));
+                tokio::spawn(pipe(inbound, outbound, shared.clone()));
             }
         });
-        Ok(RecordingProxy { addr, seen, task })
+        Ok(Proxy {
+            addr,
+            stall,
+            taps,
+            task,
+        })
     }
 
+    /// How often `needle` occurs in what clients sent.
     fn count(&self, needle: &str) -> usize {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.taps.seen.lock().unwrap_or_else(|e| e.into_inner());
         String::from_utf8_lossy(&seen).matches(needle).count()
+    }
+
+    /// From now on, holds back requests containing `needle`.
+    fn stall(&self, needle: &'static str) {
+        self.stall.send_replace(Some(needle));
+    }
+
+    /// Lets the held requests (and all later ones) through.
+    fn release(&self) {
+        self.stall.send_replace(None);
+    }
+
+    fn held(&self) -> usize {
+        self.taps.held.load(Ordering::SeqCst)
+    }
+
+    fn given_up(&self) -> usize {
+        self.taps.given_up.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for RecordingProxy {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-async fn pipe(inbound: TcpStream, outbound: TcpStream, seen: Arc<Mutex<Vec<u8>>>) {
+async fn pipe(inbound: TcpStream, outbound: TcpStream, taps: Taps) {
+    let Taps {
+        seen,
+        mut stall,
+        held,
+        given_up,
+    } = taps;
     let (mut from_client, mut to_client) = inbound.into_split();
     let (mut from_server, mut to_server) = outbound.into_split();
-    let up = async {
+    let up = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let mut chunk = buf[..n].to_vec();
+            let needle = *stall.borrow();
+            if needle.is_some_and(|needle| String::from_utf8_lossy(&chunk).contains(needle)) {
+                held.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    tokio::select! {
+                        released = stall.wait_for(Option::is_none) => {
+                            if released.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        read = from_client.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => {
+                                given_up.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => chunk.extend_from_slice(&buf[..n]),
+                        },
+                    }
+                }
+            }
             {
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                 if seen.len() < 4 << 20 {
-                    seen.extend_from_slice(&buf[..n]);
+                    seen.extend_from_slice(&chunk);
                 }
             }
-            if to_server.write_all(&buf[..n]).await.is_err() {
+            if to_server.write_all(&chunk).await.is_err() {
                 break;
             }
         }
@@ -520,14 +541,14 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, seen: Arc<Mutex<Vec<u8>>>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_watch_does_not_busy_loop_and_the_token_is_sent() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
-    let proxy = RecordingProxy::start(agent.http_addr()).await?;
+    let proxy = Proxy::start(agent.http_addr()).await?;
     let (config, settings) = settings(&proxy.addr, Duration::from_secs(3), Some("s3cr3t-token"));
     let registry = ConsulRegistry::connect(&config, &settings).await?;
     let a = registry.register(lorem("a")).await?;
     let mut watch = registry.watch("lorem");
-    wait_for(&mut watch, "a", |s| ids(s) == ["a"]).await?;
+    await_snapshot(&mut watch, PATIENCE, "a", |s| ids(s) == ["a"]).await;
 
     // Heartbeats change check outputs but not the passing set: the watch
     // may wake up, but must stay far from a busy loop.
@@ -551,13 +572,13 @@ async fn an_idle_watch_does_not_busy_loop_and_the_token_is_sent() -> Result<()> 
         "the ACL token was not sent on every request ({token_headers})"
     );
     a.deregister().await?;
-    wait_for(&mut watch, "a deregistered", |s| s.is_empty()).await?;
+    await_snapshot(&mut watch, PATIENCE, "a deregistered", |s| s.is_empty()).await;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_agent_that_never_answers_is_unavailable_within_the_timeout() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     // Accepts connections (the kernel does) but never answers.
     let silent = TcpListener::bind("127.0.0.1:0").await?;
     let addr = silent.local_addr()?.to_string();
@@ -574,125 +595,11 @@ async fn an_agent_that_never_answers_is_unavailable_within_the_timeout() -> Resu
     Ok(())
 }
 
-/// A TCP proxy that, while stalling is on, holds back every request whose
-/// bytes contain `needle` until stalling is turned off, and counts the held
-/// requests and those whose client gave up (closed the connection) while
-/// held.
-struct StallingProxy {
-    addr: String,
-    stall: tokio::sync::watch::Sender<bool>,
-    held: Arc<AtomicUsize>,
-    given_up: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl StallingProxy {
-    async fn start(upstream: String, needle: &'static str) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let (stall, stall_rx) = tokio::sync::watch::channel(false);
-        let held = Arc::new(AtomicUsize::new(0));
-        let given_up = Arc::new(AtomicUsize::new(0));
-        let (h, g) = (held.clone(), given_up.clone());
-        let task = tokio::spawn(async move {
-            for _ in 0..1000 {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(outbound) = TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                tokio::spawn(stalling_pipe(
-                    inbound,
-                    outbound,
-                    needle,
-                    stall_rx.clone(),
-                    h.clone(),
-                    g.clone(),
-                ));
-            }
-        });
-        Ok(StallingProxy {
-            addr,
-            stall,
-            held,
-            given_up,
-            task,
-        })
-    }
-
-    fn set_stalling(&self, on: bool) {
-        self.stall.send_replace(on);
-    }
-
-    fn held(&self) -> usize {
-        self.held.load(Ordering::SeqCst)
-    }
-
-    fn given_up(&self) -> usize {
-        self.given_up.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for StallingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn stalling_pipe(
-    inbound: TcpStream,
-    outbound: TcpStream,
-    needle: &'static str,
-    mut stall: tokio::sync::watch::Receiver<bool>,
-    held: Arc<AtomicUsize>,
-    given_up: Arc<AtomicUsize>,
-) {
-    let (mut from_client, mut to_client) = inbound.into_split();
-    let (mut from_server, mut to_server) = outbound.into_split();
-    let up = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match from_client.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut chunk = buf[..n].to_vec();
-            if *stall.borrow() && String::from_utf8_lossy(&chunk).contains(needle) {
-                held.fetch_add(1, Ordering::SeqCst);
-                loop {
-                    tokio::select! {
-                        released = stall.wait_for(|on| !*on) => {
-                            if released.is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        read = from_client.read(&mut buf) => match read {
-                            Ok(0) | Err(_) => {
-                                given_up.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => chunk.extend_from_slice(&buf[..n]),
-                        },
-                    }
-                }
-            }
-            if to_server.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        let _ = to_server.shutdown().await;
-    };
-    let down = tokio::io::copy(&mut from_server, &mut to_client);
-    let _ = tokio::join!(up, down);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
-    let proxy = StallingProxy::start(agent.http_addr(), "PUT /v1/agent/check/pass/").await?;
+    let proxy = Proxy::start(agent.http_addr()).await?;
     // A long REGISTRY_TIMEOUT: the stalled heartbeat stays in flight (its
     // client waits for it) far longer than the registrations below take.
     let (config, mut settings) = settings(&proxy.addr, Duration::from_secs(3), None);
@@ -702,15 +609,11 @@ async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()>
 
     // The first heartbeat round (one TTL/3 after the registration) hangs on
     // a's heartbeat, which the proxy holds back.
-    proxy.set_stalling(true);
-    let deadline = Instant::now() + PATIENCE;
-    while proxy.held() == 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "no heartbeat reached the proxy within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy.stall("PUT /v1/agent/check/pass/");
+    eventually(PATIENCE, "a heartbeat to reach the proxy", || async {
+        Ok((proxy.held() > 0).then_some(()))
+    })
+    .await;
 
     // Meanwhile registrations and deregistrations go through.
     let during = Instant::now();
@@ -744,11 +647,11 @@ async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()>
     );
 
     // Released, the round ends and heartbeats keep both alive.
-    proxy.set_stalling(false);
-    poll_instances(&registry, "lorem", "a and b passing", |s| {
+    proxy.release();
+    await_instances(&registry, "lorem", PATIENCE, "a and b passing", |s| {
         ids(s) == ["a", "b"]
     })
-    .await?;
+    .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(ids(&registry.instances("lorem").await?), ["a", "b"]);
     a.deregister().await?;
@@ -759,7 +662,7 @@ async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_racing_the_old_handles_deregistration_stays() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let agent = start_agent().await?;
     let registry = connect(&agent.http_addr(), Duration::from_secs(3)).await?;
     // Whichever the registrar receives first, the newer registration of the

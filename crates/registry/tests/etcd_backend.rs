@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use futures::StreamExt;
 use registry::{
     BackendConfig, Error, EtcdConfig, Instance, Registrar, Settings, WatchStream, Watcher,
@@ -18,48 +18,40 @@ use registry::{
 };
 use testkit::{EtcdCluster, EtcdServer, RegistryServer};
 
+mod common;
+use common::{await_instances, blocking, eventually, ids, init_tracing, lorem, watch_until};
+
 /// Short enough to keep the tests quick, long enough for a loaded machine.
 const TTL: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any expected change may take to show up.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "registry=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn settings(addr: &str) -> Settings {
-    Settings {
-        backend: BackendConfig::Etcd(EtcdConfig {
-            addr: addr.split(',').map(str::to_owned).collect(),
-            prefix: "/services".to_owned(),
-        }),
+fn settings(addr: &str) -> (EtcdConfig, Settings) {
+    let config = EtcdConfig {
+        addr: addr.split(',').map(str::to_owned).collect(),
+        prefix: "/services".to_owned(),
+    };
+    let settings = Settings {
+        backend: BackendConfig::Etcd(config.clone()),
         ttl: TTL,
         timeout: TIMEOUT,
-    }
+    };
+    (config, settings)
 }
 
 async fn connect(addr: &str) -> Result<EtcdRegistry> {
-    let settings = settings(addr);
-    let BackendConfig::Etcd(config) = &settings.backend else {
-        bail!("settings() builds an etcd config")
-    };
-    Ok(EtcdRegistry::connect(config, &settings).await?)
+    let (config, settings) = settings(addr);
+    Ok(EtcdRegistry::connect(&config, &settings).await?)
 }
 
-fn lorem(id: &str) -> Instance {
-    Instance::new("lorem", id, "127.0.0.1", 8080)
-}
-
-/// Runs blocking server control (start, stop, etcdctl) off the async workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+/// Starts a single etcd server and connects a registry to it; returns the
+/// server, its endpoint (for etcdctl) and the registry.
+async fn start() -> Result<(EtcdServer, String, EtcdRegistry)> {
+    let etcd = blocking(EtcdServer::start)?;
+    let ep = etcd.endpoint();
+    let registry = connect(&ep).await?;
+    Ok((etcd, ep, registry))
 }
 
 /// Runs `etcdctl` against `endpoints`; returns stdout, fails with stderr.
@@ -116,52 +108,43 @@ struct Seen {
     errors: Vec<String>,
 }
 
-fn ids(instances: &[Instance]) -> Vec<String> {
-    instances.iter().map(|i| i.id.clone()).collect()
+impl Seen {
+    fn record(&mut self, item: Result<&[Instance], &Error>) {
+        match item {
+            Ok(snapshot) => self
+                .snapshots
+                .push(ids(snapshot).into_iter().map(str::to_owned).collect()),
+            Err(error) => self.errors.push(error.to_string()),
+        }
+    }
 }
 
 /// Reads `watch` until a snapshot's ids equal `want`, or fails after
-/// `PATIENCE` naming what was seen.
+/// `PATIENCE` naming what was seen. Returns when it was seen.
 async fn wait_for(watch: &mut WatchStream, want: &[&str], seen: &mut Seen) -> Result<Instant> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let item = tokio::time::timeout_at(deadline, watch.next())
-            .await
-            .map_err(|_| anyhow!("the watch never showed {want:?}; saw {seen:?}"))?
-            .ok_or_else(|| anyhow!("the watch ended; saw {seen:?}"))?;
-        match item {
-            Ok(snapshot) => {
-                let got = ids(&snapshot);
-                seen.snapshots.push(got.clone());
-                if got == want {
-                    return Ok(Instant::now());
-                }
-            }
-            Err(error) => seen.errors.push(error.to_string()),
-        }
-    }
+    let what = format!("the snapshot {want:?}");
+    watch_until(
+        watch,
+        PATIENCE,
+        &what,
+        |item| seen.record(item),
+        |s| ids(s) == want,
+    )
+    .await
+    .map_err(|error| anyhow!("{error}; saw {seen:?}"))?;
+    Ok(Instant::now())
 }
 
 /// Polls `instances(service)` until its ids equal `want`.
-async fn poll_until(registry: &EtcdRegistry, service: &str, want: &[&str]) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = None;
-    while Instant::now() < deadline {
-        match registry.instances(service).await {
-            Ok(found) if ids(&found) == want => return Ok(()),
-            other => last = Some(format!("{other:?}")),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("instances({service}) never became {want:?}; last {last:?}")
+async fn poll_until(registry: &EtcdRegistry, service: &str, want: &[&str]) {
+    let what = format!("instances({service}) to become {want:?}");
+    await_instances(registry, service, PATIENCE, &what, |s| ids(s) == want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layout_is_what_etcdctl_shows_and_etcdctl_writes_are_discovered() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let mut watch = registry.watch("lorem");
     let mut seen = Seen::default();
     wait_for(&mut watch, &[], &mut seen).await?;
@@ -196,10 +179,8 @@ async fn layout_is_what_etcdctl_shows_and_etcdctl_writes_are_discovered() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_under_the_prefix_is_skipped_and_the_watch_keeps_working() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let _a = registry.register(lorem("a")).await?;
     let mut watch = registry.watch("lorem");
     let mut seen = Seen::default();
@@ -246,10 +227,8 @@ async fn garbage_under_the_prefix_is_skipped_and_the_watch_keeps_working() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_lease_is_replaced_and_the_instances_come_back() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let _a = registry.register(lorem("a")).await?;
     let _b = registry.register(lorem("b")).await?;
     let lease = lease_of(&ep, "/services/lorem/a")?;
@@ -283,25 +262,24 @@ async fn a_revoked_lease_is_replaced_and_the_instances_come_back() -> Result<()>
 /// Polls etcdctl until `key` holds `instance` on `lease`.
 async fn wait_restored(ep: &str, key: &str, instance: &Instance, lease: &str) -> Result<()> {
     let want = String::from_utf8(instance.to_json())?;
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let value = etcdctl(ep, &["get", key, "--print-value-only"])?;
+    let what = format!("{key} restored to {want} on lease {lease}");
+    eventually(PATIENCE, &what, || async {
+        let value = etcdctl(ep, &["get", key, "--print-value-only"])
+            .unwrap_or_else(|error| panic!("{error:#}"));
         if value.trim_end() == want && lease_of(ep, key).ok().as_deref() == Some(lease) {
-            return Ok(());
+            Ok(Some(()))
+        } else {
+            Err(format!("value {value:?}"))
         }
-        last = value;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{key} was never restored to {want} on lease {lease}; last value {last:?}")
+    })
+    .await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_or_overwritten_by_another_client_is_restored() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let a = lorem("a").with_tag("v1");
     let _a = registry.register(a.clone()).await?;
     let _b = registry.register(lorem("b")).await?;
@@ -330,10 +308,8 @@ async fn a_key_deleted_or_overwritten_by_another_client_is_restored() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restarts_keep_or_restore_the_registrations() -> Result<()> {
-    init_tracing();
-    let mut etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (mut etcd, ep, registry) = start().await?;
     let _a = registry.register(lorem("a")).await?;
     let watcher = connect(&ep).await?;
     let mut watch = watcher.watch("lorem");
@@ -343,9 +319,9 @@ async fn server_restarts_keep_or_restore_the_registrations() -> Result<()> {
     // Same data: the lease survives the restart and is renewed in time.
     let lease = lease_of(&ep, "/services/lorem/a")?;
     blocking(|| etcd.restart())?;
-    poll_until(&registry, "lorem", &["a"]).await?;
+    poll_until(&registry, "lorem", &["a"]).await;
     tokio::time::sleep(TTL * 2).await;
-    poll_until(&registry, "lorem", &["a"]).await?;
+    poll_until(&registry, "lorem", &["a"]).await;
     assert_eq!(
         lease_of(&ep, "/services/lorem/a")?,
         lease,
@@ -360,7 +336,7 @@ async fn server_restarts_keep_or_restore_the_registrations() -> Result<()> {
         etcd.start()
     })?;
     let restarted = Instant::now();
-    poll_until(&registry, "lorem", &["a"]).await?;
+    poll_until(&registry, "lorem", &["a"]).await;
     println!(
         "etcd: restart with data lost -> instance registered again {:?} after the server was back",
         restarted.elapsed()
@@ -374,10 +350,8 @@ async fn server_restarts_keep_or_restore_the_registrations() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deregistration_during_an_outage_is_applied_when_the_server_is_back() -> Result<()> {
-    init_tracing();
-    let mut etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (mut etcd, _, registry) = start().await?;
     let a = registry.register(lorem("a")).await?;
     let _b = registry.register(lorem("b")).await?;
     let mut watch = registry.watch("lorem");
@@ -407,10 +381,8 @@ async fn a_deregistration_during_an_outage_is_applied_when_the_server_is_back() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_compacted_before_the_watch_starts_gives_a_fresh_snapshot() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let a = registry.register(lorem("a")).await?;
     // The watch reads its snapshot, then waits before watching from the
     // snapshot's revision + 1: long enough to change and compact.
@@ -450,10 +422,8 @@ async fn history_compacted_before_the_watch_starts_gives_a_fresh_snapshot() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_behind_a_compaction_catches_up_correctly() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
     let mut watch = registry.watch("lorem");
     let mut seen = Seen::default();
     wait_for(&mut watch, &[], &mut seen).await?;
@@ -485,10 +455,9 @@ async fn a_slow_watcher_behind_a_compaction_catches_up_correctly() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_span_many_pages() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?.with_page_size(3);
+    init_tracing("registry=info");
+    let (_etcd, ep, registry) = start().await?;
+    let registry = registry.with_page_size(3);
     let mut registrations = Vec::new();
     for i in 0..11 {
         registrations.push(registry.register(lorem(&format!("a{i:02}"))).await?);
@@ -514,8 +483,8 @@ async fn reads_span_many_pages() -> Result<()> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let found = ids(&registry.instances("lorem").await?);
-    assert_eq!(found, want);
+    let found = registry.instances("lorem").await?;
+    assert_eq!(ids(&found), want);
     let mut names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
     names.sort();
     assert_eq!(registry.services().await?, names);
@@ -527,10 +496,8 @@ async fn reads_span_many_pages() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandon_expires_only_the_abandoned_instance_of_a_shared_lease() -> Result<()> {
-    init_tracing();
-    let etcd = blocking(EtcdServer::start)?;
-    let ep = etcd.endpoint();
-    let registry = connect(&ep).await?;
+    init_tracing("registry=info");
+    let (_etcd, _, registry) = start().await?;
     let _a = registry.register(lorem("a")).await?;
     let b = registry.register(lorem("b")).await?;
     let mut watch = registry.watch("lorem");
@@ -557,7 +524,7 @@ async fn abandon_expires_only_the_abandoned_instance_of_a_shared_lease() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_losing_a_member_keeps_registrations_and_watches_working() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let mut cluster = blocking(|| EtcdCluster::start(3))?;
     let addr = cluster.registry_addr();
     let registry = connect(&addr).await?;
@@ -596,7 +563,7 @@ async fn a_cluster_losing_a_member_keeps_registrations_and_watches_working() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_nothing_fails_within_the_timeout_naming_the_address() -> Result<()> {
-    init_tracing();
+    init_tracing("registry=info");
     let port = testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();

@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use registry::zookeeper::ZookeeperRegistry;
-use registry::{
-    BackendConfig, Error, Instance, Registrar, Settings, WatchStream, Watcher, ZookeeperConfig,
-};
+use registry::{BackendConfig, Error, Instance, Registrar, Settings, Watcher, ZookeeperConfig};
 use testkit::{RegistryServer, ZkEnsemble, ZkServer};
 use zookeeper_client as zk;
+
+mod common;
+use common::{
+    await_ids, await_instances, await_snapshot, blocking, eventually, ids, init_tracing, instance,
+    watch_until,
+};
 
 /// The per-call deadline (REGISTRY_TIMEOUT).
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,17 +28,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// tickTime=500 lets the server grant 1-10 s).
 const SHORT_SESSION: Duration = Duration::from_secs(2);
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
-        .with_test_writer()
-        .try_init();
-}
+/// How to get what `ZkServer` and `ZkEnsemble` need.
+const INSTALL: &str = "install it with `apt-get install -y zookeeper` and a Java runtime";
 
 fn start_server() -> ZkServer {
-    ZkServer::start().unwrap_or_else(|e| {
-        panic!("cannot start ZooKeeper: {e:#}\n(install it with `apt-get install -y zookeeper` and a Java runtime)")
-    })
+    ZkServer::start().unwrap_or_else(|e| panic!("cannot start ZooKeeper: {e:#}\n({INSTALL})"))
 }
 
 fn settings(addr: &str, session_timeout: Option<Duration>) -> (ZookeeperConfig, Settings) {
@@ -65,68 +63,6 @@ async fn plain_client(addr: &str) -> zk::Client {
         .unwrap_or_else(|e| panic!("plain zookeeper-client connect to {addr}: {e}"))
 }
 
-fn instance(service: &str, id: &str, port: u16) -> Instance {
-    Instance::new(service, id, "127.0.0.1", port)
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
-}
-
-/// Reads the watch until a snapshot satisfies `done`, or fails after
-/// `within` naming what never happened. Error items are printed and
-/// tolerated. Every snapshot seen is passed to `seen` first.
-async fn await_snapshot(
-    watch: &mut WatchStream,
-    within: Duration,
-    what: &str,
-    mut seen: impl FnMut(&[Instance]),
-    done: impl Fn(&[Instance]) -> bool,
-) -> Vec<Instance> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = None;
-    loop {
-        match tokio::time::timeout_at(deadline, watch.next()).await {
-            Ok(Some(Ok(snapshot))) => {
-                seen(&snapshot);
-                if done(&snapshot) {
-                    return snapshot;
-                }
-                last = Some(ids(&snapshot).join(","));
-            }
-            Ok(Some(Err(error))) => println!("  watch reported (and carries on): {error}"),
-            Ok(None) => panic!("the watch stream ended while waiting for {what}"),
-            Err(_) => panic!("{what} did not happen within {within:?}; last snapshot: {last:?}"),
-        }
-    }
-}
-
-async fn await_ids(watch: &mut WatchStream, within: Duration, want: &[&str]) -> Vec<Instance> {
-    let what = format!("the snapshot {want:?}");
-    await_snapshot(watch, within, &what, |_| {}, |s| ids(s) == want).await
-}
-
-/// Polls until `check` returns `Some`, or fails naming `what`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match check().await {
-            Ok(Some(value)) => return value,
-            Ok(None) => "not yet".to_owned(),
-            Err(error) => error,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The owner session of an ephemeral node (0 for a persistent one), or
 /// `None` if it does not exist.
 async fn owner(client: &zk::Client, path: &str) -> Option<i64> {
@@ -137,18 +73,13 @@ async fn owner(client: &zk::Client, path: &str) -> Option<i64> {
         .map(|stat| stat.ephemeral_owner)
 }
 
-/// Runs a blocking testkit call without stalling the runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 // A session that expires (the server is down longer than the client waits
 // for it) is replaced by a new one, which creates every node again; the
 // stale nodes the restarted server still holds for the old session are
 // replaced rather than reported as conflicts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_session_is_replaced_and_nodes_come_back() {
-    init_logs();
+    init_tracing("warn");
     let mut server = start_server();
     let addr = server.connect_string();
     let registry = connect(&addr, Some(SHORT_SESSION)).await;
@@ -205,7 +136,7 @@ async fn expired_session_is_replaced_and_nodes_come_back() {
 // (its resend_watches skips them), so the backend adds the watch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_sees_changes_after_a_reconnect_that_keeps_the_session() {
-    init_logs();
+    init_tracing("warn");
     let mut server = start_server();
     let addr = server.connect_string();
     let watcher = connect(&addr, None).await;
@@ -222,13 +153,13 @@ async fn watch_sees_changes_after_a_reconnect_that_keeps_the_session() {
     blocking(|| server.restart()).expect("restart ZooKeeper");
     let restarted = started.elapsed();
     // Wait until the watcher's session answers again: it reconnected.
-    eventually(TIMEOUT * 3, "the watcher's session to answer", || async {
-        watcher
-            .instances("rearm")
-            .await
-            .map(|found| (ids(&found) == ["a"]).then_some(()))
-            .map_err(|e| e.to_string())
-    })
+    await_instances(
+        &watcher,
+        "rearm",
+        TIMEOUT * 3,
+        "the watcher's session to answer",
+        |s| ids(s) == ["a"],
+    )
     .await;
     let other = plain_client(&addr).await;
     other
@@ -256,7 +187,7 @@ async fn watch_sees_changes_after_a_reconnect_that_keeps_the_session() {
 // transaction: a watcher never sees the instance missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_nodes_at_our_path_are_replaced_without_a_gap() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let addr = server.connect_string();
     let other = plain_client(&addr).await;
@@ -294,18 +225,21 @@ async fn foreign_nodes_at_our_path_are_replaced_without_a_gap() {
     assert_eq!(Instance::from_json(&data).unwrap(), x);
 
     let mut gaps = Vec::new();
-    await_snapshot(
+    watch_until(
         &mut watch,
         TIMEOUT,
         "the registrar's x and y",
-        |s| {
-            if ids(s) != ["x", "y"] {
-                gaps.push(ids(s).join(","));
+        |item| {
+            if let Ok(s) = item {
+                if ids(s) != ["x", "y"] {
+                    gaps.push(ids(s).join(","));
+                }
             }
         },
         |s| s == [x.clone(), y.clone()],
     )
-    .await;
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
     assert!(
         gaps.is_empty(),
         "the watch saw an instance missing: {gaps:?}"
@@ -319,7 +253,7 @@ async fn foreign_nodes_at_our_path_are_replaced_without_a_gap() {
 // change of their data or their removal reaches the watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_written_by_another_client_are_discovered() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let addr = server.connect_string();
     let registry = connect(&addr, None).await;
@@ -362,13 +296,9 @@ async fn nodes_written_by_another_client_are_discovered() {
         )
         .await
         .expect("set e1");
-    await_snapshot(
-        &mut watch,
-        TIMEOUT,
-        "e1's new port",
-        |_| {},
-        |s| s.len() == 1 && s[0].port == 81,
-    )
+    await_snapshot(&mut watch, TIMEOUT, "e1's new port", |s| {
+        s.len() == 1 && s[0].port == 81
+    })
     .await;
 
     other
@@ -403,7 +333,7 @@ async fn nodes_written_by_another_client_are_discovered() {
 // watch keeps working throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_skipped_and_the_watch_keeps_working() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let addr = server.connect_string();
     let registry = connect(&addr, None).await;
@@ -493,7 +423,7 @@ async fn garbage_is_skipped_and_the_watch_keeps_working() {
 // session timeout; the other stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandon_expires_one_node_and_keeps_the_others() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let addr = server.connect_string();
     let registry = connect(&addr, Some(SHORT_SESSION)).await;
@@ -525,14 +455,19 @@ async fn abandon_expires_one_node_and_keeps_the_others() {
     .await;
     assert_ne!(orphan, 0, "b was deleted instead of being left to expire");
 
-    await_snapshot(
+    watch_until(
         &mut watch,
         SHORT_SESSION * 3 + TIMEOUT,
         "b to expire",
-        |s| assert!(ids(s).contains(&"a"), "a disappeared: {:?}", ids(s)),
+        |item| {
+            if let Ok(s) = item {
+                assert!(ids(s).contains(&"a"), "a disappeared: {:?}", ids(s));
+            }
+        },
         |s| ids(s) == ["a"],
     )
-    .await;
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
     let took = started.elapsed();
     println!(
         "zookeeper abandon: b gone after {took:?} (session timeout {SHORT_SESSION:?}); a kept"
@@ -549,7 +484,7 @@ async fn abandon_expires_one_node_and_keeps_the_others() {
 // The layout is what zkCli shows: `ls` lists the ids, `get` prints the JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layout_matches_zkcli() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let addr = server.connect_string();
     let registry = connect(&addr, None).await;
@@ -597,7 +532,7 @@ async fn layout_matches_zkcli() {
 // Names ZooKeeper cannot take are refused in our words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_zookeeper_cannot_take_are_refused() {
-    init_logs();
+    init_tracing("warn");
     let server = start_server();
     let registry = connect(&server.connect_string(), None).await;
     for (service, id) in [("lorem", "."), ("..", "a"), ("lo/rem", "a")] {
@@ -621,10 +556,9 @@ async fn names_zookeeper_cannot_take_are_refused() {
 // survives, registrations and the watch keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensemble_keeps_working_with_a_member_down() {
-    init_logs();
-    let mut ensemble = ZkEnsemble::start(3).unwrap_or_else(|e| {
-        panic!("cannot start a ZooKeeper ensemble: {e:#}\n(install it with `apt-get install -y zookeeper` and a Java runtime)")
-    });
+    init_tracing("warn");
+    let mut ensemble = ZkEnsemble::start(3)
+        .unwrap_or_else(|e| panic!("cannot start a ZooKeeper ensemble: {e:#}\n({INSTALL})"));
     let addr = ensemble.registry_addr();
     let registry = connect(&addr, None).await;
     let watcher = connect(&addr, None).await;
