@@ -60,13 +60,13 @@ pub use config::{
     BACKEND_NAMES, BackendConfig, ConsulConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, DynRegistry,
     Endpoint, EtcdConfig, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings, ZookeeperConfig, connect,
 };
+pub use consul::ConsulRegistry;
 pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
 pub use error::{BoxError, Error, Result};
-pub use consul::ConsulRegistry;
 pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
-pub use zookeeper::ZookeeperRegistry;
 pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
     MAX_TAG_LEN, MAX_TAGS, validate_name,
 };
+pub use zookeeper::ZookeeperRegistry;
