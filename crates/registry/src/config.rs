@@ -29,6 +29,11 @@ use crate::error::{Error, Result};
 /// The accepted backend names, as listed in error messages.
 pub const BACKEND_NAMES: &[&str] = &["memory", "consul", "etcd", "zookeeper", "zk"];
 
+/// The longest TTL, timeout or session timeout accepted: anything longer is
+/// surely a typo, and keeps every deadline computed from it far from
+/// overflowing (ZooKeeper sends its session timeout as i32 milliseconds).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Default TTL of a registration.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// Default deadline of every registry call.
@@ -268,10 +273,35 @@ impl Settings {
                 self.ttl
             )));
         }
+        if self.ttl > MAX_DURATION {
+            return Err(Error::InvalidConfig(format!(
+                "REGISTRY_TTL {} is too long; use at most {}",
+                humantime::format_duration(self.ttl),
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
         if self.timeout.is_zero() {
             return Err(Error::InvalidConfig(
                 "REGISTRY_TIMEOUT must be more than 0s".to_owned(),
             ));
+        }
+        if self.timeout > MAX_DURATION {
+            return Err(Error::InvalidConfig(format!(
+                "REGISTRY_TIMEOUT {} is too long; use at most {}",
+                humantime::format_duration(self.timeout),
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        if let BackendConfig::Zookeeper(zk) = &self.backend {
+            if let Some(session) = zk.session_timeout {
+                if session < Duration::from_secs(1) || session > MAX_DURATION {
+                    return Err(Error::InvalidConfig(format!(
+                        "ZooKeeper session_timeout {} must be between 1s and {}",
+                        humantime::format_duration(session),
+                        humantime::format_duration(MAX_DURATION)
+                    )));
+                }
+            }
         }
         let (addrs, prefix) = match &self.backend {
             BackendConfig::Memory(_) => (&[][..], None),
@@ -444,8 +474,9 @@ mod duration {
     pub(super) fn to_duration(raw: Raw) -> Result<Duration, String> {
         match raw {
             Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-            Raw::Float(f) => Err(format!("{f} is not a duration")),
+            Raw::Float(f) => {
+                Duration::try_from_secs_f64(f).map_err(|_| format!("{f} is not a duration"))
+            }
             Raw::Text(t) => humantime::parse_duration(t.trim())
                 .map_err(|e| format!("{t:?} is not a duration like 10s or 1500ms: {e}")),
         }

@@ -58,6 +58,7 @@ pub mod zookeeper;
 
 pub use config::{
     BACKEND_NAMES, BackendConfig, ConsulConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, DynRegistry,
+    MAX_DURATION,
     Endpoint, EtcdConfig, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings, ZookeeperConfig, connect,
 };
 pub use consul::ConsulRegistry;

@@ -14,6 +14,7 @@
 //! what `REGISTRY=memory` gives); [`MemoryRegistry::new`] makes an isolated one.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -53,6 +54,12 @@ struct Entry {
     /// Which registration owns the entry, so that an old handle never
     /// removes or refreshes a newer registration of the same id.
     token: u64,
+}
+
+/// `now + ttl`, saturating far in the future instead of overflowing.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
 }
 
 impl State {
@@ -114,7 +121,7 @@ impl Store {
                 instance.id.clone(),
                 Entry {
                     instance,
-                    expires_at: Instant::now() + ttl,
+                    expires_at: expiry(Instant::now(), ttl),
                     token,
                 },
             );
@@ -124,15 +131,26 @@ impl Store {
     }
 
     /// Pushes the expiry of our entry out; re-inserts it if it was lost.
-    /// Returns false if another registration now owns the id.
-    fn refresh(&self, instance: &Instance, token: u64, ttl: Duration) -> bool {
+    /// Returns false if another registration now owns the id, or if the
+    /// registration was stopped (checked under the lock, so a refresh racing
+    /// a deregistration can never bring the entry back).
+    fn refresh(
+        &self,
+        instance: &Instance,
+        token: u64,
+        ttl: Duration,
+        stopped: &AtomicBool,
+    ) -> bool {
         let now = Instant::now();
         let mut state = self.lock();
+        if stopped.load(Ordering::SeqCst) {
+            return false;
+        }
         let purged = state.purge(now);
         let entries = state.services.entry(instance.service.clone()).or_default();
         let (still_ours, reinserted) = match entries.get_mut(&instance.id) {
             Some(entry) if entry.token == token => {
-                entry.expires_at = now + ttl;
+                entry.expires_at = expiry(now, ttl);
                 (true, false)
             }
             Some(_) => (false, false),
@@ -141,7 +159,7 @@ impl Store {
                     instance.id.clone(),
                     Entry {
                         instance: instance.clone(),
-                        expires_at: now + ttl,
+                        expires_at: expiry(now, ttl),
                         token,
                     },
                 );
@@ -215,18 +233,23 @@ impl Registrar for MemoryRegistry {
         let ttl = self.ttl;
         let token = self.store.insert(instance.clone(), ttl);
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let stopped = Arc::new(AtomicBool::new(false));
         let store = self.store.clone();
         let kept = instance.clone();
+        let task_stopped = stopped.clone();
         tokio::spawn(async move {
             let period = (ttl / 3).max(Duration::from_millis(10));
-            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            let mut tick = tokio::time::interval_at(expiry(Instant::now(), period), period);
             loop {
                 tokio::select! {
+                    biased;
                     _ = &mut stop_rx => return,
                     _ = tick.tick() => {
-                        if !store.refresh(&kept, token, ttl) {
-                            tracing::info!(backend = "memory", id = %kept.id,
-                                "instance re-registered elsewhere; this keep-alive stops");
+                        if !store.refresh(&kept, token, ttl, &task_stopped) {
+                            if !task_stopped.load(Ordering::SeqCst) {
+                                tracing::info!(backend = "memory", id = %kept.id,
+                                    "instance re-registered elsewhere; this keep-alive stops");
+                            }
                             return;
                         }
                     }
@@ -240,6 +263,7 @@ impl Registrar for MemoryRegistry {
                 instance,
                 token,
                 stop: stop_tx,
+                stopped,
             }),
         ))
     }
@@ -250,11 +274,15 @@ struct MemoryKeepAlive {
     instance: Instance,
     token: u64,
     stop: oneshot::Sender<()>,
+    /// Set before the entry is removed, so the keep-alive task cannot put
+    /// it back (see [`Store::refresh`]).
+    stopped: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl KeepAlive for MemoryKeepAlive {
     async fn deregister(self: Box<Self>) -> Result<()> {
+        self.stopped.store(true, Ordering::SeqCst);
         let _ = self.stop.send(());
         self.store
             .remove(&self.instance.service, &self.instance.id, self.token);
@@ -262,7 +290,9 @@ impl KeepAlive for MemoryKeepAlive {
     }
 
     fn abandon(self: Box<Self>) {
-        // Dropping `stop` ends the keep-alive task; the entry expires.
+        // No refresh after this point; dropping `stop` ends the keep-alive
+        // task, and the entry expires one TTL after its last refresh.
+        self.stopped.store(true, Ordering::SeqCst);
         drop(self.stop);
     }
 }
@@ -359,6 +389,15 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(registry.instances("lorem").await.unwrap(), vec![lorem("a")]);
         drop(a);
+    }
+
+    #[tokio::test]
+    async fn a_huge_ttl_does_not_overflow() {
+        let registry = MemoryRegistry::new(Duration::MAX);
+        let a = registry.register(lorem("a")).await.unwrap();
+        assert_eq!(registry.instances("lorem").await.unwrap(), vec![lorem("a")]);
+        a.deregister().await.unwrap();
+        assert!(registry.instances("lorem").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -83,6 +83,10 @@ async fn run(args: &[String]) -> Result<(), String> {
             };
             let mut stream = registry.watch(service);
             let mut seen = 0;
+            // One listener for the whole loop: a signal that arrives between
+            // two snapshots is not lost.
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
             while seen < count {
                 tokio::select! {
                     item = stream.next() => match item {
@@ -94,19 +98,23 @@ async fn run(args: &[String]) -> Result<(), String> {
                         Some(Err(error)) => eprintln!("registryctl: watch error (retrying): {error}"),
                         None => return Err("watch ended".to_owned()),
                     },
-                    () = shutdown_signal() => return Ok(()),
+                    () = &mut shutdown => return Ok(()),
                 }
             }
             Ok(())
         }
         ("register", [service, id, addr, options @ ..]) => {
             let instance = parse_instance(service, id, addr, options)?;
+            // Listen before registering, so a signal during registration
+            // still leads to a clean deregistration.
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
             let registration = registry
                 .register(instance)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("registered {id}");
-            shutdown_signal().await;
+            shutdown.await;
             registration.deregister().await.map_err(|e| e.to_string())?;
             Ok(())
         }
@@ -153,23 +161,33 @@ fn parse_instance(
     Ok(instance)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT/SIGTERM listeners now (not on first poll) and
+/// returns a future that completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
