@@ -136,8 +136,9 @@ pub enum ServerError {
     #[error("cannot register this server: {0}")]
     InvalidInstance(#[source] registry::Error),
 
-    /// The HTTP server task failed or panicked.
-    #[error("the HTTP server task failed: {reason}")]
+    /// A background task of the server (the HTTP server, or the one that
+    /// keeps the instance registered) failed or panicked.
+    #[error("a server task failed: {reason}")]
     Task {
         /// What happened to it.
         reason: String,
@@ -214,12 +215,16 @@ pub async fn start<R: Registrar + 'static>(
 
     let registered = Arc::new(AtomicBool::new(false));
     let (stop_registration, stop_rx) = oneshot::channel();
-    let registration = tokio::spawn(keep_registered(
-        registrar,
-        instance.clone(),
+    let registration = supervise_registration(
+        tokio::spawn(keep_registered(
+            registrar,
+            instance.clone(),
+            registered.clone(),
+            stop_rx,
+        )),
+        options.id.clone(),
         registered.clone(),
-        stop_rx,
-    ));
+    );
 
     Ok(RunningServer {
         local_addr,
@@ -290,7 +295,9 @@ struct Tasks {
     serve: JoinHandle<io::Result<()>>,
     stop_serving: oneshot::Sender<()>,
     connections: Arc<Connections>,
-    registration: JoinHandle<()>,
+    /// The supervisor of the registration task: `Err` with what happened if
+    /// that task panicked.
+    registration: JoinHandle<Result<(), String>>,
     stop_registration: oneshot::Sender<Stop>,
 }
 
@@ -333,7 +340,8 @@ impl RunningServer {
     /// after that are cut.
     ///
     /// # Errors
-    /// [`ServerError::Task`] if the HTTP server task had failed or panicked.
+    /// [`ServerError::Task`] if the HTTP server task or the registration task
+    /// had failed or panicked (the server is stopped all the same).
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.shutdown_with(std::future::pending()).await
     }
@@ -344,7 +352,8 @@ impl RunningServer {
     /// wait for in-flight requests are the same as in `shutdown`.
     ///
     /// # Errors
-    /// [`ServerError::Task`] if the HTTP server task had failed or panicked.
+    /// [`ServerError::Task`] if the HTTP server task or the registration task
+    /// had failed or panicked (the server is stopped all the same).
     pub async fn shutdown_with<F>(mut self, end_drain: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send,
@@ -374,6 +383,8 @@ impl RunningServer {
                         "deregistration did not finish in time; the instance will expire after its TTL");
                 }
             }
+        } else {
+            tracing::error!(%id, "cannot deregister: the registration task is gone; the instance, if registered, will expire after its TTL");
         }
         self.registered.store(false, Ordering::SeqCst);
 
@@ -407,9 +418,22 @@ impl RunningServer {
                 Ok(())
             }
         };
-        let _ = tasks.registration.await;
-        tracing::info!(%id, "lorem server stopped");
-        result
+        let registration = match tasks.registration.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(ServerError::Task { reason }),
+            Err(join) => {
+                tracing::error!(%id, error = %join, "the registration supervisor failed");
+                Err(ServerError::Task {
+                    reason: join.to_string(),
+                })
+            }
+        };
+        match (&result, &registration) {
+            (Ok(()), Ok(())) => tracing::info!(%id, "lorem server stopped"),
+            _ => tracing::error!(%id, "lorem server stopped after a task failure"),
+        }
+        // The HTTP server's failure, if any, comes first.
+        result.and(registration)
     }
 
     /// Simulates a crash: stops the registration's keep-alive without
@@ -532,6 +556,28 @@ async fn keep_registered<R: Registrar>(
     }
 }
 
+/// Waits for the registration task and reports, as soon as it happens, a
+/// panic that would otherwise leave the server serving unregistered until
+/// shutdown. Resolves to `Err` with what happened if the task did not end
+/// normally.
+fn supervise_registration(
+    task: JoinHandle<()>,
+    id: String,
+    registered: Arc<AtomicBool>,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        match task.await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                registered.store(false, Ordering::SeqCst);
+                tracing::error!(%id, %error,
+                    "the registration task died; still serving, but no longer registered (or kept alive) in the registry");
+                Err(format!("the registration task died: {error}"))
+            }
+        }
+    })
+}
+
 fn finish_unregistered(id: &str, stop: Option<Stop>) {
     tracing::info!(%id, "stopping before the registration went through");
     if let Some(Stop::Deregister(reply)) = stop {
@@ -603,21 +649,31 @@ impl Registrar for ConnectOnDemand {
 #[derive(Debug, Default)]
 struct Connections {
     next_id: AtomicU64,
-    killed: AtomicBool,
-    open: Mutex<HashMap<u64, std::net::TcpStream>>,
+    /// One lock for both, so that a connection is either tracked before a
+    /// kill (and cut by it) or sees the kill (and cuts itself).
+    state: Mutex<ConnectionsState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionsState {
+    killed: bool,
+    open: HashMap<u64, std::net::TcpStream>,
 }
 
 impl Connections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::net::TcpStream>> {
-        // Every update is a single insert or remove: poisoning is harmless.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionsState> {
+        // Every update is a single insert, remove or flag: poisoning is harmless.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cuts every open connection, and any accepted from now on. Returns how
     /// many were cut.
     fn kill(&self) -> usize {
-        self.killed.store(true, Ordering::SeqCst);
-        let open: Vec<std::net::TcpStream> = self.lock().drain().map(|(_, s)| s).collect();
+        let open: Vec<std::net::TcpStream> = {
+            let mut state = self.lock();
+            state.killed = true;
+            state.open.drain().map(|(_, s)| s).collect()
+        };
         for socket in &open {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
@@ -630,10 +686,17 @@ impl Connections {
         let handle = std_stream.try_clone()?;
         let stream = TcpStream::from_std(std_stream)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if self.killed.load(Ordering::SeqCst) {
+        let cut = {
+            let mut state = self.lock();
+            if state.killed {
+                Some(handle)
+            } else {
+                state.open.insert(id, handle);
+                None
+            }
+        };
+        if let Some(handle) = cut {
             let _ = handle.shutdown(std::net::Shutdown::Both);
-        } else {
-            self.lock().insert(id, handle);
         }
         Ok(TrackedStream {
             inner: stream,
@@ -687,7 +750,7 @@ struct TrackedStream {
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
-        self.connections.lock().remove(&self.id);
+        self.connections.lock().open.remove(&self.id);
     }
 }
 
@@ -760,6 +823,42 @@ mod tests {
         assert!(parse_advertise("host:x", 1).is_err());
         assert!(parse_advertise(":80", 1).is_err());
         assert!(parse_advertise("host:0", 1).is_err());
+    }
+
+    /// A connected pair: the server side (to track) and the client side.
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (accepted.expect("accept").0, client.expect("connect"))
+    }
+
+    async fn assert_cut(client: &mut TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(15), client.read(&mut buf))
+            .await
+            .expect("the connection is cut");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn kill_cuts_tracked_connections_and_later_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connections = Arc::new(Connections::default());
+
+        let (server_side, mut before) = pair(&listener).await;
+        let tracked = connections.track(server_side).expect("track");
+        assert_eq!(connections.lock().open.len(), 1);
+        assert_eq!(connections.kill(), 1);
+        assert!(connections.lock().killed);
+        assert_cut(&mut before).await;
+        drop(tracked);
+
+        // Accepted after the kill: cut at once, never left open.
+        let (server_side, mut after) = pair(&listener).await;
+        let _tracked = connections.track(server_side).expect("track");
+        assert!(connections.lock().open.is_empty());
+        assert_cut(&mut after).await;
     }
 
     #[test]

@@ -381,3 +381,47 @@ async fn a_request_stuck_past_the_shutdown_timeout_is_cut() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     eventually("port closed", || port_closed(addr)).await;
 }
+
+/// Panics inside `register`, as a buggy backend might.
+struct Panicking {
+    calls: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl Registrar for Panicking {
+    async fn register(&self, _instance: Instance) -> registry::Result<Registration> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        panic!("simulated bug in the registry backend");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_registration_task_makes_the_shutdown_fail() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let server = start(
+        options("srv-panic"),
+        Panicking {
+            calls: calls.clone(),
+        },
+    )
+    .await
+    .expect("start");
+    let addr = server.local_addr();
+    eventually("the registration attempt", || async {
+        calls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // Still serving, though unregistered.
+    assert!(health_ok(addr).await);
+    assert!(!server.is_registered());
+    let result = tokio::time::timeout(DEADLINE, server.shutdown())
+        .await
+        .expect("shutdown finishes");
+    match result {
+        Err(ServerError::Task { reason }) => {
+            assert!(reason.contains("registration"), "{reason}");
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+    eventually("port closed", || port_closed(addr)).await;
+}

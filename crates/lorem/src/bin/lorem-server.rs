@@ -8,7 +8,8 @@
 //! ```
 //!
 //! SIGTERM or SIGINT shut it down gracefully (deregister, drain, finish
-//! in-flight requests) and it exits 0; a second one during the drain ends
+//! in-flight requests) and it exits 0 (non-zero if the HTTP server or the
+//! registration task had died); a second one during the drain ends
 //! the drain at once. The handlers are installed before anything else
 //! starts, so a signal during start-up is a clean shutdown too.
 
