@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::limits::{check_timeout, deadline_after};
 
 /// The default [`BalancerOptions::wait_timeout`].
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +75,8 @@ pub struct BalancerOptions {
     pub strategy: Strategy,
     /// How long [`Balancer::next`] waits for an instance while the set is
     /// empty before giving up with [`Error::NoInstance`]: long enough to
-    /// ride out a start-up race or a rolling restart.
+    /// ride out a start-up race or a rolling restart. At most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub wait_timeout: Duration,
 }
 
@@ -142,7 +144,8 @@ impl Balancer {
     /// # Errors
     /// [`Error::InvalidOptions`] if `service` is not a valid service name
     /// (see [`registry::validate_name`]): no registry could ever list an
-    /// instance of it, so failing here beats a wait per request.
+    /// instance of it, so failing here beats a wait per request; likewise
+    /// for a wait timeout over [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     ///
     /// # Panics
     /// If called outside a Tokio runtime (the watch runs as a task).
@@ -152,6 +155,7 @@ impl Balancer {
         options: BalancerOptions,
     ) -> Result<Self> {
         check_service(service)?;
+        check_timeout("the wait timeout", options.wait_timeout)?;
         let (tx, rx) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
         let task = tokio::spawn(follow(watcher, service.to_owned(), tx));
         Ok(Balancer {
@@ -248,7 +252,8 @@ impl Balancer {
     /// [`Error::NoInstance`] if the set stayed empty for the whole wait.
     pub async fn next(&self, exclude: &[String]) -> Result<Instance> {
         let waited_from = Instant::now();
-        let deadline = waited_from + self.shared.options.wait_timeout;
+        // Cannot overflow, even for a wait timeout that `new` would refuse.
+        let deadline = deadline_after(self.shared.options.wait_timeout);
         let mut changes = self.shared.set.clone();
         let mut logged = false;
         // Counts this call in `waiting` from its first empty look until it

@@ -6,6 +6,12 @@
 //! request, up to [`ClientOptions::attempts`] tries in all; any other answer
 //! (2xx, 4xx...) is returned as is. [`LoremClient`] adds the lorem API on
 //! top: `POST /lorem/{kind}/{min}/{max}` answering `{"message": "..."}`.
+//!
+//! An answer whose body is larger than [`MAX_BODY_BYTES`] (whatever its
+//! status) counts as a failed try of that instance, like a 5xx: the client
+//! stops reading it, drops the connection and retries elsewhere, so that a
+//! misbehaving instance costs one try rather than unbounded memory. When
+//! every try fails that way, the request ends with [`Error::Exhausted`].
 
 use std::collections::HashSet;
 use std::error::Error as _;
@@ -18,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::balancer::{Balancer, Snapshot};
 use crate::error::{Error, Result};
+use crate::limits::{MAX_BODY_BYTES, check_timeout};
 
 // The server's own kinds, so that client and server cannot disagree on them.
 pub use lorem::generate::Kind;
@@ -41,11 +48,12 @@ pub struct ClientOptions {
     /// single request can cause when instances fail.
     pub attempts: u32,
     /// Deadline of one try, from connecting to the end of the body, so that a
-    /// hung instance costs one try rather than the whole request.
+    /// hung instance costs one try rather than the whole request. More than
+    /// zero and at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub try_timeout: Duration,
     /// Pause before a retry that has to go back to an instance which already
     /// failed this request (every live instance has failed it), so that the
-    /// attempts are not burnt in a tight loop.
+    /// attempts are not burnt in a tight loop. At most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub retry_backoff: Duration,
 }
 
@@ -95,8 +103,9 @@ impl Client {
     /// A client sending through `balancer`.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] for zero attempts or a zero try timeout;
-    /// [`Error::Http`] if the HTTP client cannot be built.
+    /// [`Error::InvalidOptions`] for zero attempts, a zero try timeout, or a
+    /// try timeout or retry backoff over [`MAX_TIMEOUT`](crate::MAX_TIMEOUT); [`Error::Http`] if
+    /// the HTTP client cannot be built.
     pub fn new(balancer: Balancer, options: ClientOptions) -> Result<Self> {
         if options.attempts == 0 {
             return Err(Error::InvalidOptions(
@@ -108,6 +117,8 @@ impl Client {
                 "the per-try timeout must be more than 0s".to_owned(),
             ));
         }
+        check_timeout("the per-try timeout", options.try_timeout)?;
+        check_timeout("the retry backoff", options.retry_backoff)?;
         let http = reqwest::Client::builder()
             // Instances are reached directly, never through an HTTP proxy
             // from the environment.
@@ -143,7 +154,8 @@ impl Client {
     /// # Errors
     /// [`Error::NoInstance`] if no instance appeared within the wait;
     /// [`Error::Exhausted`] if every attempt failed with a connection error,
-    /// a timeout or a 5xx. A 4xx is an `Ok` answer here.
+    /// a timeout, a 5xx or a body over [`MAX_BODY_BYTES`]. A 4xx is an `Ok`
+    /// answer here.
     pub async fn post(&self, path: &str) -> Result<Answer> {
         let started = Instant::now();
         let service = self.balancer.service();
@@ -197,14 +209,15 @@ impl Client {
     }
 
     /// One try on one instance: `(status, body, x-instance-id header)`, or a
-    /// description of the transport failure.
+    /// description of the transport failure (a body over [`MAX_BODY_BYTES`]
+    /// included).
     async fn try_once(
         &self,
         instance: &Instance,
         path: &str,
     ) -> std::result::Result<(u16, String, Option<String>), String> {
         let url = format!("http://{}{}", instance.authority(), path);
-        let response = self
+        let mut response = self
             .http
             .post(&url)
             .timeout(self.options.try_timeout)
@@ -221,8 +234,41 @@ impl Client {
         if let Some(reported) = &reported_id {
             self.check_reported_id(instance, reported);
         }
-        let body = response.text().await.map_err(|e| self.describe(&e))?;
+        let body = self.read_body(&mut response).await?;
         Ok((status, body, reported_id))
+    }
+
+    /// Reads the body of `response` as text, refusing (without reading
+    /// further) one over [`MAX_BODY_BYTES`]: announced as such by its
+    /// `Content-Length`, or found to be so while reading it chunk by chunk.
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+    ) -> std::result::Result<String, String> {
+        let too_large = || {
+            format!(
+                "the answer body is larger than the {MAX_BODY_BYTES}-byte limit (1 MiB); \
+                 the instance is misbehaving"
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(&e))? {
+            if chunk.len() > MAX_BODY_BYTES - body.len() {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // As `Response::text` would: invalid UTF-8 is replaced, not refused.
+        Ok(match String::from_utf8(body) {
+            Ok(text) => text,
+            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+        })
     }
 
     /// Warns, once per registry id, when an instance names itself otherwise

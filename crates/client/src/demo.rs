@@ -27,6 +27,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::balancer::{Balancer, BalancerOptions};
 use crate::client::{ClientOptions, LoremClient, LoremRequest};
+use crate::limits::deadline_after;
 
 /// The TTL the demo uses unless `REGISTRY_TTL` is set: short, so that the
 /// crash shows within seconds.
@@ -361,7 +362,7 @@ impl Traffic<'_> {
 
     /// Sends requests for `length`.
     async fn run_for(&mut self, length: Duration) {
-        let until = Instant::now() + length;
+        let until = deadline_after(length);
         while Instant::now() < until {
             self.tick().await;
         }
@@ -416,7 +417,12 @@ async fn run_phases(
         });
     }
 
-    let mut ticks = tokio::time::interval(options.interval.max(Duration::from_millis(1)));
+    // Tokio's interval adds the period to an instant at every tick.
+    let mut ticks = tokio::time::interval(
+        options
+            .interval
+            .clamp(Duration::from_millis(1), crate::MAX_TIMEOUT),
+    );
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut traffic = Traffic {
         client,
@@ -432,7 +438,7 @@ async fn run_phases(
 
     traffic.begin(2, "b crashed; retries go to a until b expires");
     b.crash();
-    let deadline = Instant::now() + options.event_timeout;
+    let deadline = deadline_after(options.event_timeout);
     while balancer.instances().iter().any(|i| i.id == CRASHES) {
         if Instant::now() >= deadline {
             return Err(DemoError::PhaseTimeout {
@@ -452,7 +458,7 @@ async fn run_phases(
 
     traffic.begin(3, "b is back with the same id");
     let b = start_server(settings, options, CRASHES).await?;
-    let deadline = Instant::now() + options.event_timeout;
+    let deadline = deadline_after(options.event_timeout);
     loop {
         if Instant::now() >= deadline {
             return Err(DemoError::PhaseTimeout {

@@ -20,7 +20,8 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// Every attempt failed with a connection error, a timeout or a 5xx.
+    /// Every attempt failed with a connection error, a timeout, a 5xx or an
+    /// answer body over [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES).
     #[error(
         "{service} request failed after {attempts} attempt(s); last error from instance {instance:?}: {last}"
     )]

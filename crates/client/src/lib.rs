@@ -12,6 +12,8 @@
 //!   on a different instance after a connection error, a timeout or a 5xx
 //!   (`client`).
 //! - [`Error`]: every failure, in domain words (`error`).
+//! - [`MAX_TIMEOUT`] and [`MAX_BODY_BYTES`]: bounds on user-given durations
+//!   and on what an instance may send back (`limits`).
 //! - What the binaries run, so that tests can call it: [`repeat`]
 //!   (`lorem-client loop`), [`gateway`] (`lorem-client gateway`), [`load`]
 //!   (`lorem-client load`), [`demo`] (`lorem-demo`).
@@ -38,6 +40,7 @@
 mod balancer;
 mod client;
 mod error;
+mod limits;
 
 pub mod demo;
 pub mod gateway;
@@ -50,6 +53,7 @@ pub use client::{
     Lorem, LoremClient, LoremRequest, parse_kind,
 };
 pub use error::{Error, Result};
+pub use limits::{MAX_BODY_BYTES, MAX_TIMEOUT, parse_timeout};
 
 /// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
 /// kept for results), filtered by `RUST_LOG`, `info` by default.

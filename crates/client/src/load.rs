@@ -5,19 +5,29 @@
 //! one bound is required, and the duration is capped at
 //! [`MAX_DURATION`]). A request in flight at the deadline is allowed to
 //! finish: it is bounded by the wait and retry timeouts.
+//!
+//! Every issued request is counted, as `ok` or `failed`. A request that
+//! panics (a bug) counts as failed and sets [`LoadReport::error`]; should a
+//! worker die anyway, its lost requests count as at least one failure. Either
+//! way the run does not look successful.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use serde::Serialize;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::client::{LoremClient, LoremRequest};
+use crate::client::{Lorem, LoremClient, LoremRequest};
 use crate::error::{Error, Result};
+use crate::limits::deadline_after;
 
 /// The longest run `load` accepts; longer durations are cut to it.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -54,7 +64,8 @@ impl Default for LoadOptions {
 
 /// The outcome of a load run. Serialises to the JSON that
 /// `lorem-client load --json` prints: `ok`, `failed`, `p50_ms`, `p99_ms`,
-/// `rps` and `per_instance`, plus `error` when the run could not start.
+/// `rps` and `per_instance`, plus `error` when the run could not start or
+/// went wrong itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadReport {
     /// Requests answered with a message.
@@ -72,8 +83,10 @@ pub struct LoadReport {
     /// header says).
     pub per_instance: BTreeMap<String, u64>,
     /// Why nothing could be sent (bad arguments, unusable registry
-    /// settings...); `None` (and absent from the JSON) for a run that took
-    /// place, however many of its requests failed.
+    /// settings...), or what went wrong with the run itself (a request that
+    /// panicked, a worker that died: a bug, counted in `failed` too);
+    /// `None` (and absent from the JSON) for a run that took place normally,
+    /// however many of its requests failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// How long the run took.
@@ -137,6 +150,94 @@ struct WorkerStats {
     latencies: Vec<Duration>,
     per_instance: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
+    /// Requests that panicked (counted in `failed` too).
+    panics: u64,
+    /// What the first of them said.
+    first_panic: Option<String>,
+}
+
+impl WorkerStats {
+    /// Counts a failed request, keeping its message among the first
+    /// [`MAX_ERROR_KINDS`] distinct ones.
+    fn fail(&mut self, message: String) {
+        self.failed += 1;
+        if self.errors.len() < MAX_ERROR_KINDS || self.errors.contains_key(&message) {
+            *self.errors.entry(message).or_default() += 1;
+        }
+    }
+}
+
+/// What the sum of the workers knows so far.
+#[derive(Default)]
+struct Totals {
+    report: LoadReport,
+    latencies: Vec<Duration>,
+    panics: u64,
+    /// The first panic message, or the first dead worker's error.
+    first_panic: Option<String>,
+}
+
+impl Totals {
+    /// Adds one worker's outcome. A worker that died (it cannot, since
+    /// requests that panic are caught, but a bug elsewhere could) lost its
+    /// counts: it counts as one failure, so that the run cannot end with
+    /// nothing failed and nothing counted.
+    fn absorb(&mut self, joined: std::result::Result<WorkerStats, JoinError>) {
+        let stats = match joined {
+            Ok(stats) => stats,
+            Err(error) => {
+                tracing::error!(%error, "a load worker died; its requests are counted as one failure");
+                let mut stats = WorkerStats::default();
+                stats.fail(format!("a load worker died: {error}"));
+                stats.panics = 1;
+                stats.first_panic = Some(format!("a load worker died: {error}"));
+                stats
+            }
+        };
+        let report = &mut self.report;
+        report.ok += stats.ok;
+        report.failed += stats.failed;
+        self.latencies.extend(stats.latencies);
+        for (instance, count) in stats.per_instance {
+            *report.per_instance.entry(instance).or_default() += count;
+        }
+        for (error, count) in stats.errors {
+            if report.errors.len() < MAX_ERROR_KINDS || report.errors.contains_key(&error) {
+                *report.errors.entry(error).or_default() += count;
+            }
+        }
+        self.panics += stats.panics;
+        if self.first_panic.is_none() {
+            self.first_panic = stats.first_panic;
+        }
+    }
+
+    /// The report, with `error` set if anything panicked.
+    fn finish(mut self) -> LoadReport {
+        if self.panics > 0 {
+            self.report.error = Some(format!(
+                "{} load request(s) panicked or a worker died, a bug in lorem-client; \
+                 the first: {}",
+                self.panics,
+                self.first_panic.as_deref().unwrap_or("(no message)")
+            ));
+        }
+        self.latencies.sort_unstable();
+        self.report.p50_ms = percentile_ms(&self.latencies, 0.50);
+        self.report.p99_ms = percentile_ms(&self.latencies, 0.99);
+        self.report
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(a panic without a message)".to_owned()
+    }
 }
 
 /// Runs the load and reports it.
@@ -145,6 +246,22 @@ struct WorkerStats {
 /// [`Error::InvalidOptions`] if neither bound is given, or for a
 /// concurrency outside 1..=[`MAX_CONCURRENCY`]. Failed requests are counted in the report, not returned.
 pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadReport> {
+    let client = client.clone();
+    let request = options.request;
+    run_with(options, move || {
+        let client = client.clone();
+        async move { client.lorem(&request).await }
+    })
+    .await
+}
+
+/// [`run`], with `send` making each request: tests give it one that
+/// misbehaves.
+async fn run_with<F, Fut>(options: &LoadOptions, send: F) -> Result<LoadReport>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Lorem>> + Send + 'static,
+{
     if options.requests.is_none() && options.duration.is_none() {
         return Err(Error::InvalidOptions(
             "give --requests, --duration or both".to_owned(),
@@ -165,14 +282,13 @@ pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadRepo
         None => MAX_DURATION,
     };
     let started = Instant::now();
-    let deadline = started + duration;
+    let deadline = deadline_after(duration);
     let issued = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for _ in 0..options.concurrency {
-        let client = client.clone();
+        let send = send.clone();
         let issued = issued.clone();
         let limit = options.requests;
-        let request = options.request;
         workers.spawn(async move {
             let mut stats = WorkerStats::default();
             loop {
@@ -184,20 +300,25 @@ pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadRepo
                 if Instant::now() >= deadline {
                     break;
                 }
-                match client.lorem(&request).await {
-                    Ok(lorem) => {
+                // A request that panics must not take the worker, and the
+                // counts of every request it made, down with it.
+                match AssertUnwindSafe(send()).catch_unwind().await {
+                    Ok(Ok(lorem)) => {
                         stats.ok += 1;
                         stats.latencies.push(lorem.latency);
                         *stats.per_instance.entry(lorem.instance).or_default() += 1;
                     }
-                    Err(error) => {
-                        stats.failed += 1;
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "request failed");
-                        let message = error.to_string();
-                        if stats.errors.len() < MAX_ERROR_KINDS
-                            || stats.errors.contains_key(&message)
-                        {
-                            *stats.errors.entry(message).or_default() += 1;
+                        stats.fail(error.to_string());
+                    }
+                    Err(payload) => {
+                        let message = panic_message(payload.as_ref());
+                        tracing::error!(panic = %message, "a load request panicked; counted as failed");
+                        stats.fail(format!("the request panicked: {message}"));
+                        stats.panics += 1;
+                        if stats.first_panic.is_none() {
+                            stats.first_panic = Some(message);
                         }
                     }
                 }
@@ -205,28 +326,11 @@ pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadRepo
             stats
         });
     }
-    let mut report = LoadReport::default();
-    let mut latencies = Vec::new();
+    let mut totals = Totals::default();
     while let Some(joined) = workers.join_next().await {
-        let stats = match joined {
-            Ok(stats) => stats,
-            Err(error) => {
-                tracing::error!(%error, "a load worker died");
-                continue;
-            }
-        };
-        report.ok += stats.ok;
-        report.failed += stats.failed;
-        latencies.extend(stats.latencies);
-        for (instance, count) in stats.per_instance {
-            *report.per_instance.entry(instance).or_default() += count;
-        }
-        for (error, count) in stats.errors {
-            if report.errors.len() < MAX_ERROR_KINDS || report.errors.contains_key(&error) {
-                *report.errors.entry(error).or_default() += count;
-            }
-        }
+        totals.absorb(joined);
     }
+    let mut report = totals.finish();
     report.elapsed = started.elapsed();
     if let Some(limit) = options.requests {
         let finished = report.ok + report.failed;
@@ -239,9 +343,6 @@ pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadRepo
             );
         }
     }
-    latencies.sort_unstable();
-    report.p50_ms = percentile_ms(&latencies, 0.50);
-    report.p99_ms = percentile_ms(&latencies, 0.99);
     let secs = report.elapsed.as_secs_f64();
     if secs > 0.0 {
         report.rps = (report.ok + report.failed) as f64 / secs;
@@ -271,6 +372,71 @@ mod tests {
         assert_eq!(percentile_ms(&sorted, 0.99), 99.0);
         assert_eq!(percentile_ms(&[ms(7)], 0.99), 7.0);
         assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    fn lorem(instance: &str) -> Lorem {
+        Lorem {
+            message: "lorem ipsum".to_owned(),
+            instance: instance.to_owned(),
+            reported_id: None,
+            retries: 0,
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_panics_counts_as_failed_and_says_so() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let options = LoadOptions {
+            requests: Some(10),
+            duration: None,
+            concurrency: 2,
+            request: LoremRequest::default(),
+        };
+        let report = run_with(&options, move || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert_ne!(call, 2, "a bug in the third request");
+                Ok(lorem("a"))
+            }
+        })
+        .await
+        .expect("valid options");
+        // Every issued request is counted; the panic is a failure, which is
+        // what makes `lorem-client load` exit 1.
+        assert_eq!((report.ok, report.failed), (9, 1), "{report}");
+        assert_eq!(report.per_instance.get("a"), Some(&9));
+        let error = report.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("panicked") && error.contains("a bug in the third request"),
+            "{report}"
+        );
+        assert!(
+            report.to_json().contains("\"error\""),
+            "{}",
+            report.to_json()
+        );
+    }
+
+    fn explode() -> WorkerStats {
+        panic!("a worker bug")
+    }
+
+    #[tokio::test]
+    async fn a_dead_worker_counts_as_a_failure() {
+        let died = tokio::spawn(async { explode() })
+            .await
+            .err()
+            .expect("the worker panicked");
+        let mut totals = Totals::default();
+        totals.absorb(Ok(WorkerStats::default()));
+        totals.absorb(Err(died));
+        let report = totals.finish();
+        // Not ok=0 failed=0, which would exit 0.
+        assert_eq!((report.ok, report.failed), (0, 1), "{report}");
+        let error = report.error.as_deref().unwrap_or_default();
+        assert!(error.contains("a load worker died"), "{report}");
+        assert_eq!(report.errors.values().sum::<u64>(), 1, "{report}");
     }
 
     fn keys(json: &str) -> Vec<String> {

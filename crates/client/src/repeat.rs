@@ -11,7 +11,8 @@ use crate::client::{LoremClient, LoremRequest};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepeatOptions {
     /// Time between the starts of two requests (a slow request delays the
-    /// next one rather than piling requests up).
+    /// next one rather than piling requests up). Kept within 1 ms and
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT): a longer one is cut to it.
     pub interval: Duration,
     /// Stop after this many requests; `None` runs until the future is dropped.
     pub count: Option<u64>,
@@ -42,7 +43,15 @@ pub struct RepeatSummary {
 /// (instance id and message) at info and each failure at warn.
 pub async fn run(client: &LoremClient, options: &RepeatOptions) -> RepeatSummary {
     let mut summary = RepeatSummary::default();
-    let mut ticks = tokio::time::interval(options.interval.max(Duration::from_millis(1)));
+    // Tokio's interval adds the period to an instant at every tick: an
+    // unbounded one would overflow.
+    let interval = options
+        .interval
+        .clamp(Duration::from_millis(1), crate::MAX_TIMEOUT);
+    if options.interval > crate::MAX_TIMEOUT {
+        tracing::warn!(requested = ?options.interval, used = ?interval, "loop interval out of bounds");
+    }
+    let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sent = 0u64;
     while options.count.is_none_or(|count| sent < count) {

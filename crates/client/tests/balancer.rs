@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use client::{Balancer, BalancerOptions, ClientOptions, Error, Kind, LoremRequest, Strategy};
+use client::{
+    Balancer, BalancerOptions, ClientOptions, Error, Kind, LoremClient, LoremRequest,
+    MAX_BODY_BYTES, MAX_TIMEOUT, Strategy,
+};
 use common::{
     DEADLINE, Stub, closed_port, default_client, lorem_client, memory_registry, register_at,
     start_lorem, wait_for_ids,
@@ -367,6 +370,148 @@ async fn an_invalid_service_name_is_refused_at_once() {
                 .contains(&format!("service {bad:?} must match")),
             "{error}"
         );
+    }
+}
+
+#[tokio::test]
+async fn absurd_timeouts_are_refused_at_once() {
+    // `--wait-timeout 18446744073709551615s` once overflowed an Instant.
+    let error = Balancer::new(
+        memory_registry(),
+        "lorem",
+        BalancerOptions {
+            wait_timeout: Duration::from_secs(u64::MAX),
+            ..BalancerOptions::default()
+        },
+    )
+    .expect_err("a wait timeout over 24h is refused");
+    assert!(matches!(error, Error::InvalidOptions(_)), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("the wait timeout must be at most 24h"),
+        "{error}"
+    );
+    // A day is still fine.
+    let balancer = Balancer::new(
+        memory_registry(),
+        "lorem",
+        BalancerOptions {
+            wait_timeout: MAX_TIMEOUT,
+            ..BalancerOptions::default()
+        },
+    )
+    .expect("24h is accepted");
+
+    for (options, what) in [
+        (
+            ClientOptions {
+                try_timeout: Duration::MAX,
+                ..ClientOptions::default()
+            },
+            "the per-try timeout must be at most 24h",
+        ),
+        (
+            ClientOptions {
+                retry_backoff: MAX_TIMEOUT + Duration::from_nanos(1),
+                ..ClientOptions::default()
+            },
+            "the retry backoff must be at most 24h",
+        ),
+    ] {
+        let error = LoremClient::new(balancer.clone(), options).expect_err("refused");
+        assert!(matches!(error, Error::InvalidOptions(_)), "{error:?}");
+        assert!(error.to_string().contains(what), "{error}");
+    }
+}
+
+/// A stub that answers 200 with `size` bytes, in one piece with a
+/// `Content-Length`, or streamed in 64 KiB chunks without one.
+async fn sized_stub(size: usize, streamed: bool) -> Stub {
+    Stub::lorem(move || async move {
+        if !streamed {
+            return axum::body::Body::from(vec![b'x'; size]);
+        }
+        const CHUNK: usize = 64 * 1024;
+        let chunks = (0..size.div_ceil(CHUNK)).map(move |i| {
+            let length = CHUNK.min(size - i * CHUNK);
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; length]))
+        });
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_failed_try_retried_elsewhere() {
+    let registry = memory_registry();
+    // Refused from its Content-Length alone.
+    let announced = sized_stub(MAX_BODY_BYTES + 1, false).await;
+    // No Content-Length: refused while reading, after the first 1 MiB.
+    let streamed = sized_stub(2 * MAX_BODY_BYTES, true).await;
+    let announced_reg = register_at(&registry, "announced", announced.addr.port()).await;
+    let _streamed = register_at(&registry, "streamed", streamed.addr.port()).await;
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    let client = default_client(&registry);
+    wait_for_ids(client.balancer(), &["announced", "live", "streamed"]).await;
+
+    let mut retries = 0;
+    for _ in 0..6 {
+        let lorem = client
+            .lorem(&sentence())
+            .await
+            .expect("an oversized answer is retried on another instance");
+        assert_eq!(lorem.instance, "live");
+        retries += lorem.retries;
+    }
+    assert!(
+        retries >= 4,
+        "both oversized instances were tried: {retries}"
+    );
+
+    // With only misbehaving instances left, the request fails clearly.
+    live.shutdown().await.expect("clean shutdown");
+    announced_reg.deregister().await.expect("deregister");
+    wait_for_ids(client.balancer(), &["streamed"]).await;
+    let error = client
+        .client()
+        .post(&sentence().path())
+        .await
+        .expect_err("every try is oversized");
+    assert!(
+        matches!(&error, Error::Exhausted { attempts: 3, instance, .. } if instance == "streamed"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("larger than the 1048576-byte limit"),
+        "{error}"
+    );
+    announced.stop().await;
+    streamed.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_read_whole() {
+    for streamed in [false, true] {
+        let registry = memory_registry();
+        let stub = sized_stub(MAX_BODY_BYTES, streamed).await;
+        let registration = register_at(&registry, "full", stub.addr.port()).await;
+        let client = default_client(&registry);
+        wait_for_ids(client.balancer(), &["full"]).await;
+        let answer = client
+            .client()
+            .post(&sentence().path())
+            .await
+            .expect("1 MiB is within the limit");
+        assert_eq!(
+            (answer.status, answer.body.len(), answer.retries),
+            (200, MAX_BODY_BYTES, 0),
+            "streamed: {streamed}"
+        );
+        registration.deregister().await.expect("deregister");
+        stub.stop().await;
     }
 }
 

@@ -178,3 +178,45 @@ async fn a_bad_registry_name_is_reported() {
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("unknown registry \"etc\""), "{stderr}");
 }
+
+#[tokio::test]
+async fn absurd_timeouts_are_refused_without_a_panic() {
+    // Once a panic: an Instant plus 2^64 - 1 seconds overflowed.
+    let (code, stdout, stderr) = run(
+        "memory",
+        &[
+            "--wait-timeout",
+            "18446744073709551615s",
+            "load",
+            "--requests",
+            "2",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    all_failed_report(&stdout, 2, "must be at most 24h");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    for args in [
+        [
+            "--try-timeout",
+            "18446744073709551615s",
+            "load",
+            "--requests",
+            "1",
+        ],
+        [
+            "loop",
+            "--count",
+            "1",
+            "--interval",
+            "18446744073709551615s",
+        ],
+    ] {
+        let (code, stdout, stderr) = run("memory", &args).await;
+        assert_eq!(code, Some(2), "{args:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains("must be at most 24h"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -28,14 +28,15 @@ struct Cli {
     /// The service to discover.
     #[arg(long, global = true, default_value = "lorem", env = "LOREM_SERVICE")]
     service: String,
-    /// How long a request waits for an instance while none is registered.
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long a request waits for an instance while none is registered
+    /// (at most 24h).
+    #[arg(long, global = true, default_value = "10s", value_parser = client::parse_timeout)]
     wait_timeout: Duration,
     /// Tries per request, the first included.
     #[arg(long, global = true, default_value_t = client::DEFAULT_ATTEMPTS)]
     attempts: u32,
-    /// Deadline of one try.
-    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Deadline of one try (at most 24h).
+    #[arg(long, global = true, default_value = "2s", value_parser = client::parse_timeout)]
     try_timeout: Duration,
     /// How instances are chosen: round-robin or weighted.
     #[arg(long, global = true, default_value = "round-robin")]
@@ -48,8 +49,8 @@ struct Cli {
 enum Command {
     /// One request every interval, logging each answer (like go-kit's client).
     Loop {
-        /// Time between two requests.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        /// Time between two requests (at most 24h).
+        #[arg(long, default_value = "1s", value_parser = client::parse_timeout)]
         interval: Duration,
         /// Stop after this many requests (default: run until interrupted).
         #[arg(long)]
@@ -283,7 +284,9 @@ async fn run_load(cli: &Cli, options: &LoadOptions, json: bool) -> ExitCode {
     } else {
         print!("{report}");
     }
-    if report.failed == 0 {
+    // A run that went wrong itself (a request panicked) fails even if its
+    // counts somehow look clean.
+    if report.failed == 0 && report.error.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
