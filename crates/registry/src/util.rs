@@ -54,6 +54,29 @@ impl Backoff {
     }
 }
 
+/// Remembers since when a periodically retried operation has been failing,
+/// so that an outage is logged once at warn when it starts and once at info
+/// when it ends, rather than at every attempt.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Outage {
+    /// Records a failure; true if it starts an outage (log it at warn).
+    pub(crate) fn failed(&mut self) -> bool {
+        let first = self.since.is_none();
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        first
+    }
+
+    /// Records a success; how long the outage lasted, if this ends one (log
+    /// it at info).
+    pub(crate) fn recovered(&mut self) -> Option<Duration> {
+        self.since.take().map(|since| since.elapsed())
+    }
+}
+
 /// The sending side of a [`WatchStream`]: sorts snapshots, drops repeats of
 /// the last one, and tells the watch task when nobody listens any more.
 #[derive(Debug)]
@@ -142,6 +165,17 @@ pub(crate) fn decode_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_when_it_starts_and_once_when_it_ends() {
+        let mut outage = Outage::default();
+        assert!(outage.recovered().is_none(), "no outage, nothing to report");
+        assert!(outage.failed(), "the first failure starts the outage");
+        assert!(!outage.failed(), "later failures are the same outage");
+        assert!(outage.recovered().is_some(), "a success ends it");
+        assert!(outage.recovered().is_none(), "and only once");
+        assert!(outage.failed(), "the next failure starts a new one");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

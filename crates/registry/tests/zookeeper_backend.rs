@@ -418,6 +418,82 @@ async fn garbage_is_skipped_and_the_watch_keeps_working() {
     assert!(!services.contains(&"onlyjunk".to_owned()), "{services:?}");
 }
 
+// A node another tool wrote with an ACL that denies us READ is skipped
+// (with a warning), not an error: the good instances next to it stay
+// visible to instances(), services() and the watch, and a service node we
+// may not list hides only that service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_nodes_are_skipped_and_hide_nothing_else() {
+    init_tracing("warn");
+    let server = start_server();
+    let addr = server.connect_string();
+    let registry = connect(&addr, None).await;
+    let _good = registry
+        .register(instance("guarded", "good", 9010))
+        .await
+        .unwrap();
+    let mut watch = registry.watch("guarded");
+    await_ids(&mut watch, TIMEOUT, &["good"]).await;
+
+    // Everyone may create, write, delete and administer, but nobody may read.
+    let no_read = [zk::Acl::new(
+        zk::Permission::CREATE
+            | zk::Permission::WRITE
+            | zk::Permission::DELETE
+            | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    let unreadable = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&no_read));
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let other = plain_client(&addr).await;
+    other
+        .create(
+            "/services/guarded/secret",
+            &instance("guarded", "secret", 9011).to_json(),
+            &unreadable,
+        )
+        .await
+        .expect("create the unreadable node");
+    assert_eq!(
+        other.get_data("/services/guarded/secret").await.err(),
+        Some(zk::Error::NoAuth),
+        "the ACL should deny reading the node"
+    );
+    // A service node we may not list, holding a (readable) instance.
+    other
+        .create("/services/hidden", &[], &unreadable)
+        .await
+        .expect("create the unlistable service node");
+    other
+        .create(
+            "/services/hidden/x",
+            &instance("hidden", "x", 9012).to_json(),
+            &persistent,
+        )
+        .await
+        .expect("create an instance under it");
+
+    // A good node appearing after the unreadable one proves the watch went on.
+    other
+        .create(
+            "/services/guarded/late",
+            &instance("guarded", "late", 9013).to_json(),
+            &persistent,
+        )
+        .await
+        .expect("create late");
+    await_ids(&mut watch, TIMEOUT, &["good", "late"]).await;
+    assert_eq!(
+        ids(&registry.instances("guarded").await.expect("instances")),
+        ["good", "late"]
+    );
+    // A watch started now reads the unreadable node in its first snapshot.
+    let mut fresh = registry.watch("guarded");
+    await_ids(&mut fresh, TIMEOUT, &["good", "late"]).await;
+    let services = registry.services().await.expect("services");
+    assert_eq!(services, ["guarded"], "the unlistable service is skipped");
+}
+
 // Abandoning one of two instances of one registrar: only the abandoned one
 // disappears, by a real session expiry on the server, after about one
 // session timeout; the other stays.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{BACKEND, Ctx};
 use crate::error::{Error, Result};
 use crate::model::Instance;
-use crate::util::Backoff;
+use crate::util::{Backoff, Outage};
 
 /// Puts per transaction when registering everything again (etcd allows 128
 /// operations per transaction by default).
@@ -107,7 +107,12 @@ struct Actor {
     /// When to try again to take a new lease and put everything back.
     recover_at: Option<Instant>,
     backoff: Backoff,
+    /// Whether the periodic check of our keys is failing.
+    check_outage: Outage,
+    /// Whether retrying the pending removals and abandons is failing.
+    pending_outage: Outage,
 }
+
 
 impl Actor {
     fn new(ctx: Ctx, commands: mpsc::UnboundedReceiver<Command>) -> Self {
@@ -124,6 +129,8 @@ impl Actor {
             beats_since_check: 0,
             recover_at: None,
             backoff: Backoff::reconnect(),
+            check_outage: Outage::default(),
+            pending_outage: Outage::default(),
         }
     }
 
@@ -495,11 +502,34 @@ impl Actor {
     /// registering the same id) while our lease lives, and etcd tells the
     /// lease's owner nothing about that. One `Txn` of `Get`s per
     /// [`PUTS_PER_TXN`] keys, so the cost grows with our own keys only.
-    /// Failures are logged; the next check tries again.
+    /// The next check retries what failed; the first failure of a run is
+    /// logged at warn, the others at debug, and the first success after
+    /// them at info.
     async fn check(&mut self, lease: i64) {
+        match self.check_keys(lease).await {
+            Ok(()) => {
+                if let Some(after) = self.check_outage.recovered() {
+                    tracing::info!(backend = BACKEND, after = ?after,
+                        "the periodic check of our keys works again");
+                }
+            }
+            Err(error) => {
+                if self.check_outage.failed() {
+                    tracing::warn!(backend = BACKEND, lease = format_args!("{lease:x}"), %error,
+                        "could not check or restore our keys; retrying at every check, about once per TTL (further failures are logged at debug until it works again)");
+                } else {
+                    tracing::debug!(backend = BACKEND, %error, "could not check or restore our keys, again");
+                }
+            }
+        }
+    }
+
+    /// The work of [`Actor::check`]: the first failure, if any (a lost lease
+    /// is handled here, and is not one).
+    async fn check_keys(&mut self, lease: i64) -> Result<()> {
         let keys: Vec<&String> = self.live.keys().collect();
         if keys.is_empty() {
-            return;
+            return Ok(());
         }
         let mut found: BTreeMap<Vec<u8>, (i64, Vec<u8>)> = BTreeMap::new();
         for chunk in keys.chunks(PUTS_PER_TXN) {
@@ -507,22 +537,14 @@ impl Actor {
                 .iter()
                 .map(|key| TxnOp::get(key.as_str(), None))
                 .collect();
-            let read = self
+            let response = self
                 .ctx
                 .call("check", || {
                     let mut kv = self.ctx.kv.clone();
                     let txn = Txn::new().and_then(gets.clone());
                     async move { kv.txn(txn).await }
                 })
-                .await;
-            let response = match read {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::debug!(backend = BACKEND, %error,
-                        "could not check our keys; trying again at the next check");
-                    return;
-                }
-            };
+                .await?;
             for op in response.op_responses() {
                 if let TxnOpResponse::Get(get) = op {
                     for kv in get.kvs() {
@@ -544,6 +566,7 @@ impl Actor {
                 Some((key.clone(), live.instance.clone(), problem))
             })
             .collect();
+        let mut failure = None;
         for (key, instance, problem) in stale {
             match self.put(&key, &instance, lease).await {
                 Ok(()) => tracing::warn!(
@@ -554,12 +577,16 @@ impl Actor {
                 ),
                 Err(Error::LeaseLost { reason, .. }) => {
                     self.lost(lease, &reason);
-                    return;
+                    return Ok(());
                 }
-                Err(error) => tracing::warn!(backend = BACKEND, key, problem, %error,
-                    "our key was changed by another client; could not restore it yet"),
+                Err(error) => {
+                    tracing::debug!(backend = BACKEND, key, problem, %error,
+                        "our key was changed by another client; could not restore it yet");
+                    failure.get_or_insert(error);
+                }
             }
         }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Retries the removals and abandons that failed earlier, now that the
@@ -569,6 +596,7 @@ impl Actor {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
+        let mut failure = None;
         for item in pending {
             if item.lease != lease {
                 continue;
@@ -583,7 +611,28 @@ impl Actor {
             match result {
                 Ok(()) => tracing::info!(backend = BACKEND, key = %item.key,
                     "delayed deregistration or abandon applied"),
-                Err(_) => self.pending.push(item),
+                Err(error) => {
+                    failure.get_or_insert((item.key.clone(), error));
+                    self.pending.push(item);
+                }
+            }
+        }
+        match failure {
+            None => {
+                if let Some(after) = self.pending_outage.recovered() {
+                    tracing::info!(backend = BACKEND, after = ?after,
+                        "retrying delayed deregistrations and abandons works again");
+                }
+            }
+            Some((key, error)) => {
+                let waiting = self.pending.len();
+                if self.pending_outage.failed() {
+                    tracing::warn!(backend = BACKEND, key, %error, waiting,
+                        "a delayed deregistration or abandon failed again; retrying at every renewal of the lease (further failures are logged at debug until one works)");
+                } else {
+                    tracing::debug!(backend = BACKEND, key, %error, waiting,
+                        "delayed deregistrations or abandons still failing");
+                }
             }
         }
     }
@@ -749,6 +798,7 @@ mod tests {
             .first()
             .map(|kv| (kv.value().to_vec(), kv.lease()))
     }
+
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_reregistration_restores_the_one_it_replaced() {

@@ -82,12 +82,39 @@ async fn read_nodes(
                 zk::MultiReadResult::Error {
                     err: zk::Error::NoNode,
                 } => {}
-                zk::MultiReadResult::Error { err } => return Err(params.error("read", err)),
+                zk::MultiReadResult::Error { err } if fails_the_read(&err) => {
+                    return Err(params.error("read", err));
+                }
+                zk::MultiReadResult::Error { err } => {
+                    tracing::warn!(backend = BACKEND, %path, error = %err,
+                        "skipping a node we cannot read (its ACL may deny us READ); the other instances are still read");
+                }
                 _ => {}
             }
         }
     }
     Ok(found)
+}
+
+/// Whether a per-node error of a multi-read fails the whole read. Only the
+/// connection and the session (and a server shedding load) do: then no
+/// node can be read, and the caller retries. Anything else is about that
+/// one node (`NoAuth` for a node another tool wrote with an ACL that denies
+/// us READ, ...): the node is skipped with a warning, so that one bad record
+/// never hides the others.
+fn fails_the_read(error: &zk::Error) -> bool {
+    use zk::Error as Z;
+    matches!(
+        error,
+        Z::ConnectionLoss
+            | Z::SessionExpired
+            | Z::SessionMoved
+            | Z::ClientClosed
+            | Z::NoHosts
+            | Z::Timeout
+            | Z::AuthFailed
+            | Z::Throttled
+    )
 }
 
 /// The services with at least one decodable instance, sorted.
@@ -126,7 +153,13 @@ pub(super) async fn read_services(params: &Params, client: &zk::Client) -> Resul
                 zk::MultiReadResult::Error {
                     err: zk::Error::NoNode,
                 } => {}
-                zk::MultiReadResult::Error { err } => return Err(params.error("list", err)),
+                zk::MultiReadResult::Error { err } if fails_the_read(&err) => {
+                    return Err(params.error("list", err));
+                }
+                zk::MultiReadResult::Error { err } => {
+                    tracing::warn!(backend = BACKEND, path = %params.service_path(name), error = %err,
+                        "skipping a service node we cannot list (its ACL may deny us READ); the other services are still read");
+                }
                 _ => {}
             }
         }
@@ -423,6 +456,14 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_connection_and_session_errors_fail_a_read() {
+        assert!(fails_the_read(&zk::Error::ConnectionLoss));
+        assert!(fails_the_read(&zk::Error::SessionExpired));
+        assert!(!fails_the_read(&zk::Error::NoAuth));
+        assert!(!fails_the_read(&zk::Error::MarshallingError));
+    }
 
     #[test]
     fn child_ids() {

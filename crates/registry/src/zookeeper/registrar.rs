@@ -11,7 +11,7 @@ use zookeeper_client as zk;
 use super::{BACKEND, Params};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
-use crate::util::Backoff;
+use crate::util::{Backoff, Outage};
 
 /// Our nodes: ephemeral, readable and writable by anyone (like the parents),
 /// so that other tools can inspect and clean up the registry.
@@ -138,7 +138,11 @@ pub(super) struct Registrar {
     /// When to try again what failed: opening a session, or restoring nodes.
     retry_at: Option<Instant>,
     backoff: Backoff,
+    /// Whether the periodic check of our nodes is failing: an outage logs
+    /// one warning when it starts and one info line when it ends.
+    verify_outage: Outage,
 }
+
 
 impl Registrar {
     /// A task for the freshly opened session `client`.
@@ -159,6 +163,7 @@ impl Registrar {
             next_token: 0,
             retry_at: None,
             backoff: Backoff::reconnect(),
+            verify_outage: Outage::default(),
         };
         registrar.install(client);
         registrar
@@ -363,7 +368,10 @@ impl Registrar {
         self.retry_at = Some(self.retry_at.map_or(at, |current| current.min(at)));
     }
 
-    /// Checks in one multi-read that every live node exists and is ours.
+    /// Checks in one multi-read that every live node exists and is ours,
+    /// and restores those that are not. A failed check is retried at the
+    /// next period; the first failure of a run is logged at warn, the others
+    /// at debug, and the first success after them at info.
     async fn verify(&mut self) {
         let Some(client) = self.client.clone() else {
             return;
@@ -371,6 +379,27 @@ impl Registrar {
         if self.disconnected || self.retry_at.is_some() || self.nodes.is_empty() {
             return;
         }
+        match self.verify_nodes(&client).await {
+            Ok(()) => {
+                if let Some(after) = self.verify_outage.recovered() {
+                    tracing::info!(backend = BACKEND, session = %client.session_id(), after = ?after,
+                        "the periodic check of our nodes works again");
+                }
+            }
+            Err(error) => {
+                let period = self.params.session_timeout.max(Duration::from_secs(1));
+                if self.verify_outage.failed() {
+                    tracing::warn!(backend = BACKEND, session = %client.session_id(), %error, retry_in = ?period,
+                        "could not check our nodes; retrying every period (further failures are logged at debug until it works again)");
+                } else {
+                    tracing::debug!(backend = BACKEND, %error, "could not check our nodes, again");
+                }
+            }
+        }
+    }
+
+    /// The work of [`Registrar::verify`].
+    async fn verify_nodes(&mut self, client: &zk::Client) -> Result<()> {
         let paths: Vec<String> = self
             .nodes
             .iter()
@@ -382,14 +411,18 @@ impl Registrar {
         for chunk in paths.chunks(super::read::MULTI_READ_CHUNK) {
             let mut reader = client.new_multi_reader();
             for path in chunk {
-                if reader.add_get_data(path).is_err() {
-                    return;
-                }
+                reader
+                    .add_get_data(path)
+                    .map_err(|e| self.params.error("check our nodes", e))?;
             }
-            let results = match self.deadline_raw(reader.commit()).await {
-                Some(Ok(results)) => results,
-                Some(Err(_)) | None => return,
-            };
+            let results = self
+                .deadline("check our nodes", async {
+                    reader
+                        .commit()
+                        .await
+                        .map_err(|e| self.params.error("check our nodes", e))
+                })
+                .await?;
             for (path, result) in chunk.iter().zip(results) {
                 let ours = match result {
                     zk::MultiReadResult::Data { stat, data } => {
@@ -405,8 +438,10 @@ impl Registrar {
             }
         }
         if !all_ours {
+            // Its failures are logged and retried by itself.
             self.reconcile().await;
         }
+        Ok(())
     }
 
     async fn on_command(&mut self, command: Command) {
@@ -567,10 +602,6 @@ impl Registrar {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         with_deadline(BACKEND, operation, self.params.timeout, fut).await
-    }
-
-    async fn deadline_raw<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
-        tokio::time::timeout(self.params.timeout, fut).await.ok()
     }
 }
 
@@ -751,6 +782,7 @@ fn parent_of(path: &str) -> &str {
 mod tests {
     use super::*;
     use crate::zookeeper::map_error;
+
 
     #[test]
     fn parents() {
