@@ -1,8 +1,9 @@
 //! Consul-specific behaviour, against real dev agents started by `testkit`:
 //! recovery after an agent restart, registrations written by other clients
 //! (curl-style JSON, the `consul` CLI, the catalog API), TTL expiry of
-//! abandoned instances, id collisions, the cost of an idle watch, and
-//! registrations that proceed while a heartbeat round is stalled.
+//! abandoned instances, id collisions, the cost of an idle watch,
+//! registrations that proceed while a heartbeat round is stalled, and
+//! replacements that fail or whose caller gives up.
 //!
 //! The generic behaviour every backend shares is in `conformance.rs`.
 //! Needs the Consul binary (`CONSUL_BIN`, `consul` on PATH, or
@@ -406,7 +407,8 @@ async fn a_service_removed_behind_our_back_is_registered_again() -> Result<()> {
 /// count requests and see headers; and while a stall is on, it holds back
 /// every request whose bytes contain the stall's needle until the stall is
 /// released, counting the held requests and those whose client gave up
-/// (closed the connection) while held.
+/// (closed the connection) while held. A held request whose client gives
+/// up is dropped, unless [`Proxy::forward_given_up`] allows it through.
 struct Proxy {
     addr: String,
     stall: tokio::sync::watch::Sender<Option<&'static str>>,
@@ -421,6 +423,9 @@ struct Taps {
     stall: tokio::sync::watch::Receiver<Option<&'static str>>,
     held: Arc<AtomicUsize>,
     given_up: Arc<AtomicUsize>,
+    /// How many more given-up requests to send on to the agent anyway.
+    forward_budget: Arc<AtomicUsize>,
+    forwarded: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -433,6 +438,8 @@ impl Proxy {
             stall: stall_rx,
             held: Arc::new(AtomicUsize::new(0)),
             given_up: Arc::new(AtomicUsize::new(0)),
+            forward_budget: Arc::new(AtomicUsize::new(0)),
+            forwarded: Arc::new(AtomicUsize::new(0)),
         };
         let shared = taps.clone();
         let task = tokio::spawn(async move {
@@ -477,6 +484,18 @@ impl Proxy {
     fn given_up(&self) -> usize {
         self.taps.given_up.load(Ordering::SeqCst)
     }
+
+    /// Sends the next `count` held requests whose client gives up on to the
+    /// agent all the same, as if each had reached the agent just before its
+    /// client's timeout: the agent applies what the client counts as failed.
+    fn forward_given_up(&self, count: usize) {
+        self.taps.forward_budget.store(count, Ordering::SeqCst);
+    }
+
+    /// How many given-up requests were sent on to the agent.
+    fn forwarded(&self) -> usize {
+        self.taps.forwarded.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -491,6 +510,8 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, taps: Taps) {
         mut stall,
         held,
         given_up,
+        forward_budget,
+        forwarded,
     } = taps;
     let (mut from_client, mut to_client) = inbound.into_split();
     let (mut from_server, mut to_server) = outbound.into_split();
@@ -503,24 +524,34 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, taps: Taps) {
             };
             let mut chunk = buf[..n].to_vec();
             let needle = *stall.borrow();
+            let mut gave_up = false;
             if needle.is_some_and(|needle| String::from_utf8_lossy(&chunk).contains(needle)) {
                 held.fetch_add(1, Ordering::SeqCst);
                 loop {
                     tokio::select! {
                         released = stall.wait_for(Option::is_none) => {
                             if released.is_err() {
-                                return;
+                                return None;
                             }
                             break;
                         }
                         read = from_client.read(&mut buf) => match read {
                             Ok(0) | Err(_) => {
-                                given_up.fetch_add(1, Ordering::SeqCst);
-                                return;
+                                gave_up = true;
+                                break;
                             }
                             Ok(n) => chunk.extend_from_slice(&buf[..n]),
                         },
                     }
+                }
+            }
+            if gave_up {
+                given_up.fetch_add(1, Ordering::SeqCst);
+                let forward = forward_budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if !forward {
+                    return None;
                 }
             }
             {
@@ -532,11 +563,19 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, taps: Taps) {
             if to_server.write_all(&chunk).await.is_err() {
                 break;
             }
+            if gave_up {
+                forwarded.fetch_add(1, Ordering::SeqCst);
+                // Not half-closed: the agent may cancel a request whose
+                // connection reads EOF. Kept open until the agent's side
+                // ends.
+                return Some(to_server);
+            }
         }
         let _ = to_server.shutdown().await;
+        None
     };
     let down = tokio::io::copy(&mut from_server, &mut to_client);
-    let _ = tokio::join!(up, down);
+    let (_open, _) = tokio::join!(up, down);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,5 +722,146 @@ async fn a_replacement_racing_the_old_handles_deregistration_stays() -> Result<(
         replacement.deregister().await?;
         assert_eq!(registry.instances("lorem").await?, vec![], "round {round}");
     }
+    Ok(())
+}
+
+/// The tags of the agent's record of `id`, read from the agent directly.
+async fn agent_tags(addr: &str, id: &str) -> Result<Value> {
+    let service = http(
+        reqwest::Method::GET,
+        addr,
+        &format!("/v1/agent/service/{id}"),
+        None,
+    )
+    .await?;
+    Ok(service["Tags"].clone())
+}
+
+/// Waits until the agent's record of `id` has exactly `tags`.
+async fn await_agent_tags(addr: &str, id: &str, tags: &[&str], what: &str) {
+    eventually(PATIENCE, what, || async {
+        let now = agent_tags(addr, id).await.map_err(|e| e.to_string())?;
+        Ok((now == json!(tags)).then_some(()))
+    })
+    .await;
+}
+
+/// The request line of a registration (not of a heartbeat or a read).
+const REGISTER_PUT: &str = "PUT /v1/agent/service/register";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_whose_caller_gives_up_leaves_the_replaced_record() -> Result<()> {
+    init_tracing("registry=info");
+    let agent = start_agent().await?;
+    let direct = agent.http_addr();
+    let proxy = Proxy::start(direct.clone()).await?;
+    // A long REGISTRY_TIMEOUT: the held replacement is let through long
+    // before its own call would time out, so the agent takes it and the
+    // registrar sees it succeed after its caller has gone.
+    let ttl = Duration::from_secs(3);
+    let (config, mut settings) = settings(&proxy.addr, ttl, None);
+    settings.timeout = Duration::from_secs(20);
+    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let old = lorem("a").with_tag("old");
+    let a = registry.register(old.clone()).await?;
+    ensure!(proxy.count(REGISTER_PUT) == 1, "one registration so far");
+
+    proxy.stall(REGISTER_PUT);
+    let replacing = tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            registry
+                .register(lorem("a").with_tag("new"))
+                .await
+                .map(drop)
+        }
+    });
+    eventually(PATIENCE, "the replacement to reach the proxy", || async {
+        Ok((proxy.held() > 0).then_some(()))
+    })
+    .await;
+    // The caller gives up (as after its own deadline), then the agent gets
+    // the replacement.
+    replacing.abort();
+    ensure!(
+        replacing.await.is_err_and(|e| e.is_cancelled()),
+        "the replacement finished while the proxy held it"
+    );
+    proxy.release();
+    // Once the replacement has succeeded, the registrar puts the replaced
+    // record back: its handle still owns the id.
+    eventually(
+        PATIENCE,
+        "the replaced record to be registered again",
+        || async { Ok((proxy.count(REGISTER_PUT) >= 3).then_some(())) },
+    )
+    .await;
+    await_agent_tags(
+        &direct,
+        "a",
+        &["old"],
+        "the agent to hold the replaced record again",
+    )
+    .await;
+    // And keeps it alive, past the TTL.
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    assert_eq!(registry.instances("lorem").await?, vec![old]);
+    a.deregister().await?;
+    assert_eq!(registry.instances("lorem").await?, vec![]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_timed_out_after_the_agent_took_it_leaves_the_replaced_record()
+-> Result<()> {
+    init_tracing("registry=info");
+    let agent = start_agent().await?;
+    let direct = agent.http_addr();
+    let proxy = Proxy::start(direct.clone()).await?;
+    let ttl = Duration::from_secs(3);
+    let (config, mut settings) = settings(&proxy.addr, ttl, None);
+    settings.timeout = Duration::from_secs(2);
+    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let old = lorem("a").with_tag("old");
+    let a = registry.register(old.clone()).await?;
+
+    // The replacement is held until its call times out, then reaches the
+    // agent all the same: the agent applies what the registrar counts as
+    // failed. Later registrations stay held (and dropped when they time
+    // out) until the release.
+    proxy.stall(REGISTER_PUT);
+    proxy.forward_given_up(1);
+    let err = registry
+        .register(lorem("a").with_tag("new"))
+        .await
+        .expect_err("the replacement is held until it times out");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    await_agent_tags(
+        &direct,
+        "a",
+        &["new"],
+        "the agent to take the timed-out replacement",
+    )
+    .await;
+    ensure!(proxy.forwarded() == 1, "forwarded {}", proxy.forwarded());
+    // The registrar tries to put the replaced record back (held here).
+    eventually(
+        PATIENCE,
+        "the replaced record to be registered again",
+        || async { Ok((proxy.held() >= 2).then_some(())) },
+    )
+    .await;
+    proxy.release();
+    await_agent_tags(
+        &direct,
+        "a",
+        &["old"],
+        "the agent to hold the replaced record again",
+    )
+    .await;
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    assert_eq!(registry.instances("lorem").await?, vec![old]);
+    a.deregister().await?;
+    assert_eq!(registry.instances("lorem").await?, vec![]);
     Ok(())
 }

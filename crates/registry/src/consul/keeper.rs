@@ -21,6 +21,15 @@
 //! check, never register: one that reaches the agent after a deregistration
 //! gets "unknown check", which the actor ignores for an id (or token) it no
 //! longer keeps alive.
+//!
+//! A replacement (a registration of an id this registrar already keeps
+//! alive) that fails, or whose caller gives up waiting for it, leaves the
+//! replaced registration in force: its handle keeps the id. Unless the
+//! agent refused the replacement, it may have applied it anyway (a reply
+//! that timed out after the `PUT` went out), so the replaced record is
+//! registered again ahead of anything else queued on the id, and retried
+//! every heartbeat round until the agent takes it. Heartbeats alone could
+//! not notice: they pass the id's check whatever record the agent holds.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -33,7 +42,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::api::{Api, BACKEND, Heartbeat};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Instance;
 use crate::util::Backoff;
 
@@ -76,6 +85,10 @@ struct Live {
     failing: bool,
     /// A re-registration is queued or running: do not queue another.
     reregistering: bool,
+    /// The agent may hold another record for this id (a replacement that
+    /// failed or whose caller gave up): register this one again, each round,
+    /// until the agent takes it.
+    restore: bool,
 }
 
 /// An operation on one id. It starts once the operations received before it
@@ -396,6 +409,13 @@ impl Keeper {
         result: Result<()>,
     ) {
         if let Err(error) = result {
+            // A replacement failed: the replaced registration stays, but
+            // unless the agent refused it, the agent may have applied the
+            // replacement all the same (e.g. the reply timed out).
+            let refused = matches!(error, Error::Rejected { .. });
+            if !refused && self.live.contains_key(&instance.id) {
+                self.restore(&instance.id, "the replacement failed");
+            }
             let _ = reply.send(Err(error));
             return;
         }
@@ -412,6 +432,7 @@ impl Keeper {
                 token,
                 failing: false,
                 reregistering: false,
+                restore: false,
             },
         );
         if reply.send(Ok(token)).is_ok() {
@@ -420,12 +441,11 @@ impl Keeper {
         // The caller stopped waiting (its deadline passed): nobody holds
         // this registration, so it must not be kept alive for ever.
         match previous {
-            // A handle still holds the id: keep the (replaced) record alive
-            // for it.
+            // A handle still holds the id: keep its (replaced) record alive,
+            // and put it back on the agent, which now holds the replacement.
             Some(previous) => {
-                if let Some(live) = self.live.get_mut(&id) {
-                    live.token = previous.token;
-                }
+                self.live.insert(id.clone(), previous);
+                self.restore(&id, "the replacement's caller gave up");
             }
             // Remove it before anything queued on the id runs (a newer
             // registration queued there then stays).
@@ -435,6 +455,24 @@ impl Keeper {
                     queue.push_front(Op::Undo);
                 }
             }
+        }
+    }
+
+    /// Registers the record `id`'s live entry holds again, ahead of
+    /// anything else queued on `id`, because the agent may hold another
+    /// record for the id (see [`Live::restore`]).
+    fn restore(&mut self, id: &str, why: &'static str) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        tracing::warn!(backend = BACKEND, service = %live.instance.service, %id, why,
+            "registering the replaced record again: the agent may hold the replacement, which nobody keeps alive");
+        live.restore = true;
+        live.reregistering = true;
+        let op = Op::Reregister { token: live.token };
+        match self.busy.get_mut(id) {
+            Some(queue) => queue.push_front(op),
+            None => self.submit(id.to_owned(), op),
         }
     }
 
@@ -449,6 +487,8 @@ impl Keeper {
         live.reregistering = false;
         let service = &live.instance.service;
         match result {
+            Ok(()) if std::mem::take(&mut live.restore) => tracing::info!(backend = BACKEND,
+                %service, %id, "the agent holds the replaced record again"),
             Ok(()) => tracing::info!(backend = BACKEND, %service, %id,
                 "registered again after the agent forgot it"),
             Err(error) => {
@@ -491,9 +531,10 @@ impl Keeper {
     }
 
     /// Applies a round's results: logs failures and recoveries, queues a
-    /// re-registration of every instance the agent forgot, then schedules
-    /// the next round: one period after this one started, or sooner, with
-    /// backoff, if anything failed.
+    /// re-registration of every instance the agent forgot or whose restore
+    /// failed (see [`Live::restore`]), then schedules the next round: one
+    /// period after this one started, or sooner, with backoff, if anything
+    /// failed.
     fn round_done(&mut self, started: Instant, beats: Vec<(String, u64, Heartbeat)>) {
         self.round = None;
         let mut all_ok = true;
@@ -505,6 +546,7 @@ impl Keeper {
                 continue;
             };
             let service = &live.instance.service;
+            let mut again = false;
             match beat {
                 Heartbeat::Passed => {
                     if live.failing {
@@ -517,8 +559,7 @@ impl Keeper {
                     if !live.reregistering {
                         tracing::warn!(backend = BACKEND, %service, %id, %reason,
                             "the Consul agent no longer knows this instance (restarted without its state, or the service was removed); registering it again");
-                        live.reregistering = true;
-                        forgotten.push((id, token));
+                        again = true;
                     }
                 }
                 Heartbeat::Failed(error) => {
@@ -531,6 +572,12 @@ impl Keeper {
                     }
                     live.failing = true;
                 }
+            }
+            // A restore that failed: try again.
+            again |= live.restore && !live.reregistering;
+            if again {
+                live.reregistering = true;
+                forgotten.push((id, token));
             }
         }
         for (id, token) in forgotten {
