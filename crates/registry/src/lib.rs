@@ -58,8 +58,8 @@ pub mod zookeeper;
 
 pub use config::{
     BACKEND_NAMES, BackendConfig, ConsulConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, DynRegistry,
-    MAX_DURATION,
-    Endpoint, EtcdConfig, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings, ZookeeperConfig, connect,
+    Endpoint, EtcdConfig, MAX_DURATION, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings,
+    ZookeeperConfig, connect,
 };
 pub use consul::ConsulRegistry;
 pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};

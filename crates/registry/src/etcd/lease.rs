@@ -113,7 +113,6 @@ struct Actor {
     pending_outage: Outage,
 }
 
-
 impl Actor {
     fn new(ctx: Ctx, commands: mpsc::UnboundedReceiver<Command>) -> Self {
         let (beats_tx, beats) = mpsc::unbounded_channel();
@@ -798,7 +797,6 @@ mod tests {
             .first()
             .map(|kv| (kv.value().to_vec(), kv.lease()))
     }
-
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_reregistration_restores_the_one_it_replaced() {

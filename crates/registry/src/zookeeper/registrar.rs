@@ -143,7 +143,6 @@ pub(super) struct Registrar {
     verify_outage: Outage,
 }
 
-
 impl Registrar {
     /// A task for the freshly opened session `client`.
     pub(super) fn new(
@@ -782,7 +781,6 @@ fn parent_of(path: &str) -> &str {
 mod tests {
     use super::*;
     use crate::zookeeper::map_error;
-
 
     #[test]
     fn parents() {
