@@ -81,19 +81,9 @@ fn settings(backend: &str, server: &dyn RegistryServer) -> Settings {
     }
 }
 
-/// Prints a measurement and appends it to `target/tmp/timings.txt`, which
-/// `scripts/test.sh` prints at the end (cargo hides passing tests' output).
+/// Prints a measurement and keeps it for the end of `scripts/test.sh`.
 fn record(line: String) {
-    use std::io::Write as _;
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("timings.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(file, "{line}");
-    }
+    testkit::record_timing(env!("CARGO_TARGET_TMPDIR"), &line);
 }
 
 fn free_port() -> u16 {

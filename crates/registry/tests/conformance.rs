@@ -73,20 +73,9 @@ fn not_applicable(backend: &str, behaviour: &str) -> bool {
     }
 }
 
-/// Prints a measurement and appends it to `target/tmp/timings.txt`, which
-/// `scripts/test.sh` prints at the end of the run (cargo hides the output of
-/// passing tests).
+/// Prints a measurement and keeps it for the end of `scripts/test.sh`.
 fn report(line: String) {
-    use std::io::Write as _;
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("timings.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(file, "{line}");
-    }
+    testkit::record_timing(env!("CARGO_TARGET_TMPDIR"), &line);
 }
 
 /// Everything logged at WARN and above by any test of this binary, so a test

@@ -101,3 +101,21 @@ pub trait RegistryServer: Send {
         self.start()
     }
 }
+
+/// Prints a measurement and appends it to `<target_tmpdir>/timings.txt`.
+///
+/// Cargo hides the output of passing tests, so `scripts/test.sh` prints that
+/// file at the end of the run. Tests pass `env!("CARGO_TARGET_TMPDIR")`.
+/// Failing to write the file is not a test failure: the line is printed.
+pub fn record_timing(target_tmpdir: &str, line: &str) {
+    use std::io::Write as _;
+    println!("{line}");
+    let path = std::path::Path::new(target_tmpdir).join("timings.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
