@@ -1,83 +1,74 @@
 //! The balancer: the live set of a service, fed by a registry watch, and the
-//! choice of one instance per request.
+//! choice of one instance per try.
 //!
 //! A background task follows [`Watcher::watch`]: every `Ok` snapshot
-//! replaces the live set (and is logged as `service=lorem instances=N` when
-//! it differs from the last one); an `Err` item is logged and the last good
-//! set is kept, so a registry hiccup does not empty the client. The task
+//! replaces the live set (logged at info as `instances changed
+//! service=lorem instances=N` when it differs from the last one). The task
 //! ends when the last clone of the [`Balancer`] is dropped.
 //!
-//! While the set is empty (at start-up before the first registration, or
-//! when every instance is gone), [`Balancer::next`] waits for an instance up
-//! to [`BalancerOptions::wait_timeout`] instead of failing at once.
+//! **Registry outages.** An `Err` item means the registry cannot be read
+//! right now: the last known set is kept and served, the outage is logged
+//! once at warn (and its end at info), and [`Balancer::freshness`] says how
+//! stale the set is. After [`BalancerOptions::max_staleness`] without a good
+//! snapshot the set is dropped (logged at error): past that point the old
+//! addresses are more likely to be wrong than right.
+//!
+//! **Empty set.** While the set is empty (at start-up before the first
+//! registration, or when every instance is gone), a request waits for an
+//! instance up to [`BalancerOptions::wait_timeout`] instead of failing at
+//! once.
+//!
+//! **Choosing.** A try goes to an instance that this request has not tried
+//! yet, skipping ejected instances (see [`EjectionOptions`]) unless all of
+//! them are, following the [`Strategy`].
 
-use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
 use registry::{Instance, Watcher};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::endpoint::{EjectionOptions, Endpoint};
 use crate::error::{Error, Result};
 use crate::limits::{check_timeout, deadline_after};
+use crate::metrics::{ClientMetrics, ServiceMetrics};
+use crate::strategy::{Picker, Strategy};
 
 /// The default [`BalancerOptions::wait_timeout`].
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default [`BalancerOptions::max_staleness`].
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(300);
+
 /// A snapshot of the live set: sorted by instance id, cheap to clone.
 pub type Snapshot = Arc<[Instance]>;
-
-/// How the balancer spreads requests over the live set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Strategy {
-    /// Each instance in turn, ignoring weights.
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round-robin (nginx's): instance `i` gets
-    /// `weight_i / sum(weights)` of the requests, interleaved rather than in
-    /// bursts.
-    WeightedRoundRobin,
-}
-
-impl FromStr for Strategy {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "round-robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
-            "weighted" | "weighted-round-robin" | "wrr" => Ok(Strategy::WeightedRoundRobin),
-            _ => Err(Error::InvalidOptions(format!(
-                "unknown strategy {s:?}; expected round-robin or weighted"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Strategy::RoundRobin => "round-robin",
-            Strategy::WeightedRoundRobin => "weighted",
-        })
-    }
-}
 
 /// Settings of a [`Balancer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalancerOptions {
     /// How instances are chosen.
     pub strategy: Strategy,
-    /// How long [`Balancer::next`] waits for an instance while the set is
-    /// empty before giving up with [`Error::NoInstance`]: long enough to
-    /// ride out a start-up race or a rolling restart. At most
-    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    /// How long a request waits for an instance while the set is empty
+    /// (the cold-start timeout) before giving up with
+    /// [`Error::NoInstance`]: long enough to ride out a start-up race or a
+    /// rolling restart. At most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub wait_timeout: Duration,
+    /// How long the last known set is served while the registry cannot be
+    /// read; after that it is dropped. At most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    pub max_staleness: Duration,
+    /// Passive outlier ejection.
+    pub ejection: EjectionOptions,
+    /// Seed of the random choices of [`Strategy::Random`] and
+    /// [`Strategy::P2c`]; `None` seeds from the operating system. Tests fix
+    /// it to get the same choices on every run.
+    pub seed: Option<u64>,
 }
 
 impl Default for BalancerOptions {
@@ -85,27 +76,80 @@ impl Default for BalancerOptions {
         BalancerOptions {
             strategy: Strategy::RoundRobin,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            max_staleness: DEFAULT_MAX_STALENESS,
+            ejection: EjectionOptions::default(),
+            seed: None,
         }
     }
 }
 
+/// How current the live set is: what the gateway shows in
+/// `GET /instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Freshness {
+    /// True once the registry has delivered a first snapshot.
+    pub synced: bool,
+    /// True while the registry cannot be read: the set is the last known
+    /// one.
+    pub stale: bool,
+    /// How long the registry has been unreachable (zero when fresh), in
+    /// milliseconds.
+    pub stale_ms: u64,
+    /// The most stale the set may get before it is dropped, in milliseconds.
+    pub max_staleness_ms: u64,
+    /// True when the set was dropped for having been stale longer than the
+    /// maximum; it fills again with the next good snapshot.
+    pub discarded: bool,
+    /// Milliseconds since the last good snapshot, if there was one.
+    pub since_update_ms: Option<u64>,
+    /// The last registry error of the current outage.
+    pub last_error: Option<String>,
+}
+
 /// The live instances of one service and the choice among them.
 ///
-/// Cheap to clone; clones share the set and the round-robin position.
+/// Cheap to clone; clones share the set, the instances' load and health,
+/// and the strategy's state.
 #[derive(Clone)]
 pub struct Balancer {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    service: String,
-    options: BalancerOptions,
-    set: watch::Receiver<Snapshot>,
-    picker: Mutex<Picker>,
-    /// Calls of [`Balancer::next`] parked until an instance appears.
-    waiting: AtomicUsize,
+    core: Arc<Core>,
     /// Aborts the watch task when the last balancer clone goes away.
     _task: AbortOnDrop,
+}
+
+/// What the watch task and the balancer share.
+struct Core {
+    service: String,
+    options: BalancerOptions,
+    /// The live set with each instance's state.
+    live: watch::Sender<Arc<Live>>,
+    /// The same set as plain instances, for [`Balancer::subscribe`].
+    snapshots: watch::Sender<Snapshot>,
+    picker: Mutex<Picker>,
+    /// Calls parked until an instance appears.
+    waiting: AtomicUsize,
+    sync: Mutex<SyncState>,
+    metrics: ServiceMetrics,
+    /// The families `metrics` belong to, for exporters.
+    families: ClientMetrics,
+}
+
+#[derive(Default)]
+struct Live {
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    synced: bool,
+    last_update: Option<Instant>,
+    outage_since: Option<Instant>,
+    last_error: Option<String>,
+    discarded: bool,
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -116,36 +160,41 @@ impl Drop for AbortOnDrop {
     }
 }
 
-#[derive(Default)]
-struct Picker {
-    /// Position of plain round-robin.
-    next: usize,
-    /// Current weights of smooth weighted round-robin, by instance id.
-    current: HashMap<String, i64>,
+/// What [`Balancer::choose`] found.
+pub(crate) enum Choice {
+    /// An instance for this try.
+    Picked(Arc<Endpoint>),
+    /// The set has instances, but this request tried every one.
+    AllTried,
+    /// The set is empty.
+    Empty,
 }
 
 impl fmt::Debug for Balancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ids: Vec<String> = self.instances().iter().map(|i| i.id.clone()).collect();
         f.debug_struct("Balancer")
-            .field("service", &self.shared.service)
-            .field("options", &self.shared.options)
+            .field("service", &self.shared.core.service)
+            .field("options", &self.shared.core.options)
             .field("instances", &ids)
             .finish()
     }
 }
 
 impl Balancer {
-    /// Starts following `service` through `watcher`.
+    /// Starts following `service` through `watcher`, with metrics of its own
+    /// (see [`with_metrics`](Self::with_metrics) to export them).
     ///
     /// The set starts empty and fills as soon as the watch delivers its first
-    /// snapshot; [`next`](Self::next) waits for it.
+    /// snapshot; requests wait for it.
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if `service` is not a valid service name
     /// (see [`registry::validate_name`]): no registry could ever list an
     /// instance of it, so failing here beats a wait per request; likewise
-    /// for a wait timeout over [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    /// for a wait timeout or maximum staleness over
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT), or an ejection maximum shorter
+    /// than its base.
     ///
     /// # Panics
     /// If called outside a Tokio runtime (the watch runs as a task).
@@ -154,128 +203,228 @@ impl Balancer {
         service: &str,
         options: BalancerOptions,
     ) -> Result<Self> {
+        Balancer::with_metrics(watcher, service, options, &ClientMetrics::new())
+    }
+
+    /// [`new`](Self::new), counting into `metrics` under the label
+    /// `service`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    ///
+    /// # Panics
+    /// If called outside a Tokio runtime (the watch runs as a task).
+    pub fn with_metrics<W: Watcher + 'static>(
+        watcher: W,
+        service: &str,
+        options: BalancerOptions,
+        metrics: &ClientMetrics,
+    ) -> Result<Self> {
         check_service(service)?;
         check_timeout("the wait timeout", options.wait_timeout)?;
-        let (tx, rx) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
-        let task = tokio::spawn(follow(watcher, service.to_owned(), tx));
+        check_timeout("the maximum staleness", options.max_staleness)?;
+        check_timeout("the ejection time", options.ejection.max)?;
+        if options.ejection.max < options.ejection.base {
+            return Err(Error::InvalidOptions(format!(
+                "the longest ejection ({}) is shorter than the first ({})",
+                humantime::format_duration(options.ejection.max),
+                humantime::format_duration(options.ejection.base)
+            )));
+        }
+        let (live, _) = watch::channel(Arc::new(Live::default()));
+        let (snapshots, _) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
+        let core = Arc::new(Core {
+            service: service.to_owned(),
+            picker: Mutex::new(Picker::new(options.strategy, options.seed)),
+            options,
+            live,
+            snapshots,
+            waiting: AtomicUsize::new(0),
+            sync: Mutex::new(SyncState::default()),
+            metrics: metrics.for_service(service),
+            families: metrics.clone(),
+        });
+        let task = tokio::spawn(follow(watcher, core.clone()));
         Ok(Balancer {
             shared: Arc::new(Shared {
-                service: service.to_owned(),
-                options,
-                set: rx,
-                picker: Mutex::new(Picker::default()),
-                waiting: AtomicUsize::new(0),
+                core,
                 _task: AbortOnDrop(task),
             }),
         })
     }
 
-    /// How many calls of [`next`](Self::next) (requests) are parked right
-    /// now, waiting for an instance of the service to appear.
+    fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    /// How many requests are parked right now, waiting for an instance of
+    /// the service to appear.
     pub fn waiting(&self) -> usize {
-        self.shared.waiting.load(Ordering::SeqCst)
+        self.core().waiting.load(Ordering::SeqCst)
     }
 
     /// The service this balancer follows.
     pub fn service(&self) -> &str {
-        &self.shared.service
+        &self.core().service
     }
 
     /// The options it was built with.
     pub fn options(&self) -> &BalancerOptions {
-        &self.shared.options
+        &self.core().options
     }
 
     /// The live set now, sorted by id.
     pub fn instances(&self) -> Snapshot {
-        self.shared.set.borrow().clone()
+        self.core().snapshots.borrow().clone()
     }
 
     /// A receiver that sees every change of the live set, for callers that
     /// wait for a condition (`receiver.wait_for(|set| set.len() == 2)`).
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.shared.set.clone()
+        self.core().snapshots.subscribe()
+    }
+
+    /// How current the live set is.
+    pub fn freshness(&self) -> Freshness {
+        let now = Instant::now();
+        let sync = self.core().sync();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let stale_for = sync
+            .outage_since
+            .map(|since| now.saturating_duration_since(since));
+        self.core()
+            .metrics
+            .stale_seconds
+            .set(stale_for.unwrap_or_default().as_secs_f64());
+        Freshness {
+            synced: sync.synced,
+            stale: stale_for.is_some(),
+            stale_ms: stale_for.map(ms).unwrap_or(0),
+            max_staleness_ms: ms(self.core().options.max_staleness),
+            discarded: sync.discarded,
+            since_update_ms: sync
+                .last_update
+                .map(|at| ms(now.saturating_duration_since(at))),
+            last_error: sync.last_error.clone(),
+        }
+    }
+
+    /// The ids of the instances ejected right now.
+    pub fn ejected(&self) -> Vec<String> {
+        let now = Instant::now();
+        let live = self.core().live.borrow().clone();
+        live.endpoints
+            .iter()
+            .filter(|e| e.is_ejected(now))
+            .map(|e| e.instance.id.clone())
+            .collect()
+    }
+
+    /// The metrics this balancer (and the [`Client`](crate::Client)s over
+    /// it) count into: register them to export them.
+    pub fn client_metrics(&self) -> &ClientMetrics {
+        &self.core().families
+    }
+
+    /// The metric handles of this balancer's service.
+    pub(crate) fn metrics(&self) -> &ServiceMetrics {
+        &self.core().metrics
     }
 
     /// Picks an instance whose id is not in `exclude`, following the
-    /// strategy; `None` if the set is empty or every instance is excluded.
-    /// Never waits. With round-robin, only picks with an empty `exclude`
-    /// (first tries) move the turn on.
+    /// strategy and skipping ejected instances unless all are; `None` if
+    /// the set is empty or every instance is excluded. Never waits. Only
+    /// picks with an empty `exclude` (first tries) take a round-robin turn.
     pub fn pick(&self, exclude: &[String]) -> Option<Instance> {
-        let set = self.instances();
-        let candidates: Vec<&Instance> = set.iter().filter(|i| !exclude.contains(&i.id)).collect();
-        if candidates.is_empty() {
-            return None;
+        match self.choose(exclude) {
+            Choice::Picked(endpoint) => Some(endpoint.instance.clone()),
+            Choice::AllTried | Choice::Empty => None,
         }
-        // A panic while holding the lock cannot leave the picker in a state
-        // worse than an uneven turn, so poisoning is ignored.
-        let mut picker = self.shared.picker.lock().unwrap_or_else(|e| e.into_inner());
-        let chosen = match self.shared.options.strategy {
-            Strategy::RoundRobin => {
-                let index = picker.next % candidates.len();
-                // Only first tries take a turn: if retries did too, every
-                // request after a crash would start on the dead instance.
-                if exclude.is_empty() {
-                    picker.next = picker.next.wrapping_add(1);
-                }
-                candidates[index]
-            }
-            Strategy::WeightedRoundRobin => {
-                picker
-                    .current
-                    .retain(|id, _| set.iter().any(|i| i.id == *id));
-                let total: i64 = candidates.iter().map(|i| i64::from(i.weight.max(1))).sum();
-                let mut best: Option<(&Instance, i64)> = None;
-                for instance in &candidates {
-                    let current = picker.current.entry(instance.id.clone()).or_insert(0);
-                    *current += i64::from(instance.weight.max(1));
-                    if best.is_none_or(|(_, w)| *current > w) {
-                        best = Some((instance, *current));
-                    }
-                }
-                let (chosen, _) = best?;
-                if let Some(current) = picker.current.get_mut(&chosen.id) {
-                    *current -= total;
-                }
-                chosen
-            }
-        };
-        Some(chosen.clone())
     }
 
     /// The instance for the next request: one not in `exclude` if there is
-    /// any; if every live instance is excluded (they all failed this
-    /// request already), one of them anyway, since retrying there beats
-    /// failing. While the set is empty it waits up to the wait timeout.
+    /// any; if every live instance is excluded, one of them anyway. While
+    /// the set is empty it waits up to the wait timeout. ([`Client`]'s own
+    /// retries never go back to an instance they tried.)
+    ///
+    /// [`Client`]: crate::Client
     ///
     /// # Errors
     /// [`Error::NoInstance`] if the set stayed empty for the whole wait.
     pub async fn next(&self, exclude: &[String]) -> Result<Instance> {
+        match self.acquire(exclude).await? {
+            Some(endpoint) => Ok(endpoint.instance.clone()),
+            None => match self.choose(&[]) {
+                Choice::Picked(endpoint) => Ok(endpoint.instance.clone()),
+                // The set emptied in between: wait again.
+                Choice::AllTried | Choice::Empty => Ok(self
+                    .acquire(&[])
+                    .await?
+                    .map(|e| e.instance.clone())
+                    .ok_or_else(|| self.no_instance())?),
+            },
+        }
+    }
+
+    /// Chooses an instance for one try, without waiting.
+    pub(crate) fn choose(&self, tried: &[String]) -> Choice {
+        let live = self.core().live.borrow().clone();
+        if live.endpoints.is_empty() {
+            return Choice::Empty;
+        }
+        let untried: Vec<&Arc<Endpoint>> = live
+            .endpoints
+            .iter()
+            .filter(|e| !tried.contains(&e.instance.id))
+            .collect();
+        if untried.is_empty() {
+            return Choice::AllTried;
+        }
+        let now = Instant::now();
+        let admitted: Vec<&Arc<Endpoint>> = untried
+            .iter()
+            .copied()
+            .filter(|e| !e.is_ejected(now))
+            .collect();
+        // Every candidate ejected: trying one beats failing fast.
+        let candidates = if admitted.is_empty() {
+            &untried
+        } else {
+            &admitted
+        };
+        let chosen = self.core().picker().choose(candidates, tried.is_empty());
+        Choice::Picked(chosen.clone())
+    }
+
+    /// An instance for one try, waiting up to the wait timeout while the
+    /// set is empty; `None` when the set has instances but every one is in
+    /// `tried`.
+    pub(crate) async fn acquire(&self, tried: &[String]) -> Result<Option<Arc<Endpoint>>> {
+        match self.choose(tried) {
+            Choice::Picked(endpoint) => return Ok(Some(endpoint)),
+            Choice::AllTried => return Ok(None),
+            Choice::Empty => {}
+        }
+        let core = self.core();
         let waited_from = Instant::now();
         // Cannot overflow, even for a wait timeout that `new` would refuse.
-        let deadline = deadline_after(self.shared.options.wait_timeout);
-        let mut changes = self.shared.set.clone();
-        let mut logged = false;
+        let deadline = deadline_after(core.options.wait_timeout);
+        let mut changes = core.live.subscribe();
         // Counts this call in `waiting` from its first empty look until it
         // returns or is dropped.
-        let mut parked: Option<Parked<'_>> = None;
+        let _parked = Parked::new(&core.waiting);
+        tracing::info!(service = %core.service, wait_timeout = ?core.options.wait_timeout,
+            "no instance available yet; waiting for one to register");
         loop {
             changes.borrow_and_update();
-            if let Some(instance) = self.pick(exclude).or_else(|| self.pick(&[])) {
-                if logged {
-                    tracing::info!(service = %self.shared.service, waited = ?waited_from.elapsed(),
+            match self.choose(tried) {
+                Choice::Picked(endpoint) => {
+                    tracing::info!(service = %core.service, waited = ?waited_from.elapsed(),
                         "an instance appeared; sending the request");
+                    return Ok(Some(endpoint));
                 }
-                return Ok(instance);
-            }
-            if parked.is_none() {
-                parked = Some(Parked::new(&self.shared.waiting));
-            }
-            if !logged {
-                tracing::info!(service = %self.shared.service,
-                    wait_timeout = ?self.shared.options.wait_timeout,
-                    "no instance available yet; waiting for one to register");
-                logged = true;
+                Choice::AllTried => return Ok(None),
+                Choice::Empty => {}
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
@@ -287,10 +436,160 @@ impl Balancer {
                 Err(_) => break,
             }
         }
-        Err(Error::NoInstance {
-            service: self.shared.service.clone(),
-            waited: self.shared.options.wait_timeout,
-        })
+        Err(self.no_instance())
+    }
+
+    fn no_instance(&self) -> Error {
+        Error::NoInstance {
+            service: self.core().service.clone(),
+            waited: self.core().options.wait_timeout,
+        }
+    }
+}
+
+impl Core {
+    fn sync(&self) -> MutexGuard<'_, SyncState> {
+        // Each update leaves the state consistent: poisoning is harmless.
+        self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn picker(&self) -> MutexGuard<'_, Picker> {
+        // A panic while holding it can at worst leave an uneven turn.
+        self.picker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the set is to be dropped for staleness, if an outage is under
+    /// way and the set has not been dropped yet.
+    fn discard_at(&self) -> Option<Instant> {
+        let sync = self.sync();
+        if sync.discarded {
+            return None;
+        }
+        let since = sync.outage_since?;
+        Some(
+            since
+                .checked_add(self.options.max_staleness)
+                .unwrap_or_else(|| deadline_after(self.options.max_staleness)),
+        )
+    }
+
+    /// A good snapshot arrived.
+    fn update(&self, mut instances: Vec<Instance>, first: bool) {
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        self.metrics.updates.inc();
+        let was_discarded = {
+            let mut sync = self.sync();
+            let now = Instant::now();
+            if let Some(since) = sync.outage_since.take() {
+                tracing::info!(
+                    service = %self.service,
+                    outage = ?now.saturating_duration_since(since),
+                    instances = instances.len(),
+                    "registry reachable again; the instance set is fresh"
+                );
+            }
+            sync.synced = true;
+            sync.last_update = Some(now);
+            sync.last_error = None;
+            std::mem::take(&mut sync.discarded)
+        };
+        let current = self.live.borrow().clone();
+        let unchanged = current.endpoints.len() == instances.len()
+            && current
+                .endpoints
+                .iter()
+                .zip(&instances)
+                .all(|(e, i)| e.instance == *i);
+        if unchanged && !first && !was_discarded {
+            return;
+        }
+        let added: Vec<&str> = instances
+            .iter()
+            .filter(|i| !current.endpoints.iter().any(|e| e.instance.id == i.id))
+            .map(|i| i.id.as_str())
+            .collect();
+        let removed: Vec<&str> = current
+            .endpoints
+            .iter()
+            .filter(|e| !instances.iter().any(|i| i.id == e.instance.id))
+            .map(|e| e.instance.id.as_str())
+            .collect();
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        tracing::info!(
+            service = %self.service,
+            instances = instances.len(),
+            ids = %ids.join(","),
+            added = %added.join(","),
+            removed = %removed.join(","),
+            "instances changed"
+        );
+        if unchanged {
+            return;
+        }
+        // Keep the load and health of instances whose record is the same.
+        let endpoints: Vec<Arc<Endpoint>> = instances
+            .iter()
+            .map(|instance| {
+                current
+                    .endpoints
+                    .iter()
+                    .find(|e| e.instance == *instance)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(instance.clone())))
+            })
+            .collect();
+        self.picker().retain(&endpoints);
+        self.metrics.changes.inc();
+        self.metrics
+            .instances
+            .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));
+        self.live.send_replace(Arc::new(Live { endpoints }));
+        self.snapshots.send_replace(Arc::from(instances));
+    }
+
+    /// The watch reported an error: keep the set, remember the outage.
+    fn failed(&self, error: &registry::Error) {
+        self.metrics.registry_errors.inc();
+        self.metrics.errors_event.inc();
+        let kept = self.live.borrow().endpoints.len();
+        let mut sync = self.sync();
+        if sync.outage_since.is_none() {
+            sync.outage_since = Some(Instant::now());
+            tracing::warn!(
+                service = %self.service,
+                %error,
+                kept,
+                max_staleness = ?self.options.max_staleness,
+                "registry unreachable; serving the last known instances"
+            );
+        } else {
+            tracing::debug!(service = %self.service, %error, kept, "registry still unreachable");
+        }
+        sync.last_error = Some(error.to_string());
+    }
+
+    /// The outage outlasted the maximum staleness: drop the set.
+    fn discard(&self) {
+        let stale_for = {
+            let mut sync = self.sync();
+            sync.discarded = true;
+            sync.outage_since.map(|since| since.elapsed())
+        };
+        let dropped = self.live.borrow().endpoints.len();
+        if dropped > 0 {
+            tracing::error!(
+                service = %self.service,
+                stale_for = ?stale_for.unwrap_or_default(),
+                max_staleness = ?self.options.max_staleness,
+                dropped,
+                "registry unreachable for longer than the maximum staleness; \
+                 dropping the last known instances (requests wait for the registry)"
+            );
+        }
+        self.metrics.discards.inc();
+        self.metrics.instances.set(0);
+        self.live.send_replace(Arc::new(Live::default()));
+        self.snapshots.send_replace(Arc::from(Vec::new()));
     }
 }
 
@@ -304,7 +603,7 @@ pub(crate) fn check_service(service: &str) -> Result<()> {
     })
 }
 
-/// One parked [`Balancer::next`] call, counted while it lives.
+/// One parked call, counted while it lives.
 struct Parked<'a>(&'a AtomicUsize);
 
 impl<'a> Parked<'a> {
@@ -320,40 +619,38 @@ impl Drop for Parked<'_> {
     }
 }
 
-/// The watch task: turns snapshots into the live set.
-async fn follow<W: Watcher>(watcher: W, service: String, tx: watch::Sender<Snapshot>) {
-    let mut stream = watcher.watch(&service);
+/// The watch task: turns snapshots into the live set, and drops a set that
+/// has been stale for too long.
+async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
+    let mut stream = watcher.watch(&core.service);
     let mut first = true;
-    while let Some(item) = stream.next().await {
+    loop {
+        let discard_at = core.discard_at();
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = sleep_until(discard_at), if discard_at.is_some() => {
+                core.discard();
+                continue;
+            }
+        };
         match item {
-            Ok(mut instances) => {
-                instances.sort_by(|a, b| a.id.cmp(&b.id));
-                let changed = **tx.borrow() != *instances;
-                if changed || first {
-                    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
-                    tracing::info!(
-                        service = %service,
-                        instances = instances.len(),
-                        ids = %ids.join(","),
-                        "instances changed"
-                    );
-                }
+            Some(Ok(instances)) => {
+                core.update(instances, first);
                 first = false;
-                if changed {
-                    tx.send_replace(Arc::from(instances));
-                }
             }
-            Err(error) => {
-                tracing::warn!(
-                    service = %service,
-                    %error,
-                    kept = tx.borrow().len(),
-                    "discovery error; keeping the last known instances"
-                );
-            }
+            Some(Err(error)) => core.failed(&error),
+            None => break,
         }
     }
-    tracing::error!(service = %service, "the registry watch ended; the instance set is frozen");
-    // Keep the sender (and the watcher) alive so that the set stays readable.
+    tracing::error!(service = %core.service, "the registry watch ended; the instance set is frozen");
+    // Keep the watcher alive so that the set stays readable.
+    let _watcher = watcher;
     std::future::pending::<()>().await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

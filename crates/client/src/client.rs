@@ -1,29 +1,50 @@
-//! Requests through the balancer, with retries on another instance.
+//! Requests through the balancer, with bounded, budgeted retries on other
+//! instances.
 //!
 //! [`Client`] is service-agnostic: it POSTs to a path on an instance chosen
-//! by the [`Balancer`]. A connection error, a per-try timeout or a 5xx is
-//! retried on a *different* instance than the ones that already failed this
-//! request, up to [`ClientOptions::attempts`] tries in all; any other answer
-//! (2xx, 4xx...) is returned as is. [`LoremClient`] adds the lorem API on
-//! top: `POST /lorem/{kind}/{min}/{max}` answering `{"message": "..."}`.
+//! by the [`Balancer`]. Each try has a deadline ([`ClientOptions::try_timeout`]).
+//! Only failures that are safe to retry are retried:
 //!
-//! An answer whose body is larger than [`MAX_BODY_BYTES`] (whatever its
-//! status) counts as a failed try of that instance, like a 5xx: the client
-//! stops reading it, drops the connection and retries elsewhere, so that a
-//! misbehaving instance costs one try rather than unbounded memory. When
-//! every try fails that way, the request ends with [`Error::Exhausted`].
+//! | failure of a try                                   | retried | costs retry budget |
+//! |----------------------------------------------------|---------|--------------------|
+//! | connection refused / unreachable                   | yes     | no                 |
+//! | a pooled connection closed before the answer began (the server closed it while we sent) | yes | no |
+//! | connect timeout, try timeout                       | yes     | yes                |
+//! | a 5xx answer                                       | yes     | yes                |
+//! | connection reset or broken while reading the answer, an answer body over [`MAX_BODY_BYTES`] | yes | yes |
+//! | any other answer (2xx, 3xx, 4xx)                   | no: returned as is |    |
+//!
+//! A retry never goes back to an instance this request already tried: it
+//! goes to another live instance, and when every live instance has been
+//! tried the request ends ([`GaveUp::AllTried`]). At most
+//! [`ClientOptions::attempts`] tries are made in all.
+//!
+//! **Retry budget.** Retries that cost budget are limited, over a sliding
+//! 10 s window, to [`ClientOptions::retry_percent`] of the requests plus
+//! [`ClientOptions::min_retries_per_sec`] (tower's `TpsBudget`), so that a
+//! sick backend cannot double the load on the healthy ones. Retries after a
+//! refused connection cost nothing: the request never reached a server.
+//!
+//! Every try's outcome feeds the instance's passive health (see
+//! [`EjectionOptions`](crate::EjectionOptions)) and its latency estimate.
+//!
+//! [`LoremClient`] adds the lorem API on top: `POST /lorem/{kind}/{min}/{max}`
+//! answering `{"message": "..."}`.
 
 use std::collections::HashSet;
 use std::error::Error as _;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use registry::Instance;
 use serde::Deserialize;
 use tokio::time::Instant;
+use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::balancer::{Balancer, Snapshot};
-use crate::error::{Error, Result};
+use crate::error::{Error, GaveUp, Result};
 use crate::limits::{MAX_BODY_BYTES, check_timeout};
 
 // The server's own kinds, so that client and server cannot disagree on them.
@@ -40,6 +61,12 @@ const MAX_MISMATCH_WARNINGS: usize = 1024;
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 /// Default [`ClientOptions::try_timeout`].
 pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default [`ClientOptions::retry_percent`].
+pub const DEFAULT_RETRY_PERCENT: u32 = 20;
+/// Default [`ClientOptions::min_retries_per_sec`].
+pub const DEFAULT_MIN_RETRIES_PER_SEC: u32 = 10;
+/// The window over which the retry budget counts requests.
+pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +78,12 @@ pub struct ClientOptions {
     /// hung instance costs one try rather than the whole request. More than
     /// zero and at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub try_timeout: Duration,
-    /// Pause before a retry that has to go back to an instance which already
-    /// failed this request (every live instance has failed it), so that the
-    /// attempts are not burnt in a tight loop. At most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
-    pub retry_backoff: Duration,
+    /// Retries that cost budget may add this many percent of the requests
+    /// (over [`RETRY_BUDGET_WINDOW`]); at most 1000.
+    pub retry_percent: u32,
+    /// Retries per second allowed on top of the percentage, so that a
+    /// client sending few requests can still retry.
+    pub min_retries_per_sec: u32,
 }
 
 impl Default for ClientOptions {
@@ -62,7 +91,8 @@ impl Default for ClientOptions {
         ClientOptions {
             attempts: DEFAULT_ATTEMPTS,
             try_timeout: DEFAULT_TRY_TIMEOUT,
-            retry_backoff: Duration::from_millis(50),
+            retry_percent: DEFAULT_RETRY_PERCENT,
+            min_retries_per_sec: DEFAULT_MIN_RETRIES_PER_SEC,
         }
     }
 }
@@ -89,23 +119,87 @@ pub struct Answer {
     pub latency: Duration,
 }
 
-/// A service-agnostic HTTP client over a [`Balancer`]. Cheap to clone.
-#[derive(Debug, Clone)]
+/// Why one try failed: decides whether a retry costs budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The connection was refused or the host unreachable: nothing was sent.
+    Connect(String),
+    /// A pooled connection was closed by the server before any answer
+    /// began: the classic keep-alive race; the server did not act on it.
+    ClosedBeforeAnswer(String),
+    /// The connect or try deadline passed.
+    Timeout(String),
+    /// A 5xx answer.
+    Status(u16, String),
+    /// The connection broke while the answer was awaited or read, or the
+    /// answer was too large.
+    Broken(String),
+}
+
+impl Failure {
+    /// True for failures whose retry costs no budget: the request never
+    /// reached a server.
+    fn is_free(&self) -> bool {
+        matches!(self, Failure::Connect(_) | Failure::ClosedBeforeAnswer(_))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(text)
+            | Failure::ClosedBeforeAnswer(text)
+            | Failure::Timeout(text)
+            | Failure::Broken(text) => f.write_str(text),
+            Failure::Status(status, body) => write!(f, "HTTP {status}: {body}"),
+        }
+    }
+}
+
+/// A service-agnostic HTTP client over a [`Balancer`]. Cheap to clone:
+/// clones share the HTTP connection pool and the retry budget.
+#[derive(Clone)]
 pub struct Client {
     balancer: Balancer,
     http: reqwest::Client,
     options: ClientOptions,
+    budget: Arc<TpsBudget>,
     /// Registry ids already warned about for a mismatched header.
     warned: Arc<Mutex<HashSet<String>>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("balancer", &self.balancer)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client every try goes through: no proxy from the environment
+/// (instances are reached directly), a connect deadline of `try_timeout`.
+/// `lorem-client load --direct` uses the same one, so that the overhead
+/// benchmark compares like with like.
+///
+/// # Errors
+/// [`Error::Http`] if the client cannot be built.
+pub fn http_client(try_timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(try_timeout)
+        .build()
+        .map_err(|e| Error::Http(Box::new(e)))
 }
 
 impl Client {
     /// A client sending through `balancer`.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] for zero attempts, a zero try timeout, or a
-    /// try timeout or retry backoff over [`MAX_TIMEOUT`](crate::MAX_TIMEOUT); [`Error::Http`] if
-    /// the HTTP client cannot be built.
+    /// [`Error::InvalidOptions`] for zero attempts, a zero try timeout, a try
+    /// timeout over [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) or a retry
+    /// percentage over 1000; [`Error::Http`] if the HTTP client cannot be
+    /// built.
     pub fn new(balancer: Balancer, options: ClientOptions) -> Result<Self> {
         if options.attempts == 0 {
             return Err(Error::InvalidOptions(
@@ -118,18 +212,23 @@ impl Client {
             ));
         }
         check_timeout("the per-try timeout", options.try_timeout)?;
-        check_timeout("the retry backoff", options.retry_backoff)?;
-        let http = reqwest::Client::builder()
-            // Instances are reached directly, never through an HTTP proxy
-            // from the environment.
-            .no_proxy()
-            .connect_timeout(options.try_timeout)
-            .build()
-            .map_err(|e| Error::Http(Box::new(e)))?;
+        if options.retry_percent > 1000 {
+            return Err(Error::InvalidOptions(format!(
+                "the retry budget must be from 0 to 1000 percent, got {}",
+                options.retry_percent
+            )));
+        }
+        let http = http_client(options.try_timeout)?;
+        let budget = TpsBudget::new(
+            RETRY_BUDGET_WINDOW,
+            options.min_retries_per_sec,
+            options.retry_percent as f32 / 100.0,
+        );
         Ok(Client {
             balancer,
             http,
             options,
+            budget: Arc::new(budget),
             warned: Arc::default(),
         })
     }
@@ -153,122 +252,123 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::NoInstance`] if no instance appeared within the wait;
-    /// [`Error::Exhausted`] if every attempt failed with a connection error,
-    /// a timeout, a 5xx or a body over [`MAX_BODY_BYTES`]. A 4xx is an `Ok`
-    /// answer here.
+    /// [`Error::Exhausted`] if every try failed with a failure that is
+    /// retried (see the [module docs](self)) and no further try was allowed.
+    /// A 4xx is an `Ok` answer here.
     pub async fn post(&self, path: &str) -> Result<Answer> {
         let started = Instant::now();
+        let metrics = self.balancer.metrics();
         let service = self.balancer.service();
-        let mut failed: Vec<String> = Vec::new();
-        let mut last = String::new();
-        let mut last_instance = String::new();
+        self.budget.deposit();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<(String, Failure)> = None;
+        let mut gave_up = GaveUp::Attempts;
         for attempt in 1..=self.options.attempts {
-            let instance = self.balancer.next(&failed).await?;
-            if failed.contains(&instance.id) {
-                tokio::time::sleep(self.options.retry_backoff).await;
+            let endpoint = match self.balancer.acquire(&tried).await {
+                Ok(Some(endpoint)) => endpoint,
+                Ok(None) => {
+                    gave_up = GaveUp::AllTried;
+                    break;
+                }
+                Err(error) => {
+                    metrics.no_instance.inc();
+                    return Err(error);
+                }
+            };
+            if let Some((_, failure)) = &last {
+                if !failure.is_free() && !self.budget.withdraw() {
+                    metrics.budget_exhausted.inc();
+                    gave_up = GaveUp::Budget;
+                    break;
+                }
+                metrics.retries.inc();
             }
-            match self.try_once(&instance, path).await {
+            let tried_at = Instant::now();
+            let outcome = {
+                let _in_flight = endpoint.start();
+                self.try_once(&endpoint.instance, path).await
+            };
+            let took = tried_at.elapsed();
+            let failure = match outcome {
                 Ok((status, body, reported_id)) if status < 500 => {
+                    endpoint.record_success(took);
+                    let latency = started.elapsed();
+                    if status < 400 {
+                        metrics.ok.inc();
+                        metrics.duration.observe(latency.as_secs_f64());
+                    } else {
+                        metrics.rejected.inc();
+                    }
                     return Ok(Answer {
                         status,
                         body,
-                        instance: instance.id,
+                        instance: endpoint.instance.id.clone(),
                         reported_id,
                         retries: attempt - 1,
-                        latency: started.elapsed(),
+                        latency,
                     });
                 }
-                Ok((status, body, _)) => {
-                    last = format!("HTTP {status}: {}", body.trim());
-                }
-                Err(error) => {
-                    last = error;
-                }
+                Ok((status, body, _)) => Failure::Status(status, body.trim().to_owned()),
+                Err(failure) => failure,
+            };
+            let instance = &endpoint.instance;
+            if let Some(ejected) = endpoint.record_failure(took, &self.balancer.options().ejection)
+            {
+                metrics.ejections.inc();
+                tracing::warn!(
+                    service = %service,
+                    instance = %instance.id,
+                    addr = %instance.authority(),
+                    ejected_for = ?ejected.duration,
+                    ejections_in_a_row = ejected.nth,
+                    "instance ejected after consecutive failures"
+                );
             }
-            last_instance.clone_from(&instance.id);
-            let retrying = attempt < self.options.attempts;
             tracing::warn!(
                 service = %service,
                 instance = %instance.id,
                 addr = %instance.authority(),
                 attempt,
-                error = %last,
-                retrying,
+                error = %failure,
+                retry_is_free = failure.is_free(),
                 "attempt failed"
             );
-            if !failed.contains(&instance.id) {
-                failed.push(instance.id);
-            }
+            tried.push(instance.id.clone());
+            last = Some((instance.id.clone(), failure));
         }
+        metrics.failed.inc();
+        // The first try always has an instance, so `last` is set.
+        let (instance, last) = match last {
+            Some((instance, failure)) => (instance, failure.to_string()),
+            None => (String::new(), "no try was made".to_owned()),
+        };
         Err(Error::Exhausted {
             service: service.to_owned(),
-            attempts: self.options.attempts,
-            instance: last_instance,
+            attempts: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+            gave_up,
+            instance,
             last,
         })
     }
 
-    /// One try on one instance: `(status, body, x-instance-id header)`, or a
-    /// description of the transport failure (a body over [`MAX_BODY_BYTES`]
-    /// included).
+    /// One try on one instance: `(status, body, x-instance-id header)`, or
+    /// why it failed.
     async fn try_once(
         &self,
         instance: &Instance,
         path: &str,
-    ) -> std::result::Result<(u16, String, Option<String>), String> {
-        let url = format!("http://{}{}", instance.authority(), path);
-        let mut response = self
-            .http
-            .post(&url)
-            .timeout(self.options.try_timeout)
-            .send()
-            .await
-            .map_err(|e| self.describe(&e))?;
-        let status = response.status().as_u16();
-        let reported_id = response
-            .headers()
-            .get(INSTANCE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        if let Some(reported) = &reported_id {
+    ) -> std::result::Result<(u16, String, Option<String>), Failure> {
+        let answer = try_post(
+            &self.http,
+            &instance.authority(),
+            path,
+            self.options.try_timeout,
+        )
+        .await?;
+        if let Some(reported) = &answer.2 {
             self.check_reported_id(instance, reported);
         }
-        let body = self.read_body(&mut response).await?;
-        Ok((status, body, reported_id))
-    }
-
-    /// Reads the body of `response` as text, refusing (without reading
-    /// further) one over [`MAX_BODY_BYTES`]: announced as such by its
-    /// `Content-Length`, or found to be so while reading it chunk by chunk.
-    async fn read_body(
-        &self,
-        response: &mut reqwest::Response,
-    ) -> std::result::Result<String, String> {
-        let too_large = || {
-            format!(
-                "the answer body is larger than the {MAX_BODY_BYTES}-byte limit (1 MiB); \
-                 the instance is misbehaving"
-            )
-        };
-        if response
-            .content_length()
-            .is_some_and(|length| length > MAX_BODY_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(&e))? {
-            if chunk.len() > MAX_BODY_BYTES - body.len() {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        // As `Response::text` would: invalid UTF-8 is replaced, not refused.
-        Ok(match String::from_utf8(body) {
-            Ok(text) => text,
-            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
-        })
+        Ok(answer)
     }
 
     /// Warns, once per registry id, when an instance names itself otherwise
@@ -292,33 +392,185 @@ impl Client {
             );
         }
     }
+}
 
-    fn describe(&self, error: &reqwest::Error) -> String {
-        if error.is_timeout() {
-            return format!(
-                "timed out after {}",
-                humantime::format_duration(self.options.try_timeout)
-            );
+/// POSTs `path` to `authority` once, reading at most [`MAX_BODY_BYTES`] of
+/// the answer: `(status, body, x-instance-id header)`, or why it failed.
+async fn try_post(
+    http: &reqwest::Client,
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::result::Result<(u16, String, Option<String>), Failure> {
+    let url = format!("http://{authority}{path}");
+    let mut response = http
+        .post(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| classify(&e, timeout))?;
+    let status = response.status().as_u16();
+    let reported_id = response
+        .headers()
+        .get(INSTANCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let body = read_body(&mut response, timeout).await?;
+    Ok((status, body, reported_id))
+}
+
+/// Reads the body of `response` as text, refusing (without reading further)
+/// one over [`MAX_BODY_BYTES`]: announced as such by its `Content-Length`, or
+/// found to be so while reading it chunk by chunk.
+async fn read_body(
+    response: &mut reqwest::Response,
+    timeout: Duration,
+) -> std::result::Result<String, Failure> {
+    let too_large = || {
+        Failure::Broken(format!(
+            "the answer body is larger than the {MAX_BODY_BYTES}-byte limit (1 MiB); \
+             the instance is misbehaving"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| match classify(&e, timeout) {
+            // Once the answer has begun, nothing about it is free to retry.
+            Failure::ClosedBeforeAnswer(text) | Failure::Connect(text) => Failure::Broken(text),
+            other => other,
+        })?
+    {
+        if chunk.len() > MAX_BODY_BYTES - body.len() {
+            return Err(too_large());
         }
-        // reqwest's own message is generic and repeats the URL; the causes
-        // name the problem ("Connection refused (os error 111)").
-        let mut causes = Vec::new();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
+        body.extend_from_slice(&chunk);
+    }
+    // As `Response::text` would: invalid UTF-8 is replaced, not refused.
+    Ok(match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    })
+}
+
+/// Sorts a transport error into a [`Failure`], with a message that names the
+/// problem; `timeout` is the try's deadline, for the message.
+fn classify(error: &reqwest::Error, timeout: Duration) -> Failure {
+    if error.is_timeout() {
+        return Failure::Timeout(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    // reqwest's own message is generic and repeats the URL; the causes name
+    // the problem ("Connection refused (os error 111)").
+    let mut causes = Vec::new();
+    let mut closed_early = false;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            closed_early |= hyper.is_incomplete_message() || hyper.is_canceled();
         }
-        let what = if error.is_connect() {
-            "cannot connect"
-        } else if error.is_body() || error.is_decode() {
-            "cannot read the answer"
-        } else {
-            "request failed"
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let cause = causes.last().cloned().unwrap_or_else(|| error.to_string());
+    if error.is_connect() {
+        Failure::Connect(format!("cannot connect: {cause}"))
+    } else if closed_early {
+        Failure::ClosedBeforeAnswer(format!(
+            "the connection was closed before an answer began: {cause}"
+        ))
+    } else if error.is_body() || error.is_decode() {
+        Failure::Broken(format!("cannot read the answer: {cause}"))
+    } else {
+        Failure::Broken(format!("request failed: {cause}"))
+    }
+}
+
+/// A plain HTTP client for [`LoremRequest`]s to fixed addresses, in turn,
+/// without discovery, balancing state, retries or metrics: the baseline of
+/// the overhead benchmark (`lorem-client load --direct`). It sends and reads
+/// exactly as [`LoremClient`] does.
+#[derive(Debug, Clone)]
+pub struct DirectClient {
+    http: reqwest::Client,
+    addrs: Arc<[String]>,
+    turn: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+impl DirectClient {
+    /// A client sending to `addrs` (`host:port`) in turn, with `timeout`
+    /// per request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for no address or a zero timeout;
+    /// [`Error::Http`] if the HTTP client cannot be built.
+    pub fn new(addrs: Vec<String>, timeout: Duration) -> Result<Self> {
+        if addrs.is_empty() {
+            return Err(Error::InvalidOptions(
+                "give at least one host:port to send to".to_owned(),
+            ));
+        }
+        if timeout.is_zero() {
+            return Err(Error::InvalidOptions(
+                "the per-try timeout must be more than 0s".to_owned(),
+            ));
+        }
+        check_timeout("the per-try timeout", timeout)?;
+        Ok(DirectClient {
+            http: http_client(timeout)?,
+            addrs: addrs.into(),
+            turn: Arc::default(),
+            timeout,
+        })
+    }
+
+    /// The addresses it sends to.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// Sends one lorem request to the next address, once.
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] (after its one attempt) for a transport failure
+    /// or a 5xx; otherwise as [`LoremClient::lorem`].
+    pub async fn lorem(&self, request: &LoremRequest) -> Result<Lorem> {
+        let started = Instant::now();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let addr = &self.addrs[turn % self.addrs.len()];
+        let failed = |last: String| Error::Exhausted {
+            service: "direct".to_owned(),
+            attempts: 1,
+            gave_up: GaveUp::Attempts,
+            instance: addr.clone(),
+            last,
         };
-        match causes.last() {
-            Some(cause) => format!("{what}: {cause}"),
-            None => format!("{what}: {error}"),
+        let (status, body, reported_id) = try_post(&self.http, addr, &request.path(), self.timeout)
+            .await
+            .map_err(|failure| failed(failure.to_string()))?;
+        if status >= 500 {
+            return Err(failed(format!("HTTP {status}: {}", body.trim())));
         }
+        let instance = reported_id.clone().unwrap_or_else(|| addr.clone());
+        decode_lorem(Answer {
+            status,
+            body,
+            instance,
+            reported_id,
+            retries: 0,
+            latency: started.elapsed(),
+        })
     }
 }
 
@@ -433,37 +685,42 @@ impl LoremClient {
     /// [`Error::BadResponse`] for a 2xx without a `message`; otherwise as
     /// [`Client::post`].
     pub async fn lorem(&self, request: &LoremRequest) -> Result<Lorem> {
-        let answer = self.client.post(&request.path()).await?;
-        match answer.status {
-            200..=299 => match serde_json::from_str::<MessageBody>(&answer.body) {
-                Ok(body) => Ok(Lorem {
-                    message: body.message,
-                    instance: answer.instance,
-                    reported_id: answer.reported_id,
-                    retries: answer.retries,
-                    latency: answer.latency,
-                }),
-                Err(error) => Err(Error::BadResponse {
-                    instance: answer.instance,
-                    reason: format!("expected {{\"message\": ...}}: {error}"),
-                }),
-            },
-            400..=499 => {
-                let message = serde_json::from_str::<ErrorBody>(&answer.body)
-                    .map(|b| b.error)
-                    .unwrap_or_else(|_| answer.body.trim().to_owned());
-                Err(Error::Rejected {
-                    instance: answer.instance,
-                    status: answer.status,
-                    message,
-                    body: answer.body,
-                })
-            }
-            status => Err(Error::BadResponse {
+        decode_lorem(self.client.post(&request.path()).await?)
+    }
+}
+
+/// Turns an answer of the lorem route into a [`Lorem`] or the error it
+/// stands for.
+fn decode_lorem(answer: Answer) -> Result<Lorem> {
+    match answer.status {
+        200..=299 => match serde_json::from_str::<MessageBody>(&answer.body) {
+            Ok(body) => Ok(Lorem {
+                message: body.message,
                 instance: answer.instance,
-                reason: format!("unexpected HTTP status {status}"),
+                reported_id: answer.reported_id,
+                retries: answer.retries,
+                latency: answer.latency,
             }),
+            Err(error) => Err(Error::BadResponse {
+                instance: answer.instance,
+                reason: format!("expected {{\"message\": ...}}: {error}"),
+            }),
+        },
+        400..=499 => {
+            let message = serde_json::from_str::<ErrorBody>(&answer.body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| answer.body.trim().to_owned());
+            Err(Error::Rejected {
+                instance: answer.instance,
+                status: answer.status,
+                message,
+                body: answer.body,
+            })
         }
+        status => Err(Error::BadResponse {
+            instance: answer.instance,
+            reason: format!("unexpected HTTP status {status}"),
+        }),
     }
 }
 

@@ -20,16 +20,20 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// Every attempt failed with a connection error, a timeout, a 5xx or an
-    /// answer body over [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES).
+    /// Every try failed with a failure that is retried (a connection error,
+    /// a timeout, a 5xx, an answer body over
+    /// [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES)...) and no further try was
+    /// allowed.
     #[error(
-        "{service} request failed after {attempts} attempt(s); last error from instance {instance:?}: {last}"
+        "{service} request failed after {attempts} attempt(s) ({gave_up}); last error from instance {instance:?}: {last}"
     )]
     Exhausted {
         /// The service that was called.
         service: String,
-        /// How many attempts were made.
+        /// How many tries were made.
         attempts: u32,
+        /// Why no further try was made.
+        gave_up: GaveUp,
         /// The registry id of the instance that failed last.
         instance: String,
         /// What went wrong the last time.
@@ -75,6 +79,30 @@ impl Error {
     /// 503 for it.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::NoInstance { .. })
+    }
+}
+
+/// Why a request stopped retrying: part of [`Error::Exhausted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GaveUp {
+    /// It made [`ClientOptions::attempts`](crate::ClientOptions::attempts) tries.
+    Attempts,
+    /// Every live instance had been tried once: a retry never goes back to
+    /// an instance that failed the same request.
+    AllTried,
+    /// The retry budget was spent: too many requests are being retried, so
+    /// the backends are sick, and retrying would only add load.
+    Budget,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GaveUp::Attempts => "no attempts left",
+            GaveUp::AllTried => "every live instance was tried",
+            GaveUp::Budget => "the retry budget is spent",
+        })
     }
 }
 

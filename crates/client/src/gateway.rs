@@ -4,14 +4,24 @@
 //! | route              | answer                                                          |
 //! |--------------------|-----------------------------------------------------------------|
 //! | `POST /sd-lorem`   | `{"requestType":"sentence","min":5,"max":20}` -> `{"message": ...}` from an instance, with its `x-instance-id` |
-//! | `GET /instances`   | the live set, as a JSON array of instances                      |
+//! | `GET /instances`   | the live set and how fresh it is (below)                        |
+//! | `GET /metrics`     | the client's Prometheus metrics (see [`ClientMetrics`](crate::ClientMetrics)) |
 //! | `GET /health`      | `{"status": true}`                                              |
+//!
+//! `GET /instances` answers
+//! `{"service": "lorem", "instances": [...], "ejected": ["b"], "synced": true,
+//! "stale": false, "stale_ms": 0, "max_staleness_ms": 300000,
+//! "discarded": false, "since_update_ms": 1234, "last_error": null}`:
+//! `stale` is true while the registry cannot be read and the set is the
+//! last known one, `stale_ms` says for how long (see
+//! [`Freshness`](crate::Freshness)).
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for a body that is not such a
 //! request (an instance's own 400 is passed through as is), 503 when no
 //! instance appeared within the wait, 502 when every attempt failed.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,10 +29,12 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::balancer::Freshness;
 use crate::client::{INSTANCE_HEADER, LoremClient, LoremRequest, parse_kind};
 use crate::error::Error;
 
@@ -35,13 +47,35 @@ struct GatewayRequest {
     max: u32,
 }
 
+/// The answer of `GET /instances`.
+#[derive(Debug, Serialize)]
+struct InstancesBody {
+    service: String,
+    instances: Vec<registry::Instance>,
+    ejected: Vec<String>,
+    #[serde(flatten)]
+    freshness: Freshness,
+}
+
+#[derive(Clone)]
+struct Gateway {
+    client: LoremClient,
+    metrics: Arc<Registry>,
+}
+
 /// The gateway's routes, sending through `client`.
 pub fn router(client: LoremClient) -> Router {
+    let mut metrics = Registry::default();
+    client.balancer().client_metrics().register(&mut metrics);
     Router::new()
         .route("/sd-lorem", post(sd_lorem))
         .route("/instances", get(instances))
+        .route("/metrics", get(metrics_text))
         .route("/health", get(health))
-        .with_state(client)
+        .with_state(Gateway {
+            client,
+            metrics: Arc::new(metrics),
+        })
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets
@@ -74,7 +108,7 @@ fn with_instance(mut response: Response, instance: &str) -> Response {
     response
 }
 
-async fn sd_lorem(State(client): State<LoremClient>, body: Bytes) -> Response {
+async fn sd_lorem(State(Gateway { client, .. }): State<Gateway>, body: Bytes) -> Response {
     let parsed: GatewayRequest = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -133,8 +167,21 @@ async fn sd_lorem(State(client): State<LoremClient>, body: Bytes) -> Response {
     }
 }
 
-async fn instances(State(client): State<LoremClient>) -> Response {
-    axum::Json(client.balancer().instances().to_vec()).into_response()
+async fn instances(State(gateway): State<Gateway>) -> Response {
+    let balancer = gateway.client.balancer();
+    axum::Json(InstancesBody {
+        service: balancer.service().to_owned(),
+        instances: balancer.instances().to_vec(),
+        ejected: balancer.ejected(),
+        freshness: balancer.freshness(),
+    })
+    .into_response()
+}
+
+async fn metrics_text(State(gateway): State<Gateway>) -> Response {
+    // Brings the staleness gauge up to date.
+    let _ = gateway.client.balancer().freshness();
+    lorem::metrics::render(&gateway.metrics)
 }
 
 async fn health() -> Response {

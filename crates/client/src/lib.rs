@@ -39,21 +39,33 @@
 
 mod balancer;
 mod client;
+mod endpoint;
 mod error;
 mod limits;
+mod metrics;
+mod strategy;
 
 pub mod demo;
 pub mod gateway;
 pub mod load;
 pub mod repeat;
 
-pub use balancer::{Balancer, BalancerOptions, DEFAULT_WAIT_TIMEOUT, Snapshot, Strategy};
-pub use client::{
-    Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_TRY_TIMEOUT, INSTANCE_HEADER, Kind,
-    Lorem, LoremClient, LoremRequest, parse_kind,
+pub use balancer::{
+    Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, Snapshot,
 };
-pub use error::{Error, Result};
+pub use client::{
+    Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_MIN_RETRIES_PER_SEC,
+    DEFAULT_RETRY_PERCENT, DEFAULT_TRY_TIMEOUT, DirectClient, INSTANCE_HEADER, Kind, Lorem,
+    LoremClient, LoremRequest, RETRY_BUDGET_WINDOW, http_client, parse_kind,
+};
+pub use endpoint::{
+    DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX, DEFAULT_RTT, EWMA_DECAY,
+    EjectionOptions,
+};
+pub use error::{Error, GaveUp, Result};
 pub use limits::{MAX_BODY_BYTES, MAX_TIMEOUT, parse_timeout};
+pub use metrics::ClientMetrics;
+pub use strategy::Strategy;
 
 /// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
 /// kept for results), filtered by `RUST_LOG`, `info` by default.

@@ -6,6 +6,10 @@
 //! [`MAX_DURATION`]). A request in flight at the deadline is allowed to
 //! finish: it is bounded by the wait and retry timeouts.
 //!
+//! [`run`] goes through the balancer; [`run_direct`] sends the same requests
+//! with the same HTTP client straight to fixed addresses, without discovery
+//! or retries: the baseline the overhead benchmark compares with.
+//!
 //! Every issued request is counted, as `ok` or `failed`. A request that
 //! panics (a bug) counts as failed and sets [`LoadReport::error`]; should a
 //! worker die anyway, its lost requests count as at least one failure. Either
@@ -18,14 +22,15 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt as _;
 use serde::Serialize;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::client::{Lorem, LoremClient, LoremRequest};
+use crate::balancer::Balancer;
+use crate::client::{DirectClient, Lorem, LoremClient, LoremRequest};
 use crate::error::{Error, Result};
 use crate::limits::deadline_after;
 
@@ -37,6 +42,8 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const MAX_CONCURRENCY: usize = 1024;
 /// How many distinct error messages a report keeps.
 const MAX_ERROR_KINDS: usize = 10;
+/// How many changes of the live set a report keeps (the first ones).
+pub const MAX_SET_CHANGES: usize = 1000;
 
 /// What load to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,15 +70,18 @@ impl Default for LoadOptions {
 }
 
 /// The outcome of a load run. Serialises to the JSON that
-/// `lorem-client load --json` prints: `ok`, `failed`, `p50_ms`, `p99_ms`,
-/// `rps` and `per_instance`, plus `error` when the run could not start or
-/// went wrong itself.
+/// `lorem-client load --json` prints: `ok`, `failed`, `retries`, `p50_ms`,
+/// `p99_ms`, `rps`, `per_instance`, `instances` and `set_changes`, plus
+/// `error` when the run could not start or went wrong itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadReport {
     /// Requests answered with a message.
     pub ok: u64,
     /// Requests that failed (no instance, retries exhausted, a 4xx...).
     pub failed: u64,
+    /// Tries after the first, over the successful requests (a failed
+    /// request's tries are in its error).
+    pub retries: u64,
     /// Median latency of the successful requests, in milliseconds (0 if none).
     pub p50_ms: f64,
     /// 99th percentile latency of the successful requests, in milliseconds.
@@ -82,6 +92,13 @@ pub struct LoadReport {
     /// answered (the one the balancer picked, whatever its `x-instance-id`
     /// header says).
     pub per_instance: BTreeMap<String, u64>,
+    /// The ids of the live set when the run ended (the addresses, for a
+    /// direct run).
+    pub instances: Vec<String>,
+    /// Every change of the live set during the run (the first
+    /// [`MAX_SET_CHANGES`]), the set at the start first: how long the client
+    /// took to see a fault and to recover from it.
+    pub set_changes: Vec<SetChange>,
     /// Why nothing could be sent (bad arguments, unusable registry
     /// settings...), or what went wrong with the run itself (a request that
     /// panicked, a worker that died: a bug, counted in `failed` too);
@@ -95,6 +112,24 @@ pub struct LoadReport {
     /// Up to ten distinct error messages with their counts.
     #[serde(skip)]
     pub errors: BTreeMap<String, u64>,
+}
+
+/// The live set at one moment of a load run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetChange {
+    /// When, in milliseconds since the Unix epoch (so that a test can line
+    /// it up with the faults it caused).
+    pub at_unix_ms: u64,
+    /// The ids in the set from then on, sorted.
+    pub instances: Vec<String>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl LoadReport {
@@ -119,9 +154,10 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "requests: ok={} failed={} in {:.2}s",
+            "requests: ok={} failed={} retries={} in {:.2}s",
             self.ok,
             self.failed,
+            self.retries,
             self.elapsed.as_secs_f64()
         )?;
         writeln!(
@@ -132,6 +168,14 @@ impl fmt::Display for LoadReport {
         writeln!(f, "throughput: {:.1} requests/s", self.rps)?;
         for (instance, count) in &self.per_instance {
             writeln!(f, "instance {instance}: {count}")?;
+        }
+        if self.set_changes.len() > 1 {
+            writeln!(
+                f,
+                "live set changed {} time(s); at the end: {}",
+                self.set_changes.len() - 1,
+                self.instances.join(",")
+            )?;
         }
         for (error, count) in &self.errors {
             writeln!(f, "error x{count}: {error}")?;
@@ -147,6 +191,7 @@ impl fmt::Display for LoadReport {
 struct WorkerStats {
     ok: u64,
     failed: u64,
+    retries: u64,
     latencies: Vec<Duration>,
     per_instance: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
@@ -197,6 +242,7 @@ impl Totals {
         let report = &mut self.report;
         report.ok += stats.ok;
         report.failed += stats.failed;
+        report.retries += stats.retries;
         self.latencies.extend(stats.latencies);
         for (instance, count) in stats.per_instance {
             *report.per_instance.entry(instance).or_default() += count;
@@ -246,13 +292,86 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// [`Error::InvalidOptions`] if neither bound is given, or for a
 /// concurrency outside 1..=[`MAX_CONCURRENCY`]. Failed requests are counted in the report, not returned.
 pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadReport> {
-    let client = client.clone();
+    let recorder = SetRecorder::start(client.balancer());
+    let sender = client.clone();
     let request = options.request;
-    run_with(options, move || {
-        let client = client.clone();
+    let result = run_with(options, move || {
+        let client = sender.clone();
         async move { client.lorem(&request).await }
     })
-    .await
+    .await;
+    let (instances, set_changes) = recorder.finish(client.balancer()).await;
+    result.map(|mut report| {
+        report.instances = instances;
+        report.set_changes = set_changes;
+        report
+    })
+}
+
+/// [`run`] without the balancer: every request goes once, in turn, to the
+/// addresses of `client`, with the same HTTP client and the same reading of
+/// the answer as [`run`]. The baseline of the overhead benchmark.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_direct(client: &DirectClient, options: &LoadOptions) -> Result<LoadReport> {
+    let sender = client.clone();
+    let request = options.request;
+    let mut report = run_with(options, move || {
+        let client = sender.clone();
+        async move { client.lorem(&request).await }
+    })
+    .await?;
+    report.instances = client.addrs().to_vec();
+    Ok(report)
+}
+
+/// Records the changes of a balancer's live set while a run goes on.
+struct SetRecorder {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<SetChange>>,
+}
+
+fn ids(set: &[registry::Instance]) -> Vec<String> {
+    set.iter().map(|i| i.id.clone()).collect()
+}
+
+impl SetRecorder {
+    fn start(balancer: &Balancer) -> Self {
+        let mut changes = balancer.subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let first = SetChange {
+            at_unix_ms: unix_ms(),
+            instances: ids(&changes.borrow_and_update()),
+        };
+        let task = tokio::spawn(async move {
+            let mut seen = vec![first];
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let instances = ids(&changes.borrow_and_update());
+                        if seen.len() < MAX_SET_CHANGES
+                            && seen.last().is_none_or(|last| last.instances != instances)
+                        {
+                            seen.push(SetChange { at_unix_ms: unix_ms(), instances });
+                        }
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+            seen
+        });
+        SetRecorder { stop, task }
+    }
+
+    async fn finish(self, balancer: &Balancer) -> (Vec<String>, Vec<SetChange>) {
+        let _ = self.stop.send(());
+        let changes = self.task.await.unwrap_or_default();
+        (ids(&balancer.instances()), changes)
+    }
 }
 
 /// [`run`], with `send` making each request: tests give it one that
@@ -305,6 +424,7 @@ where
                 match AssertUnwindSafe(send()).catch_unwind().await {
                     Ok(Ok(lorem)) => {
                         stats.ok += 1;
+                        stats.retries += u64::from(lorem.retries);
                         stats.latencies.push(lorem.latency);
                         *stats.per_instance.entry(lorem.instance).or_default() += 1;
                     }
@@ -457,7 +577,17 @@ mod tests {
         };
         assert_eq!(
             keys(&report.to_json()),
-            ["failed", "ok", "p50_ms", "p99_ms", "per_instance", "rps"]
+            [
+                "failed",
+                "instances",
+                "ok",
+                "p50_ms",
+                "p99_ms",
+                "per_instance",
+                "retries",
+                "rps",
+                "set_changes"
+            ]
         );
         // A run that could not start says why, in one more key.
         let report = LoadReport::all_failed(3, "bad arguments");
@@ -466,11 +596,14 @@ mod tests {
             [
                 "error",
                 "failed",
+                "instances",
                 "ok",
                 "p50_ms",
                 "p99_ms",
                 "per_instance",
-                "rps"
+                "retries",
+                "rps",
+                "set_changes"
             ]
         );
         let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();

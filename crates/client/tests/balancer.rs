@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use client::{
-    Balancer, BalancerOptions, ClientOptions, Error, Kind, LoremClient, LoremRequest,
-    MAX_BODY_BYTES, MAX_TIMEOUT, Strategy,
+    Balancer, BalancerOptions, ClientOptions, EjectionOptions, Error, GaveUp, Kind, LoremClient,
+    LoremRequest, MAX_BODY_BYTES, MAX_TIMEOUT, Strategy,
 };
 use common::{
     DEADLINE, Stub, closed_port, default_client, lorem_client, memory_registry, register_at,
@@ -62,7 +63,7 @@ async fn weighted_round_robin_follows_the_weights() {
         registry.clone(),
         "lorem",
         BalancerOptions {
-            strategy: Strategy::WeightedRoundRobin,
+            strategy: Strategy::Weighted,
             ..BalancerOptions::default()
         },
     )
@@ -90,24 +91,39 @@ async fn weighted_round_robin_follows_the_weights() {
             .pick(&["a".to_owned(), "b".to_owned(), "c".to_owned()])
             .is_none()
     );
-    assert_eq!(
-        "weighted".parse::<Strategy>().unwrap(),
-        Strategy::WeightedRoundRobin
-    );
+    assert_eq!("weighted".parse::<Strategy>().unwrap(), Strategy::Weighted);
     assert!("fastest".parse::<Strategy>().is_err());
     for registration in registrations {
         registration.deregister().await.expect("deregister");
     }
 }
 
+/// Client options for the dead-instance tests: ejection as given, and an
+/// ejection long enough that it cannot end during the test.
+fn ejecting_after(failures: u32) -> BalancerOptions {
+    BalancerOptions {
+        ejection: EjectionOptions {
+            consecutive_failures: failures,
+            base: Duration::from_secs(600),
+            max: Duration::from_secs(600),
+        },
+        ..BalancerOptions::default()
+    }
+}
+
 #[tokio::test]
-async fn requests_retry_away_from_a_dead_instance() {
+async fn requests_retry_away_from_a_dead_instance_until_it_is_ejected() {
     let registry = memory_registry();
     let live = start_lorem(registry.clone(), "lorem", "live").await;
     // Registered, but nothing listens on its port: like a crashed server
     // whose registration has not expired yet.
     let dead = register_at(&registry, "dead", closed_port().await).await;
-    let client = default_client(&registry);
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        ejecting_after(3),
+        ClientOptions::default(),
+    );
     wait_for_ids(client.balancer(), &["dead", "live"]).await;
 
     let mut retries = 0;
@@ -119,11 +135,86 @@ async fn requests_retry_away_from_a_dead_instance() {
         assert_eq!(lorem.instance, "live");
         retries += lorem.retries;
     }
-    // Round-robin sends every other first try to the dead instance, and a
-    // retry does not take a turn, so exactly half the requests were retried.
-    assert_eq!(retries, 10);
+    // Round-robin sends every other first try to the dead instance until its
+    // third failure ejects it; after that only `live` is tried.
+    assert_eq!(retries, 3);
+    assert_eq!(client.balancer().ejected(), ["dead"]);
     dead.deregister().await.expect("deregister");
     live.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn without_ejection_every_other_request_retries() {
+    let registry = memory_registry();
+    let live = start_lorem(registry.clone(), "lorem", "live").await;
+    let dead = register_at(&registry, "dead", closed_port().await).await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        ejecting_after(0),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["dead", "live"]).await;
+    let mut retries = 0;
+    for _ in 0..20 {
+        retries += client.lorem(&sentence()).await.expect("retried").retries;
+    }
+    // A retry does not take a round-robin turn, so exactly half the
+    // requests started on the dead instance.
+    assert_eq!(retries, 10);
+    assert!(client.balancer().ejected().is_empty());
+    dead.deregister().await.expect("deregister");
+    live.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn when_every_instance_is_ejected_they_are_still_tried() {
+    let registry = memory_registry();
+    let flaky_hits = Arc::new(AtomicU64::new(0));
+    let counted = flaky_hits.clone();
+    // Fails its first three requests, then serves.
+    let flaky = Stub::lorem(move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 3 {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "warming up").into_response()
+            } else {
+                axum::Json(serde_json::json!({"message": "lorem"})).into_response()
+            }
+        }
+    })
+    .await;
+    let _flaky = register_at(&registry, "flaky", flaky.addr.port()).await;
+    let client = lorem_client(
+        &registry,
+        "lorem",
+        ejecting_after(3),
+        ClientOptions::default(),
+    );
+    wait_for_ids(client.balancer(), &["flaky"]).await;
+    for _ in 0..3 {
+        let error = client.lorem(&sentence()).await.expect_err("503");
+        assert!(
+            matches!(
+                error,
+                Error::Exhausted {
+                    attempts: 1,
+                    gave_up: GaveUp::AllTried,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+    assert_eq!(client.balancer().ejected(), ["flaky"]);
+    // Ejected, but the only one: tried anyway rather than failing fast.
+    let lorem = client.lorem(&sentence()).await.expect("served");
+    assert_eq!(lorem.instance, "flaky");
+    assert!(
+        client.balancer().ejected().is_empty(),
+        "a success readmits it"
+    );
+    flaky.stop().await;
 }
 
 #[tokio::test]
@@ -150,7 +241,8 @@ async fn server_errors_are_retried_on_another_instance() {
         "the broken stub was tried"
     );
 
-    // With only broken instances the retries run out, with a clear error.
+    // With only a broken instance left, the request fails after trying it
+    // once: a retry never goes back to an instance that failed it.
     live.shutdown().await.expect("clean shutdown");
     wait_for_ids(client.balancer(), &["broken"]).await;
     let before = hits.load(Ordering::SeqCst);
@@ -159,11 +251,26 @@ async fn server_errors_are_retried_on_another_instance() {
         .await
         .expect_err("every try fails");
     assert!(
-        matches!(error, Error::Exhausted { attempts: 3, .. }),
+        matches!(
+            error,
+            Error::Exhausted {
+                attempts: 1,
+                gave_up: GaveUp::AllTried,
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(error.to_string().contains("HTTP 500"), "{error}");
-    assert_eq!(hits.load(Ordering::SeqCst) - before, 3, "bounded attempts");
+    assert!(
+        error.to_string().contains("every live instance was tried"),
+        "{error}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst) - before,
+        1,
+        "one try per instance"
+    );
     broken.stop().await;
 }
 
@@ -413,10 +520,10 @@ async fn absurd_timeouts_are_refused_at_once() {
         ),
         (
             ClientOptions {
-                retry_backoff: MAX_TIMEOUT + Duration::from_nanos(1),
+                retry_percent: 1001,
                 ..ClientOptions::default()
             },
-            "the retry backoff must be at most 24h",
+            "the retry budget must be from 0 to 1000 percent, got 1001",
         ),
     ] {
         let error = LoremClient::new(balancer.clone(), options).expect_err("refused");
@@ -479,7 +586,7 @@ async fn an_oversized_body_is_a_failed_try_retried_elsewhere() {
         .await
         .expect_err("every try is oversized");
     assert!(
-        matches!(&error, Error::Exhausted { attempts: 3, instance, .. } if instance == "streamed"),
+        matches!(&error, Error::Exhausted { attempts: 1, instance, .. } if instance == "streamed"),
         "{error:?}"
     );
     assert!(
@@ -597,4 +704,97 @@ async fn a_watch_error_keeps_the_last_good_set() {
         balancer.pick(&[]).map(|i| i.service),
         Some("lorem".to_owned())
     );
+}
+
+#[tokio::test]
+async fn an_outage_is_shown_as_staleness_and_ends_with_the_next_snapshot() {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<registry::Result<Vec<Instance>>>();
+    let progress = Arc::new(Progress::default());
+    let watcher = ScriptedWatcher {
+        stream: std::sync::Mutex::new(Some(tracked(rx, progress.clone()))),
+    };
+    let balancer =
+        Balancer::new(watcher, "lorem", BalancerOptions::default()).expect("a valid service name");
+    assert!(!balancer.freshness().synced);
+    let a = Instance::new("lorem", "a", "127.0.0.1", 1001);
+    tx.unbounded_send(Ok(vec![a.clone()])).unwrap();
+    wait_for_ids(&balancer, &["a"]).await;
+    let fresh = balancer.freshness();
+    assert!(
+        fresh.synced && !fresh.stale && fresh.last_error.is_none(),
+        "{fresh:?}"
+    );
+    tx.unbounded_send(Err(registry::Error::Closed { backend: "etcd" }))
+        .unwrap();
+    common::wait_until("the balancer saw the outage", || {
+        let stale = balancer.freshness().stale;
+        async move { stale }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let stale = balancer.freshness();
+    assert!(stale.stale_ms >= 30, "{stale:?}");
+    assert!(
+        stale
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("etcd")),
+        "{stale:?}"
+    );
+    // The last known set is still served.
+    assert_eq!(balancer.pick(&[]).map(|i| i.id), Some("a".to_owned()));
+    tx.unbounded_send(Ok(vec![a])).unwrap();
+    common::wait_until("the outage ended", || {
+        let stale = balancer.freshness().stale;
+        async move { !stale }
+    })
+    .await;
+    assert_eq!(balancer.freshness().last_error, None);
+}
+
+#[tokio::test]
+async fn a_set_stale_for_longer_than_the_maximum_is_dropped() {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<registry::Result<Vec<Instance>>>();
+    let progress = Arc::new(Progress::default());
+    let watcher = ScriptedWatcher {
+        stream: std::sync::Mutex::new(Some(tracked(rx, progress.clone()))),
+    };
+    let balancer = Balancer::new(
+        watcher,
+        "lorem",
+        BalancerOptions {
+            max_staleness: Duration::from_millis(200),
+            wait_timeout: DEADLINE,
+            ..BalancerOptions::default()
+        },
+    )
+    .expect("a valid service name");
+    let a = Instance::new("lorem", "a", "127.0.0.1", 1001);
+    tx.unbounded_send(Ok(vec![a.clone()])).unwrap();
+    wait_for_ids(&balancer, &["a"]).await;
+    tx.unbounded_send(Err(registry::Error::Closed { backend: "etcd" }))
+        .unwrap();
+    wait_for_ids(&balancer, &[]).await;
+    let freshness = balancer.freshness();
+    assert!(freshness.discarded && freshness.stale, "{freshness:?}");
+    // A request now waits for the registry rather than failing...
+    let waiting = tokio::spawn({
+        let balancer = balancer.clone();
+        async move { balancer.next(&[]).await }
+    });
+    common::wait_until("the request parked", || {
+        let parked = balancer.waiting() == 1;
+        async move { parked }
+    })
+    .await;
+    // ...and the set comes back with the registry.
+    tx.unbounded_send(Ok(vec![a])).unwrap();
+    let picked = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the request ends")
+        .expect("no panic")
+        .expect("an instance");
+    assert_eq!(picked.id, "a");
+    let freshness = balancer.freshness();
+    assert!(!freshness.discarded && !freshness.stale, "{freshness:?}");
 }

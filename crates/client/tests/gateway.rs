@@ -103,8 +103,48 @@ async fn the_gateway_answers_from_a_discovered_instance() {
     assert!(body["error"].as_str().is_some(), "{body}");
 
     let instances = get_json(&http, &format!("{}/instances", gateway.url)).await;
-    assert_eq!(instances[0]["id"], "g1", "{instances}");
-    assert_eq!(instances.as_array().map(Vec::len), Some(1));
+    assert_eq!(instances["service"], "lorem", "{instances}");
+    assert_eq!(instances["instances"][0]["id"], "g1", "{instances}");
+    assert_eq!(
+        instances["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{instances}"
+    );
+    assert_eq!(instances["ejected"], json!([]), "{instances}");
+    assert_eq!(instances["synced"], true, "{instances}");
+    assert_eq!(instances["stale"], false, "{instances}");
+    assert_eq!(instances["stale_ms"], 0, "{instances}");
+    assert_eq!(instances["max_staleness_ms"], 300_000, "{instances}");
+
+    let metrics = http
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let metrics = metrics.text().await.unwrap();
+    for line in [
+        r#"lorem_client_requests_total{service="lorem",outcome="ok"} 1"#,
+        r#"lorem_client_requests_total{service="lorem",outcome="rejected"} 1"#,
+        r#"lorem_client_instances{service="lorem"} 1"#,
+        r#"lorem_client_retries_total{service="lorem"} 0"#,
+        r#"lorem_client_ejections_total{service="lorem"} 0"#,
+        r#"lorem_client_registry_errors_total{service="lorem"} 0"#,
+        r#"lorem_client_registry_stale_seconds{service="lorem"} 0.0"#,
+        r#"lorem_client_request_duration_seconds_count{service="lorem"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"lorem_client_registry_events_total{service="lorem",event="update"}"#),
+        "{metrics}"
+    );
 
     let health = get_json(&http, &format!("{}/health", gateway.url)).await;
     assert_eq!(health, json!({"status": true}));

@@ -5,6 +5,7 @@
 //! | `POST /lorem/{type}/{min}/{max}` | 200 `{"message": "..."}`                 |
 //! | bad type or bounds               | 400 `{"error": "..."}` naming the problem |
 //! | `GET /health`                    | 200 `{"status": true}`                   |
+//! | `GET /metrics`                   | Prometheus text format (see [`metrics`](crate::metrics)) |
 //! | unknown route                    | 404 `{"error": "..."}`                   |
 //! | known route, wrong method        | 405 `{"error": "..."}`                   |
 //!
@@ -21,27 +22,49 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 use crate::generate::{Generator, LoremRequest};
+use crate::metrics::ServerMetrics;
 
 /// The header naming the instance that answered.
 pub const INSTANCE_ID_HEADER: &str = "x-instance-id";
 
-/// The routes of the service, answering as instance `instance_id`.
+/// The routes of the service, answering as instance `instance_id`, with
+/// metrics of their own.
 ///
 /// Characters that cannot appear in a header value are replaced by `_` in
 /// the `x-instance-id` header.
 pub fn router(instance_id: String) -> Router {
+    router_with_metrics(instance_id, ServerMetrics::new())
+}
+
+/// [`router`], counting every request into `metrics` and serving them on
+/// `GET /metrics`.
+pub fn router_with_metrics(instance_id: String, metrics: Arc<ServerMetrics>) -> Router {
     let header_value = instance_header_value(&instance_id);
+    let exported = metrics.clone();
     Router::new()
         .route("/lorem/{type}/{min}/{max}", post(lorem))
         .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = exported.clone();
+                async move { crate::metrics::render(metrics.registry()) }
+            }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let value = header_value.clone();
+            let metrics = metrics.clone();
             async move {
+                let started = Instant::now();
+                let path = request.uri().path().to_owned();
                 let mut response = next.run(request).await;
+                metrics.observe(&path, response.status(), started.elapsed());
                 response
                     .headers_mut()
                     .insert(HeaderName::from_static(INSTANCE_ID_HEADER), value);
@@ -93,14 +116,14 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {method} {}; try POST /lorem/{{type}}/{{min}}/{{max}} or GET /health",
+            "no route for {method} {}; try POST /lorem/{{type}}/{{min}}/{{max}}, GET /health or GET /metrics",
             uri.path()
         ),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let allowed = if uri.path() == "/health" {
+    let allowed = if uri.path() == "/health" || uri.path() == "/metrics" {
         "GET"
     } else {
         "POST"

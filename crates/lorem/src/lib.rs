@@ -8,7 +8,10 @@
 //!   [`Generator`](generate::Generator) turns a request into text, drawing
 //!   from an injected random number generator.
 //! - [`http`]: the axum [`router`](http::router): `POST /lorem/{type}/{min}/{max}`,
-//!   `GET /health`, JSON errors, the `x-instance-id` header on every answer.
+//!   `GET /health`, `GET /metrics`, JSON errors, the `x-instance-id` header on
+//!   every answer.
+//! - [`metrics`]: the Prometheus metrics each server counts and serves
+//!   (requests by type and status, a latency histogram).
 //! - [`server`]: [`start`](server::start) binds, serves and registers (retrying
 //!   in the background); [`RunningServer`](server::RunningServer) shuts down
 //!   gracefully (deregister, drain, finish in-flight requests) or crashes on
@@ -19,4 +22,5 @@
 
 pub mod generate;
 pub mod http;
+pub mod metrics;
 pub mod server;

@@ -53,6 +53,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::metrics::ServerMetrics;
+
 /// The first delay between two registration attempts.
 pub const REGISTER_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest delay between two registration attempts.
@@ -197,7 +199,8 @@ pub async fn start<R: Registrar + 'static>(
         connections: connections.clone(),
     };
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
-    let app = crate::http::router(options.id.clone());
+    let metrics = ServerMetrics::new();
+    let app = crate::http::router_with_metrics(options.id.clone(), metrics.clone());
     let serve = tokio::spawn(async move {
         axum::serve(tracked, app)
             .with_graceful_shutdown(async move {
@@ -228,6 +231,7 @@ pub async fn start<R: Registrar + 'static>(
 
     Ok(RunningServer {
         local_addr,
+        metrics,
         instance,
         registered,
         drain_delay: options.drain_delay,
@@ -282,6 +286,7 @@ fn parse_advertise(value: &str, bound_port: u16) -> Result<(String, u16), Server
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics: Arc<ServerMetrics>,
     instance: Instance,
     registered: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -315,6 +320,11 @@ impl RunningServer {
     /// had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the server has counted (also served on `GET /metrics`).
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// The instance id.

@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use client::load::{self, LoadOptions, LoadReport};
 use client::repeat::{self, RepeatOptions};
 use client::{
-    Balancer, BalancerOptions, ClientOptions, Kind, LoremClient, LoremRequest, Strategy, gateway,
+    Balancer, BalancerOptions, ClientMetrics, ClientOptions, DirectClient, EjectionOptions, Kind,
+    LoremClient, LoremRequest, Strategy, gateway,
 };
 
 /// Calls the lorem service through service discovery.
@@ -28,19 +29,56 @@ struct Cli {
     /// The service to discover.
     #[arg(long, global = true, default_value = "lorem", env = "LOREM_SERVICE")]
     service: String,
-    /// How long a request waits for an instance while none is registered
-    /// (at most 24h).
-    #[arg(long, global = true, default_value = "10s", value_parser = client::parse_timeout)]
+    /// How long a request waits for an instance while none is registered:
+    /// the cold-start timeout (at most 24h).
+    #[arg(long, global = true, default_value = "10s", env = "LB_WAIT_TIMEOUT",
+        value_parser = client::parse_timeout)]
     wait_timeout: Duration,
-    /// Tries per request, the first included.
-    #[arg(long, global = true, default_value_t = client::DEFAULT_ATTEMPTS)]
+    /// How long the last known instances are used while the registry is
+    /// unreachable; after that they are dropped (at most 24h).
+    #[arg(long, global = true, default_value = "5m", env = "LB_MAX_STALENESS",
+        value_parser = client::parse_timeout)]
+    max_staleness: Duration,
+    /// Tries per request, the first included; a retry always goes to an
+    /// instance the request has not tried.
+    #[arg(long, global = true, default_value_t = client::DEFAULT_ATTEMPTS, env = "LB_ATTEMPTS")]
     attempts: u32,
     /// Deadline of one try (at most 24h).
-    #[arg(long, global = true, default_value = "2s", value_parser = client::parse_timeout)]
+    #[arg(long, global = true, default_value = "2s", env = "LB_TRY_TIMEOUT",
+        value_parser = client::parse_timeout)]
     try_timeout: Duration,
-    /// How instances are chosen: round-robin or weighted.
-    #[arg(long, global = true, default_value = "round-robin")]
+    /// Retries (other than after a refused connection) may add at most this
+    /// percentage of the requests, over 10 s (0 to 1000).
+    #[arg(long, global = true, default_value_t = client::DEFAULT_RETRY_PERCENT,
+        env = "LB_RETRY_BUDGET")]
+    retry_budget: u32,
+    /// Retries per second allowed on top of the budget's percentage.
+    #[arg(long, global = true, default_value_t = client::DEFAULT_MIN_RETRIES_PER_SEC,
+        env = "LB_MIN_RETRIES_PER_SEC")]
+    min_retries_per_sec: u32,
+    /// Consecutive failures that eject an instance (0: never eject).
+    #[arg(long, global = true, default_value_t = client::DEFAULT_EJECT_AFTER,
+        env = "LB_EJECT_AFTER")]
+    eject_after: u32,
+    /// How long a first ejection lasts; it doubles on each repeat.
+    #[arg(long, global = true, default_value = "1s", env = "LB_EJECT_FOR",
+        value_parser = client::parse_timeout)]
+    eject_for: Duration,
+    /// The longest an ejection lasts.
+    #[arg(long, global = true, default_value = "30s", env = "LB_EJECT_MAX",
+        value_parser = client::parse_timeout)]
+    eject_max: Duration,
+    /// How instances are chosen: round_robin, random, weighted or p2c.
+    #[arg(
+        long,
+        global = true,
+        default_value = "round_robin",
+        env = "LB_STRATEGY"
+    )]
     strategy: Strategy,
+    /// Seed of the random and p2c strategies (default: from the system).
+    #[arg(long, global = true, env = "LB_SEED")]
+    seed: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,7 +96,7 @@ enum Command {
         #[command(flatten)]
         request: RequestArgs,
     },
-    /// An HTTP gateway: POST /sd-lorem, GET /instances, GET /health.
+    /// An HTTP gateway: POST /sd-lorem, GET /instances, GET /metrics, GET /health.
     Gateway {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "GATEWAY_LISTEN")]
@@ -78,6 +116,11 @@ enum Command {
         /// Print one JSON object on stdout instead of the text report.
         #[arg(long)]
         json: bool,
+        /// Send straight to these comma-separated host:port addresses, in
+        /// turn, with no discovery, balancing or retries: the baseline of
+        /// the overhead benchmark.
+        #[arg(long, value_delimiter = ',')]
+        direct: Vec<String>,
         #[command(flatten)]
         request: RequestArgs,
     },
@@ -115,6 +158,7 @@ async fn main() -> ExitCode {
             duration,
             concurrency,
             json,
+            direct,
             request,
         } => {
             let options = LoadOptions {
@@ -123,7 +167,7 @@ async fn main() -> ExitCode {
                 concurrency: *concurrency,
                 request: request.request(),
             };
-            return run_load(&cli, &options, *json).await;
+            return run_load(&cli, &options, direct, *json).await;
         }
         Command::Loop {
             interval,
@@ -217,19 +261,31 @@ async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
     let registry = registry::connect(&settings)
         .await
         .with_context(|| format!("connecting to the {} registry", settings.backend.name()))?;
-    let balancer = Balancer::new(
+    let balancer = Balancer::with_metrics(
         registry,
         &cli.service,
         BalancerOptions {
             strategy: cli.strategy,
             wait_timeout: cli.wait_timeout,
+            max_staleness: cli.max_staleness,
+            ejection: EjectionOptions {
+                consecutive_failures: cli.eject_after,
+                base: cli.eject_for,
+                max: cli.eject_max,
+            },
+            seed: cli.seed,
         },
+        &ClientMetrics::new(),
     )?;
     let options = ClientOptions {
         attempts: cli.attempts,
         try_timeout: cli.try_timeout,
-        ..ClientOptions::default()
+        retry_percent: cli.retry_budget,
+        min_retries_per_sec: cli.min_retries_per_sec,
     };
+    tracing::info!(service = %cli.service, strategy = %cli.strategy, attempts = cli.attempts,
+        retry_budget_percent = cli.retry_budget, eject_after = cli.eject_after,
+        "client ready");
     Ok(LoremClient::new(balancer, options)?)
 }
 
@@ -266,12 +322,21 @@ async fn run_gateway(cli: &Cli, listen: SocketAddr) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_load(cli: &Cli, options: &LoadOptions, json: bool) -> ExitCode {
-    let report = match connect(cli).await {
-        Ok(client) => load::run(&client, options)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(error) => Err(error),
+async fn run_load(cli: &Cli, options: &LoadOptions, direct: &[String], json: bool) -> ExitCode {
+    let report = if direct.is_empty() {
+        match connect(cli).await {
+            Ok(client) => load::run(&client, options)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => Err(error),
+        }
+    } else {
+        match DirectClient::new(direct.to_vec(), cli.try_timeout) {
+            Ok(client) => load::run_direct(&client, options)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => Err(anyhow::Error::from(error).context("--direct")),
+        }
     };
     let report = report.unwrap_or_else(|error| {
         tracing::error!("{error:#}");

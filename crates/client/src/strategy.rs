@@ -1,0 +1,232 @@
+//! How the balancer chooses among the candidates of one try.
+//!
+//! | strategy                 | choice                                                            |
+//! |--------------------------|-------------------------------------------------------------------|
+//! | [`Strategy::RoundRobin`] | each candidate in turn (the default)                              |
+//! | [`Strategy::Random`]     | uniformly at random                                               |
+//! | [`Strategy::Weighted`]   | smooth weighted round-robin (nginx's) on [`Instance::weight`](registry::Instance::weight) |
+//! | [`Strategy::P2c`]        | power of two choices: two at random, the one with the lower peak-EWMA cost (latency x (in flight + 1)), as tower's `p2c` balancer over `PeakEwma` |
+//!
+//! Candidates are the live instances this request has not tried yet, minus
+//! the ejected ones (unless all of them are). Random choices come from a
+//! generator seeded by [`BalancerOptions::seed`](crate::BalancerOptions::seed)
+//! when given, so tests can fix the outcome.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+
+/// How the balancer spreads requests over the live set: see the
+/// [module docs](self). Written in settings and flags as `round_robin`,
+/// `random`, `weighted` or `p2c`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each instance in turn, ignoring weights.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// Smooth weighted round-robin: instance `i` gets
+    /// `weight_i / sum(weights)` of the requests, interleaved rather than in
+    /// bursts.
+    Weighted,
+    /// Power of two choices on the peak-EWMA cost.
+    P2c,
+}
+
+impl Strategy {
+    /// Every strategy, in the order the docs list them.
+    pub const ALL: [Strategy; 4] = [
+        Strategy::RoundRobin,
+        Strategy::Random,
+        Strategy::Weighted,
+        Strategy::P2c,
+    ];
+
+    /// The name used in settings and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Random => "random",
+            Strategy::Weighted => "weighted",
+            Strategy::P2c => "p2c",
+        }
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let normal = s.trim().to_ascii_lowercase().replace('-', "_");
+        match normal.as_str() {
+            "round_robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
+            "random" => Ok(Strategy::Random),
+            "weighted" | "weighted_round_robin" | "wrr" => Ok(Strategy::Weighted),
+            "p2c" | "peak_ewma" | "least_loaded" => Ok(Strategy::P2c),
+            _ => Err(Error::InvalidOptions(format!(
+                "unknown strategy {s:?}; expected one of round_robin, random, weighted, p2c"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state behind the choices: the round-robin turn, the smooth weighted
+/// round-robin weights and the random generator.
+pub(crate) struct Picker {
+    strategy: Strategy,
+    /// Position of plain round-robin.
+    turn: usize,
+    /// Current weights of smooth weighted round-robin, by instance id.
+    current: HashMap<String, i64>,
+    rng: StdRng,
+}
+
+impl Picker {
+    pub(crate) fn new(strategy: Strategy, seed: Option<u64>) -> Self {
+        Picker {
+            strategy,
+            turn: 0,
+            current: HashMap::new(),
+            rng: match seed {
+                Some(seed) => StdRng::seed_from_u64(seed),
+                None => StdRng::from_entropy(),
+            },
+        }
+    }
+
+    /// Forgets the weights of instances that left the live set, so the map
+    /// stays as small as the set.
+    pub(crate) fn retain(&mut self, live: &[Arc<Endpoint>]) {
+        if !self.current.is_empty() {
+            self.current
+                .retain(|id, _| live.iter().any(|e| e.instance.id == *id));
+        }
+    }
+
+    /// Chooses one of `candidates` (not empty). `first_try` is false for
+    /// retries: they do not take a round-robin turn, or every request after
+    /// a crash would start on the dead instance.
+    pub(crate) fn choose<'a>(
+        &mut self,
+        candidates: &[&'a Arc<Endpoint>],
+        first_try: bool,
+    ) -> &'a Arc<Endpoint> {
+        debug_assert!(!candidates.is_empty());
+        let n = candidates.len();
+        match self.strategy {
+            Strategy::RoundRobin => {
+                let chosen = candidates[self.turn % n];
+                if first_try {
+                    self.turn = self.turn.wrapping_add(1);
+                }
+                chosen
+            }
+            Strategy::Random => candidates[self.rng.gen_range(0..n)],
+            Strategy::Weighted => {
+                let total: i64 = candidates
+                    .iter()
+                    .map(|e| i64::from(e.instance.weight.max(1)))
+                    .sum();
+                let mut best: Option<(usize, i64)> = None;
+                for (index, endpoint) in candidates.iter().enumerate() {
+                    let current = self
+                        .current
+                        .entry(endpoint.instance.id.clone())
+                        .or_insert(0);
+                    *current += i64::from(endpoint.instance.weight.max(1));
+                    if best.is_none_or(|(_, w)| *current > w) {
+                        best = Some((index, *current));
+                    }
+                }
+                let index = best.map_or(0, |(index, _)| index);
+                let chosen = candidates[index];
+                if let Some(current) = self.current.get_mut(&chosen.instance.id) {
+                    *current -= total;
+                }
+                chosen
+            }
+            Strategy::P2c => {
+                if n == 1 {
+                    return candidates[0];
+                }
+                let a = self.rng.gen_range(0..n);
+                // A second, distinct index.
+                let b = (a + self.rng.gen_range(1..n)) % n;
+                let now = Instant::now();
+                let (ca, cb) = (candidates[a].cost(now), candidates[b].cost(now));
+                if cb < ca {
+                    candidates[b]
+                } else {
+                    candidates[a]
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::Instance;
+
+    #[test]
+    fn names_round_trip_and_aliases_parse() {
+        for strategy in Strategy::ALL {
+            assert_eq!(strategy.as_str().parse::<Strategy>().ok(), Some(strategy));
+            assert_eq!(strategy.to_string(), strategy.as_str());
+        }
+        for (text, strategy) in [
+            ("round-robin", Strategy::RoundRobin),
+            (" RR ", Strategy::RoundRobin),
+            ("wrr", Strategy::Weighted),
+            ("Peak-EWMA", Strategy::P2c),
+        ] {
+            assert_eq!(text.parse::<Strategy>().ok(), Some(strategy), "{text}");
+        }
+        let error = "fastest".parse::<Strategy>().expect_err("unknown");
+        assert_eq!(
+            error.to_string(),
+            "invalid client options: unknown strategy \"fastest\"; expected one of round_robin, random, weighted, p2c"
+        );
+    }
+
+    #[test]
+    fn p2c_never_picks_the_costlier_of_two() {
+        let cheap = Arc::new(Endpoint::new(Instance::new(
+            "lorem",
+            "cheap",
+            "127.0.0.1",
+            1,
+        )));
+        let dear = Arc::new(Endpoint::new(Instance::new(
+            "lorem",
+            "dear",
+            "127.0.0.1",
+            2,
+        )));
+        dear.record_success(std::time::Duration::from_millis(100));
+        let mut picker = Picker::new(Strategy::P2c, Some(7));
+        for _ in 0..100 {
+            let chosen = picker.choose(&[&cheap, &dear], true);
+            assert_eq!(chosen.instance.id, "cheap");
+        }
+    }
+}
