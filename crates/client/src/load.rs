@@ -52,8 +52,12 @@ pub struct LoadOptions {
     pub requests: Option<u64>,
     /// Stop after this long (capped at [`MAX_DURATION`]).
     pub duration: Option<Duration>,
-    /// Requests in flight at once.
+    /// Requests in flight at most at once.
     pub concurrency: usize,
+    /// Requests started per second, all workers together; `None` sends
+    /// back to back. A steady rate keeps a long run (a soak, a fault
+    /// scenario) from saturating the machine.
+    pub rate: Option<u32>,
     /// The request every worker sends.
     pub request: LoremRequest,
 }
@@ -64,6 +68,7 @@ impl Default for LoadOptions {
             requests: Some(100),
             duration: None,
             concurrency: DEFAULT_CONCURRENCY,
+            rate: None,
             request: LoremRequest::default(),
         }
     }
@@ -292,10 +297,24 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// [`Error::InvalidOptions`] if neither bound is given, or for a
 /// concurrency outside 1..=[`MAX_CONCURRENCY`]. Failed requests are counted in the report, not returned.
 pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadReport> {
+    run_until(client, options, std::future::pending()).await
+}
+
+/// [`run`], stopping early when `stop` completes (Ctrl-C in
+/// `lorem-client load`): no new request is sent, those in flight finish, and
+/// the report covers what was sent.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_until(
+    client: &LoremClient,
+    options: &LoadOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<LoadReport> {
     let recorder = SetRecorder::start(client.balancer());
     let sender = client.clone();
     let request = options.request;
-    let result = run_with(options, move || {
+    let result = run_with(options, stop, move || {
         let client = sender.clone();
         async move { client.lorem(&request).await }
     })
@@ -317,7 +336,7 @@ pub async fn run(client: &LoremClient, options: &LoadOptions) -> Result<LoadRepo
 pub async fn run_direct(client: &DirectClient, options: &LoadOptions) -> Result<LoadReport> {
     let sender = client.clone();
     let request = options.request;
-    let mut report = run_with(options, move || {
+    let mut report = run_with(options, std::future::pending(), move || {
         let client = sender.clone();
         async move { client.lorem(&request).await }
     })
@@ -376,7 +395,11 @@ impl SetRecorder {
 
 /// [`run`], with `send` making each request: tests give it one that
 /// misbehaves.
-async fn run_with<F, Fut>(options: &LoadOptions, send: F) -> Result<LoadReport>
+async fn run_with<F, Fut>(
+    options: &LoadOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+    send: F,
+) -> Result<LoadReport>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Lorem>> + Send + 'static,
@@ -392,6 +415,11 @@ where
             options.concurrency
         )));
     }
+    if options.rate == Some(0) {
+        return Err(Error::InvalidOptions(
+            "the rate must be at least 1 request per second".to_owned(),
+        ));
+    }
     let duration = match options.duration {
         Some(d) if d > MAX_DURATION => {
             tracing::warn!(requested = ?d, cap = ?MAX_DURATION, "load duration capped");
@@ -403,20 +431,38 @@ where
     let started = Instant::now();
     let deadline = deadline_after(duration);
     let issued = Arc::new(AtomicU64::new(0));
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        stop.await;
+        tracing::info!("stopping the load: no new requests; waiting for those in flight");
+        let _ = stopping.send(true);
+    });
+    let interval = options.rate.map(|rate| 1.0 / f64::from(rate));
     let mut workers = JoinSet::new();
     for _ in 0..options.concurrency {
         let send = send.clone();
         let issued = issued.clone();
         let limit = options.requests;
+        let mut stopped = stopped.clone();
         workers.spawn(async move {
             let mut stats = WorkerStats::default();
             loop {
-                if let Some(limit) = limit {
-                    if issued.fetch_add(1, Ordering::Relaxed) >= limit {
-                        break;
+                let ticket = issued.fetch_add(1, Ordering::Relaxed);
+                if limit.is_some_and(|limit| ticket >= limit) {
+                    break;
+                }
+                if let Some(interval) = interval {
+                    // Ticket n starts n intervals after the start.
+                    let at = started
+                        .checked_add(Duration::from_secs_f64(interval * ticket as f64))
+                        .unwrap_or(deadline)
+                        .min(deadline);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
                     }
                 }
-                if Instant::now() >= deadline {
+                if Instant::now() >= deadline || *stopped.borrow() {
                     break;
                 }
                 // A request that panics must not take the worker, and the
@@ -450,11 +496,12 @@ where
     while let Some(joined) = workers.join_next().await {
         totals.absorb(joined);
     }
+    stopper.abort();
     let mut report = totals.finish();
     report.elapsed = started.elapsed();
     if let Some(limit) = options.requests {
         let finished = report.ok + report.failed;
-        if finished < limit && options.duration.is_none() {
+        if finished < limit && options.duration.is_none() && !*stopped.borrow() {
             tracing::warn!(
                 limit,
                 finished,
@@ -509,11 +556,10 @@ mod tests {
         let calls = Arc::new(AtomicU64::new(0));
         let options = LoadOptions {
             requests: Some(10),
-            duration: None,
             concurrency: 2,
-            request: LoremRequest::default(),
+            ..LoadOptions::default()
         };
-        let report = run_with(&options, move || {
+        let report = run_with(&options, std::future::pending(), move || {
             let call = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 assert_ne!(call, 2, "a bug in the third request");

@@ -6,121 +6,17 @@
 //! on SIGTERM and deregister; then `lorem-demo` runs its three phases on the
 //! same backend and must end with `failed=0`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use registry::{BackendConfig, ConsulConfig, EtcdConfig, Settings, Watcher, ZookeeperConfig};
+use common::procs::{Guard, await_ids, env_for, lorem_server_bin, record, settings};
 use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
-
-/// Kills the child (by PID) if the test ends before it exits by itself.
-struct Guard(Option<Child>);
-
-impl Guard {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().map(Child::id).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().expect("child still running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the child") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("process {} did not exit within 20 s of SIGTERM", child.id());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn env_for(command: &mut Command, backend: &str, server: &dyn RegistryServer) {
-    command
-        .env("REGISTRY", backend)
-        .env("REGISTRY_ADDR", server.registry_addr())
-        .env("REGISTRY_TTL", "2s")
-        .env("REGISTRY_TIMEOUT", "5s")
-        .env_remove("REGISTRY_CONFIG")
-        .env_remove("REGISTRY_PREFIX")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-}
-
-fn settings(backend: &str, server: &dyn RegistryServer) -> Settings {
-    let addr = vec![server.registry_addr()];
-    Settings {
-        backend: match backend {
-            "etcd" => BackendConfig::Etcd(EtcdConfig {
-                addr,
-                ..EtcdConfig::default()
-            }),
-            "zookeeper" => BackendConfig::Zookeeper(ZookeeperConfig {
-                addr,
-                ..ZookeeperConfig::default()
-            }),
-            _ => BackendConfig::Consul(ConsulConfig { addr, token: None }),
-        },
-        ttl: Duration::from_secs(2),
-        timeout: Duration::from_secs(5),
-    }
-}
-
-/// Prints a measurement and keeps it for the end of `scripts/test.sh`.
-fn record(line: String) {
-    testkit::record_timing(env!("CARGO_TARGET_TMPDIR"), &line);
-}
 
 fn free_port() -> u16 {
     testkit::free_port()
-}
-
-/// `lorem-server` belongs to the `lorem` package, so Cargo gives this test no
-/// `CARGO_BIN_EXE_` for it; it sits next to this package's binaries when
-/// `cargo test --workspace` built them.
-fn lorem_server_bin() -> std::path::PathBuf {
-    let ours = std::path::Path::new(env!("CARGO_BIN_EXE_lorem-client"));
-    let path = ours.with_file_name(format!("lorem-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} is missing: run the whole workspace's tests (scripts/test.sh, or cargo test --workspace), or cargo build --bin lorem-server first",
-        path.display()
-    );
-    path
-}
-
-async fn await_ids(watcher: &dyn Watcher, want: &[&str], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let ids: Vec<String> = watcher
-            .instances("lorem")
-            .await
-            .map(|found| found.into_iter().map(|i| i.id).collect())
-            .unwrap_or_default();
-        if ids == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lorem instances never became {want:?} within {within:?}; last: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn servers_and_load(backend: &str, server: &dyn RegistryServer) {
@@ -169,7 +65,7 @@ async fn servers_and_load(backend: &str, server: &dyn RegistryServer) {
 
     for (guard, id) in servers.into_iter().zip(&ids) {
         let pid = guard.pid();
-        let status = guard.terminate();
+        let status = guard.terminate().await;
         assert!(
             status.success(),
             "lorem-server {id} (pid {pid}) exits 0 on SIGTERM: {status}"

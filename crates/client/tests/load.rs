@@ -23,7 +23,7 @@ async fn load_reports_counts_latency_and_spread() {
             requests: Some(200),
             duration: Some(Duration::from_secs(60)),
             concurrency: 4,
-            request: LoremRequest::default(),
+            ..LoadOptions::default()
         },
     )
     .await
@@ -47,7 +47,7 @@ async fn load_reports_counts_latency_and_spread() {
             requests: None,
             duration: Some(Duration::from_millis(300)),
             concurrency: 2,
-            request: LoremRequest::default(),
+            ..LoadOptions::default()
         },
     )
     .await
@@ -101,7 +101,7 @@ async fn per_instance_counts_by_registry_id_not_by_header() {
             requests: Some(10),
             duration: None,
             concurrency: 2,
-            request: LoremRequest::default(),
+            ..LoadOptions::default()
         },
     )
     .await
@@ -113,4 +113,61 @@ async fn per_instance_counts_by_registry_id_not_by_header() {
     );
     registration.deregister().await.expect("deregister");
     stub.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_paces_the_requests_and_a_stop_ends_the_run_with_its_report() {
+    let registry = memory_registry();
+    let a = start_lorem(registry.clone(), "lorem", "a").await;
+    let client = default_client(&registry);
+    wait_for_ids(client.balancer(), &["a"]).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let client = client.clone();
+        async move {
+            load::run_until(
+                &client,
+                &LoadOptions {
+                    requests: None,
+                    duration: Some(Duration::from_secs(60)),
+                    concurrency: 4,
+                    rate: Some(50),
+                    ..LoadOptions::default()
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).expect("the run is going");
+    let report = tokio::time::timeout(common::DEADLINE, run)
+        .await
+        .expect("a stopped run ends")
+        .expect("no panic")
+        .expect("valid options");
+    assert_eq!(report.failed, 0, "{report}");
+    // 50 per second for about half a second: a count, not a timing.
+    assert!(report.ok >= 5 && report.ok <= 60, "{report}");
+    assert_eq!(report.instances, ["a"]);
+    assert_eq!(report.set_changes.len(), 1, "{report:?}");
+    assert_eq!(report.set_changes[0].instances, ["a"]);
+    let refused = load::run(
+        &client,
+        &LoadOptions {
+            rate: Some(0),
+            ..LoadOptions::default()
+        },
+    )
+    .await
+    .expect_err("a zero rate is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("at least 1 request per second"),
+        "{refused}"
+    );
+    a.shutdown().await.expect("clean shutdown");
 }

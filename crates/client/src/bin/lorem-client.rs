@@ -102,7 +102,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080", env = "GATEWAY_LISTEN")]
         listen: SocketAddr,
     },
-    /// Bounded load through the balancer, with a latency and spread report.
+    /// Bounded load through the balancer, with a latency and spread report
+    /// (Ctrl-C or SIGTERM stops it early and still prints the report).
     Load {
         /// Stop after this many requests.
         #[arg(long, required_unless_present = "duration")]
@@ -110,9 +111,13 @@ enum Command {
         /// Stop after this long (at most 10 minutes).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
-        /// Requests in flight at once.
+        /// Requests in flight at most at once.
         #[arg(long, default_value_t = load::DEFAULT_CONCURRENCY)]
         concurrency: usize,
+        /// Requests started per second, all together (default: back to
+        /// back).
+        #[arg(long)]
+        rate: Option<u32>,
         /// Print one JSON object on stdout instead of the text report.
         #[arg(long)]
         json: bool,
@@ -157,6 +162,7 @@ async fn main() -> ExitCode {
             requests,
             duration,
             concurrency,
+            rate,
             json,
             direct,
             request,
@@ -165,6 +171,7 @@ async fn main() -> ExitCode {
                 requests: *requests,
                 duration: *duration,
                 concurrency: *concurrency,
+                rate: *rate,
                 request: request.request(),
             };
             return run_load(&cli, &options, direct, *json).await;
@@ -325,7 +332,8 @@ async fn run_gateway(cli: &Cli, listen: SocketAddr) -> anyhow::Result<ExitCode> 
 async fn run_load(cli: &Cli, options: &LoadOptions, direct: &[String], json: bool) -> ExitCode {
     let report = if direct.is_empty() {
         match connect(cli).await {
-            Ok(client) => load::run(&client, options)
+            // Ctrl-C or SIGTERM ends the run early, with its report.
+            Ok(client) => load::run_until(&client, options, shutdown_signal())
                 .await
                 .map_err(anyhow::Error::from),
             Err(error) => Err(error),
