@@ -230,7 +230,7 @@ fn served_by(report: &Value, id: &str) -> u64 {
     report["per_instance"][id].as_u64().unwrap_or(0)
 }
 
-/// 1. One of two servers is SIGKILLed.
+/// Scenario 1: one of two servers is SIGKILLed.
 async fn sigkill(fleet: &Fleet) -> Row {
     let a = fleet.start_server("kill-a", 0);
     let b = fleet.start_server("kill-b", 0);
@@ -255,7 +255,7 @@ async fn sigkill(fleet: &Fleet) -> Row {
     )
 }
 
-/// 2. One of two servers is SIGTERMed: it deregisters, then drains.
+/// Scenario 2: One of two servers is SIGTERMed: it deregisters, then drains.
 async fn sigterm(fleet: &Fleet) -> Row {
     let a = fleet.start_server("term-a", 0);
     let b = fleet.start_server("term-b", 0);
@@ -278,7 +278,7 @@ async fn sigterm(fleet: &Fleet) -> Row {
     )
 }
 
-/// 3. Both servers restart, one after the other, on the same ids and ports.
+/// Scenario 3: Both servers restart, one after the other, on the same ids and ports.
 async fn rolling(fleet: &Fleet) -> Row {
     let ids = ["roll-a", "roll-b"];
     let mut servers = vec![fleet.start_server(ids[0], 0), fleet.start_server(ids[1], 0)];
@@ -310,7 +310,7 @@ async fn rolling(fleet: &Fleet) -> Row {
     )
 }
 
-/// 4. The client starts before any server exists.
+/// Scenario 4: The client starts before any server exists.
 async fn cold_start(fleet: &Fleet) -> Row {
     assert!(live_ids(&*fleet.watcher).await.is_empty());
     let load = fleet.start_load();
@@ -336,7 +336,7 @@ async fn cold_start(fleet: &Fleet) -> Row {
     )
 }
 
-/// 5. The registry server restarts under load.
+/// Scenario 5: The registry server restarts under load.
 async fn registry_restart(fleet: &mut Fleet) -> Row {
     let a = fleet.start_server("reg-a", 0);
     let b = fleet.start_server("reg-b", 0);
@@ -377,8 +377,8 @@ async fn registry_restart(fleet: &mut Fleet) -> Row {
     )
 }
 
-/// 6. A third server joins and must get traffic within a second of
-/// registering.
+/// Scenario 6: a third server joins; it must get traffic within a second
+/// of being registered.
 async fn join(fleet: &Fleet) -> Row {
     let a = fleet.start_server("join-a", 0);
     let b = fleet.start_server("join-b", 0);
