@@ -299,3 +299,46 @@ fn parse_checks_in_order_and_keeps_the_values() {
         Ok(LoremRequest { max: 1000, .. })
     ));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_type_and_status_with_a_latency_histogram() {
+    let addr = serve().await;
+    for path in [
+        "/lorem/sentence/1/5",
+        "/lorem/sentence/2/6",
+        "/lorem/word/3/8",
+        "/lorem/word/9/2",
+        "/lorem/poem/1/2",
+    ] {
+        post(addr, path).await;
+    }
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert_eq!(response.headers()["x-instance-id"], ID);
+    let text = response.text().await.expect("body");
+    for line in [
+        r#"lorem_requests_total{type="sentence",status="200"} 2"#,
+        r#"lorem_requests_total{type="word",status="200"} 1"#,
+        r#"lorem_requests_total{type="word",status="400"} 1"#,
+        r#"lorem_requests_total{type="invalid",status="400"} 1"#,
+        r#"lorem_request_duration_seconds_count{type="sentence"} 2"#,
+        "# TYPE lorem_request_duration_seconds histogram",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(r#"lorem_request_duration_seconds_bucket{type="word",le="+Inf"} 2"#),
+        "{text}"
+    );
+}

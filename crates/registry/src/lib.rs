@@ -11,6 +11,9 @@
 //!   `REGISTRY` / `REGISTRY_CONFIG` (`config`).
 //! - One module per backend: [`memory`], [`consul`], [`etcd`], [`zookeeper`],
 //!   each opening with a table that maps our operations to the backend's.
+//! - [`ServiceDiscover`]: a service's watch as a tower `Discover` stream,
+//!   for `tower::balance::p2c` and any tower, hyper or tonic stack
+//!   (`discover`).
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -46,6 +49,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod discover;
 mod discovery;
 mod error;
 mod model;
@@ -62,6 +66,7 @@ pub use config::{
     ZookeeperConfig, connect,
 };
 pub use consul::ConsulRegistry;
+pub use discover::ServiceDiscover;
 pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
 pub use error::{BoxError, Error, Result};
 pub use etcd::EtcdRegistry;
