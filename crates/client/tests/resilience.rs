@@ -115,7 +115,9 @@ impl Fleet {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lorem-client"));
         env_for(&mut command, self.backend, &*self.registry);
         command
-            .args(["--wait-timeout", "30s", "load", "--duration", "300s"])
+            // The client's defaults (wait 10 s, 3 attempts, 2 s per try,
+            // eject after 3 failures): the scenarios hold with them.
+            .args(["load", "--duration", "300s"])
             .args(["--concurrency", "4", "--rate", "100", "--json"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
