@@ -133,6 +133,8 @@ struct Core {
     /// Calls parked until an instance appears.
     waiting: AtomicUsize,
     sync: Mutex<SyncState>,
+    /// Whether the strategy reads latency estimates (p2c).
+    tracks_latency: bool,
     metrics: ServiceMetrics,
     /// The families `metrics` belong to, for exporters.
     families: ClientMetrics,
@@ -233,9 +235,11 @@ impl Balancer {
         }
         let (live, _) = watch::channel(Arc::new(Live::default()));
         let (snapshots, _) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
+        let picker = Picker::new(options.strategy, options.seed);
         let core = Arc::new(Core {
             service: service.to_owned(),
-            picker: Mutex::new(Picker::new(options.strategy, options.seed)),
+            tracks_latency: picker.tracks_latency(),
+            picker: Mutex::new(picker),
             options,
             live,
             snapshots,
@@ -366,34 +370,38 @@ impl Balancer {
         }
     }
 
-    /// Chooses an instance for one try, without waiting.
+    /// Chooses an instance for one try, without waiting or allocating.
     pub(crate) fn choose(&self, tried: &[String]) -> Choice {
         let live = self.core().live.borrow().clone();
         if live.endpoints.is_empty() {
             return Choice::Empty;
         }
-        let untried: Vec<&Arc<Endpoint>> = live
-            .endpoints
-            .iter()
-            .filter(|e| !tried.contains(&e.instance.id))
-            .collect();
-        if untried.is_empty() {
+        let untried = |e: &Endpoint| !tried.contains(&e.instance.id);
+        if !tried.is_empty() && !live.endpoints.iter().any(|e| untried(e)) {
             return Choice::AllTried;
         }
         let now = Instant::now();
-        let admitted: Vec<&Arc<Endpoint>> = untried
-            .iter()
-            .copied()
-            .filter(|e| !e.is_ejected(now))
-            .collect();
+        let admitted = |e: &Endpoint| untried(e) && !e.is_ejected(now);
         // Every candidate ejected: trying one beats failing fast.
-        let candidates = if admitted.is_empty() {
-            &untried
-        } else {
+        let admit: &dyn Fn(&Endpoint) -> bool = if live.endpoints.iter().any(|e| admitted(e)) {
             &admitted
+        } else {
+            &untried
         };
-        let chosen = self.core().picker().choose(candidates, tried.is_empty());
-        Choice::Picked(chosen.clone())
+        match self
+            .core()
+            .picker()
+            .choose(&live.endpoints, admit, tried.is_empty())
+        {
+            Some(chosen) => Choice::Picked(chosen.clone()),
+            None => Choice::AllTried,
+        }
+    }
+
+    /// True when the strategy reads latency estimates, so that successes
+    /// must feed them.
+    pub(crate) fn tracks_latency(&self) -> bool {
+        self.core().tracks_latency
     }
 
     /// An instance for one try, waiting up to the wait timeout while the
@@ -538,7 +546,6 @@ impl Core {
                     .unwrap_or_else(|| Arc::new(Endpoint::new(instance.clone())))
             })
             .collect();
-        self.picker().retain(&endpoints);
         self.metrics.changes.inc();
         self.metrics
             .instances

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::balancer::{Balancer, Snapshot};
+use crate::endpoint::Endpoint;
 use crate::error::{Error, GaveUp, Result};
 use crate::limits::{MAX_BODY_BYTES, check_timeout};
 
@@ -286,12 +287,12 @@ impl Client {
             let tried_at = Instant::now();
             let outcome = {
                 let _in_flight = endpoint.start();
-                self.try_once(&endpoint.instance, path).await
+                self.try_once(&endpoint, path).await
             };
             let took = tried_at.elapsed();
             let failure = match outcome {
                 Ok((status, body, reported_id)) if status < 500 => {
-                    endpoint.record_success(took);
+                    endpoint.record_success(took, self.balancer.tracks_latency());
                     let latency = started.elapsed();
                     if status < 400 {
                         metrics.ok.inc();
@@ -355,18 +356,18 @@ impl Client {
     /// why it failed.
     async fn try_once(
         &self,
-        instance: &Instance,
+        endpoint: &Endpoint,
         path: &str,
     ) -> std::result::Result<(u16, String, Option<String>), Failure> {
         let answer = try_post(
             &self.http,
-            &instance.authority(),
+            &endpoint.authority,
             path,
             self.options.try_timeout,
         )
         .await?;
         if let Some(reported) = &answer.2 {
-            self.check_reported_id(instance, reported);
+            self.check_reported_id(&endpoint.instance, reported);
         }
         Ok(answer)
     }

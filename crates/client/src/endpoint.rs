@@ -19,9 +19,8 @@
 //! with the time since the last sample ([`EWMA_DECAY`]). The cost of an
 //! instance is the estimate times (requests in flight + 1).
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use registry::Instance;
@@ -80,10 +79,34 @@ impl EjectionOptions {
     }
 }
 
+/// The origin of [`Endpoint`]'s lock-free ejection clock.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Nanoseconds from [`EPOCH`] to `at` (at least 1, so 0 can mean "never").
+fn nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// One instance of the live set, with its load and health.
+///
+/// What every request reads (in flight, ejected, the weighted round-robin
+/// weight) is atomic; the latency estimate and the failure counts sit
+/// behind a lock that the request path takes only when there is something
+/// to record (a failure, a latency for p2c, a success after failures).
 pub(crate) struct Endpoint {
     pub(crate) instance: Instance,
+    /// `host:port`, formatted once.
+    pub(crate) authority: String,
     in_flight: AtomicUsize,
+    /// End of the current ejection, in [`nanos`]; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// True when there are failures or ejections for a success to reset.
+    troubled: AtomicBool,
+    /// Smooth weighted round-robin's current weight (used under the
+    /// picker's lock).
+    pub(crate) current_weight: AtomicI64,
     state: Mutex<State>,
 }
 
@@ -96,8 +119,6 @@ struct State {
     failures: u32,
     /// Ejections since the last success.
     ejections: u32,
-    /// The end of the current ejection, if any.
-    ejected_until: Option<Instant>,
 }
 
 /// An ejection that a failure caused.
@@ -121,14 +142,17 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     pub(crate) fn new(instance: Instance) -> Self {
         Endpoint {
+            authority: instance.authority(),
             instance,
             in_flight: AtomicUsize::new(0),
+            ejected_until: AtomicU64::new(0),
+            troubled: AtomicBool::new(false),
+            current_weight: AtomicI64::new(0),
             state: Mutex::new(State {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
                 rtt_at: Instant::now(),
                 failures: 0,
                 ejections: 0,
-                ejected_until: None,
             }),
         }
     }
@@ -152,7 +176,8 @@ impl Endpoint {
 
     /// True while the instance is ejected.
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
-        self.state().ejected_until.is_some_and(|until| until > now)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > nanos(now)
     }
 
     /// The p2c cost: the latency estimate (decayed to `now`) times the
@@ -170,14 +195,24 @@ impl Endpoint {
         rtt * (self.in_flight() as f64 + 1.0)
     }
 
-    /// Records an answer (any status below 500) that took `latency`.
-    pub(crate) fn record_success(&self, latency: Duration) {
-        let now = Instant::now();
+    /// Records an answer (any status below 500) that took `latency`; the
+    /// latency estimate is only kept up to date when `track_latency` (p2c
+    /// is the strategy that reads it).
+    pub(crate) fn record_success(&self, latency: Duration, track_latency: bool) {
+        let troubled = self.troubled.load(Ordering::Relaxed);
+        if !track_latency && !troubled {
+            return;
+        }
         let mut state = self.state();
-        observe(&mut state, latency, now);
-        state.failures = 0;
-        state.ejections = 0;
-        state.ejected_until = None;
+        if track_latency {
+            observe(&mut state, latency, Instant::now());
+        }
+        if troubled {
+            state.failures = 0;
+            state.ejections = 0;
+            self.ejected_until.store(0, Ordering::Relaxed);
+            self.troubled.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Records a failed try that took `latency`; returns the ejection it
@@ -189,6 +224,7 @@ impl Endpoint {
     ) -> Option<Ejected> {
         let now = Instant::now();
         let mut state = self.state();
+        self.troubled.store(true, Ordering::Relaxed);
         // A failure is slow from the client's point of view: it keeps p2c
         // away from an instance that fails fast.
         observe(&mut state, latency.max(Duration::from_millis(100)), now);
@@ -196,14 +232,15 @@ impl Endpoint {
         if options.consecutive_failures == 0 || state.failures < options.consecutive_failures {
             return None;
         }
-        if state.ejected_until.is_some_and(|until| until > now) {
+        if self.is_ejected(now) {
             // Tries already under way when it was ejected: no new ejection.
             return None;
         }
         state.failures = 0;
         state.ejections = state.ejections.saturating_add(1);
         let duration = options.duration(state.ejections);
-        state.ejected_until = Some(now.checked_add(duration).unwrap_or(now));
+        let until = now.checked_add(duration).unwrap_or(now);
+        self.ejected_until.store(nanos(until), Ordering::Relaxed);
         Some(Ejected {
             duration,
             nth: state.ejections,
@@ -270,7 +307,7 @@ mod tests {
         // Failures of tries already under way do not eject it again.
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
-        a.record_success(Duration::from_millis(1));
+        a.record_success(Duration::from_millis(1), false);
         assert!(!a.is_ejected(Instant::now()));
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
         let again = a.record_failure(Duration::ZERO, &options).expect("ejected");
@@ -293,8 +330,8 @@ mod tests {
     fn cost_grows_with_latency_and_requests_in_flight() {
         let fast = endpoint();
         let slow = endpoint();
-        fast.record_success(Duration::from_millis(1));
-        slow.record_success(Duration::from_millis(50));
+        fast.record_success(Duration::from_millis(1), true);
+        slow.record_success(Duration::from_millis(50), true);
         let now = Instant::now();
         assert!(slow.cost(now) > 10.0 * fast.cost(now));
         let idle = fast.cost(now);
@@ -314,7 +351,6 @@ mod tests {
             rtt_at: start,
             failures: 0,
             ejections: 0,
-            ejected_until: None,
         };
         observe(&mut state, Duration::from_millis(100), start);
         assert_eq!(state.rtt_ns, 1e8);

@@ -12,10 +12,10 @@
 //! generator seeded by [`BalancerOptions::seed`](crate::BalancerOptions::seed)
 //! when given, so tests can fix the outcome.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -88,14 +88,13 @@ impl fmt::Display for Strategy {
     }
 }
 
-/// The state behind the choices: the round-robin turn, the smooth weighted
-/// round-robin weights and the random generator.
+/// The state behind the choices: the round-robin turn and the random
+/// generator (smooth weighted round-robin keeps its weights in the
+/// endpoints).
 pub(crate) struct Picker {
     strategy: Strategy,
     /// Position of plain round-robin.
     turn: usize,
-    /// Current weights of smooth weighted round-robin, by instance id.
-    current: HashMap<String, i64>,
     rng: StdRng,
 }
 
@@ -104,7 +103,6 @@ impl Picker {
         Picker {
             strategy,
             turn: 0,
-            current: HashMap::new(),
             rng: match seed {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_entropy(),
@@ -112,73 +110,63 @@ impl Picker {
         }
     }
 
-    /// Forgets the weights of instances that left the live set, so the map
-    /// stays as small as the set.
-    pub(crate) fn retain(&mut self, live: &[Arc<Endpoint>]) {
-        if !self.current.is_empty() {
-            self.current
-                .retain(|id, _| live.iter().any(|e| e.instance.id == *id));
-        }
-    }
-
-    /// Chooses one of `candidates` (not empty). `first_try` is false for
-    /// retries: they do not take a round-robin turn, or every request after
-    /// a crash would start on the dead instance.
+    /// Chooses one of the `endpoints` that pass `admit` (at least one
+    /// does), without allocating. `first_try` is false for retries: they do
+    /// not take a round-robin turn, or every request after a crash would
+    /// start on the dead instance.
     pub(crate) fn choose<'a>(
         &mut self,
-        candidates: &[&'a Arc<Endpoint>],
+        endpoints: &'a [Arc<Endpoint>],
+        admit: &dyn Fn(&Endpoint) -> bool,
         first_try: bool,
-    ) -> &'a Arc<Endpoint> {
-        debug_assert!(!candidates.is_empty());
-        let n = candidates.len();
+    ) -> Option<&'a Arc<Endpoint>> {
+        let candidates = || endpoints.iter().filter(|e| admit(e));
+        let n = candidates().count();
+        if n == 0 {
+            return None;
+        }
         match self.strategy {
             Strategy::RoundRobin => {
-                let chosen = candidates[self.turn % n];
+                let index = self.turn % n;
                 if first_try {
                     self.turn = self.turn.wrapping_add(1);
                 }
-                chosen
+                candidates().nth(index)
             }
-            Strategy::Random => candidates[self.rng.gen_range(0..n)],
+            Strategy::Random => candidates().nth(self.rng.gen_range(0..n)),
             Strategy::Weighted => {
-                let total: i64 = candidates
-                    .iter()
-                    .map(|e| i64::from(e.instance.weight.max(1)))
-                    .sum();
-                let mut best: Option<(usize, i64)> = None;
-                for (index, endpoint) in candidates.iter().enumerate() {
-                    let current = self
-                        .current
-                        .entry(endpoint.instance.id.clone())
-                        .or_insert(0);
-                    *current += i64::from(endpoint.instance.weight.max(1));
-                    if best.is_none_or(|(_, w)| *current > w) {
-                        best = Some((index, *current));
+                let mut total = 0i64;
+                let mut best: Option<(&Arc<Endpoint>, i64)> = None;
+                for endpoint in candidates() {
+                    let weight = i64::from(endpoint.instance.weight.max(1));
+                    total += weight;
+                    let current =
+                        endpoint.current_weight.fetch_add(weight, Ordering::Relaxed) + weight;
+                    if best.is_none_or(|(_, w)| current > w) {
+                        best = Some((endpoint, current));
                     }
                 }
-                let index = best.map_or(0, |(index, _)| index);
-                let chosen = candidates[index];
-                if let Some(current) = self.current.get_mut(&chosen.instance.id) {
-                    *current -= total;
-                }
-                chosen
+                let (chosen, _) = best?;
+                chosen.current_weight.fetch_sub(total, Ordering::Relaxed);
+                Some(chosen)
             }
             Strategy::P2c => {
                 if n == 1 {
-                    return candidates[0];
+                    return candidates().next();
                 }
                 let a = self.rng.gen_range(0..n);
                 // A second, distinct index.
                 let b = (a + self.rng.gen_range(1..n)) % n;
+                let (ea, eb) = (candidates().nth(a)?, candidates().nth(b)?);
                 let now = Instant::now();
-                let (ca, cb) = (candidates[a].cost(now), candidates[b].cost(now));
-                if cb < ca {
-                    candidates[b]
-                } else {
-                    candidates[a]
-                }
+                Some(if eb.cost(now) < ea.cost(now) { eb } else { ea })
             }
         }
+    }
+
+    /// True when the strategy reads the latency estimates.
+    pub(crate) fn tracks_latency(&self) -> bool {
+        self.strategy == Strategy::P2c
     }
 }
 
@@ -222,11 +210,18 @@ mod tests {
             "127.0.0.1",
             2,
         )));
-        dear.record_success(std::time::Duration::from_millis(100));
+        dear.record_success(std::time::Duration::from_millis(100), true);
+        let endpoints = [cheap, dear];
         let mut picker = Picker::new(Strategy::P2c, Some(7));
         for _ in 0..100 {
-            let chosen = picker.choose(&[&cheap, &dear], true);
+            let chosen = picker.choose(&endpoints, &|_| true, true).expect("one");
             assert_eq!(chosen.instance.id, "cheap");
         }
+        // Only admitted endpoints are candidates.
+        let chosen = picker
+            .choose(&endpoints, &|e| e.instance.id == "dear", true)
+            .expect("one");
+        assert_eq!(chosen.instance.id, "dear");
+        assert!(picker.choose(&endpoints, &|_| false, true).is_none());
     }
 }
