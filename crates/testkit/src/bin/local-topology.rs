@@ -42,7 +42,7 @@ struct Cli {
     registry_ports: Vec<u16>,
 
     /// The ports of server1 and server2 (0 picks a free port).
-    #[arg(long, env = "LOCAL_SERVER_PORTS", value_delimiter = ',', num_args = 1..,
+    #[arg(long, env = "LOCAL_SERVER_PORTS", value_delimiter = ',',
           default_values_t = DEFAULT_SERVER_PORTS)]
     server_ports: Vec<u16>,
 
