@@ -177,6 +177,11 @@ impl Members {
         self.members.get(i).and_then(|m| m.proc.pid())
     }
 
+    /// Whether member `i` runs; reaps it if it has exited.
+    pub(crate) fn member_running(&mut self, i: usize) -> bool {
+        self.members.get_mut(i).is_some_and(|m| m.proc.is_running())
+    }
+
     /// SIGTERMs every member, SIGKILLs those still running after
     /// [`STOP_GRACE`], and returns once every PID has exited.
     pub(crate) fn stop_all(&mut self) -> Result<()> {

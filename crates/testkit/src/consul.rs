@@ -18,7 +18,7 @@ use tracing::info;
 use crate::RegistryServer;
 use crate::bins::consul_bin;
 use crate::process::{
-    Proc, Spec, StartFailure, free_port, http_get, temp_dir, wait_ready, with_port_retries,
+    Proc, Spec, StartFailure, free_port, http_get, or_free, temp_dir, wait_ready, with_port_retries,
 };
 
 /// How long an agent may take to elect itself and sync its node.
@@ -57,9 +57,22 @@ impl ConsulAgent {
     /// `scripts/build-consul.sh`) or the agent is not ready in time (the
     /// message quotes its log).
     pub fn start() -> Result<Self> {
+        Self::start_on(0)
+    }
+
+    /// Starts an agent whose HTTP API (and UI) listens on `http_port` of
+    /// 127.0.0.1 (0: a free port), and waits until it has a leader; its
+    /// other ports are always free ones. For scripts that print fixed
+    /// addresses (`local-topology`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::start`]; a fixed port that is taken makes Consul exit
+    /// with "address already in use", quoted in the message.
+    pub fn start_on(http_port: u16) -> Result<Self> {
         let bin = consul_bin()?;
         let agent = with_port_retries("Consul agent", || {
-            let mut agent = Self::prepare(&bin)?;
+            let mut agent = Self::prepare(&bin, http_port)?;
             agent.spawn_and_wait()?;
             Ok(agent)
         })?;
@@ -72,10 +85,10 @@ impl ConsulAgent {
         Ok(agent)
     }
 
-    fn prepare(bin: &std::path::Path) -> std::result::Result<Self, StartFailure> {
+    fn prepare(bin: &std::path::Path, http_port: u16) -> std::result::Result<Self, StartFailure> {
         let dir = temp_dir("testkit-consul-", "Consul")?;
         let (http, server, serf_lan, serf_wan) =
-            (free_port(), free_port(), free_port(), free_port());
+            (or_free(http_port), free_port(), free_port(), free_port());
         let node = format!(
             "testkit-{}-{}",
             std::process::id(),
@@ -118,6 +131,7 @@ impl ConsulAgent {
             log: dir.path().join("consul.log"),
             // No phoning home for update checks.
             env: vec![("CHECKPOINT_DISABLE".into(), "1".into())],
+            clear_env: false,
             cleanup: Some(dir.path().to_owned()),
         });
         Ok(Self {
@@ -168,6 +182,12 @@ impl ConsulAgent {
     /// The PID while the agent runs.
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
+    }
+
+    /// Whether the agent runs (false once it has exited, however it
+    /// ended).
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
     }
 
     /// The temp directory holding `consul.log`.

@@ -19,7 +19,7 @@ use tracing::info;
 use crate::RegistryServer;
 use crate::bins::etcd_bin;
 use crate::cluster::{Kind, Member, Members};
-use crate::process::{Proc, Spec, StartFailure, free_port, http_get, temp_dir};
+use crate::process::{Proc, Spec, StartFailure, free_port, http_get, or_free, temp_dir};
 
 /// How long a single node may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -63,13 +63,34 @@ impl EtcdCluster {
         if nodes == 0 {
             bail!("an etcd cluster needs at least one member");
         }
-        Self::start_with(nodes, (50, 500), CLUSTER_READY_TIMEOUT)
+        Self::start_with(&vec![0; nodes], (50, 500), CLUSTER_READY_TIMEOUT)
     }
 
-    fn start_with(nodes: usize, timing: (u32, u32), ready_timeout: Duration) -> Result<Self> {
+    /// Starts one member per entry of `client_ports`, each listening for
+    /// clients on that port of 127.0.0.1 (0: a free port), and waits until
+    /// every one is healthy; peer ports are always free ones. For scripts
+    /// that print fixed addresses (`local-topology`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::start`]; a fixed port that is taken makes etcd exit with
+    /// "address already in use", quoted in the message.
+    pub fn start_on(client_ports: &[u16]) -> Result<Self> {
+        if client_ports.is_empty() {
+            bail!("an etcd cluster needs at least one member");
+        }
+        Self::start_with(client_ports, (50, 500), CLUSTER_READY_TIMEOUT)
+    }
+
+    fn start_with(
+        client_ports: &[u16],
+        timing: (u32, u32),
+        ready_timeout: Duration,
+    ) -> Result<Self> {
         let bin = etcd_bin()?;
+        let nodes = client_ports.len();
         let members = Members::start(&ETCD, nodes, ready_timeout, || {
-            Self::prepare(&bin, nodes, timing)
+            Self::prepare(&bin, client_ports, timing)
         })?;
         let cluster = Self { members };
         info!(
@@ -83,11 +104,15 @@ impl EtcdCluster {
     /// Creates the temp dir and the members' command lines with fresh ports.
     fn prepare(
         bin: &Path,
-        nodes: usize,
+        client_ports: &[u16],
         (heartbeat_ms, election_ms): (u32, u32),
     ) -> std::result::Result<(TempDir, Vec<Member>), StartFailure> {
         let dir = temp_dir("testkit-etcd-", "etcd")?;
-        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let nodes = client_ports.len();
+        let ports: Vec<(u16, u16)> = client_ports
+            .iter()
+            .map(|&client| (or_free(client), free_port()))
+            .collect();
         let names: Vec<String> = (0..nodes).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
             .iter()
@@ -139,6 +164,7 @@ impl EtcdCluster {
                         cwd: dir.path().to_owned(),
                         log: dir.path().join(format!("{name}.log")),
                         env: Vec::new(),
+                        clear_env: false,
                         cleanup: Some(dir.path().to_owned()),
                     }),
                 }
@@ -195,6 +221,12 @@ impl EtcdCluster {
         self.members.member_pid(i)
     }
 
+    /// Whether member `i` runs (false once it has exited, however it
+    /// ended: stopped, killed, crashed).
+    pub fn member_running(&mut self, i: usize) -> bool {
+        self.members.member_running(i)
+    }
+
     /// Whether member `i` answers `/health` with 200 right now.
     pub fn member_healthy(&self, i: usize) -> bool {
         self.members.client_port(i).is_some_and(healthy)
@@ -245,7 +277,7 @@ impl EtcdServer {
     /// is not healthy in time (the message quotes its log).
     pub fn start() -> Result<Self> {
         Ok(Self {
-            inner: EtcdCluster::start_with(1, (10, 100), READY_TIMEOUT)?,
+            inner: EtcdCluster::start_with(&[0], (10, 100), READY_TIMEOUT)?,
         })
     }
 

@@ -15,6 +15,9 @@
 //!   saying how to install it (`bins`).
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
+//! - [`topology`]: the lorem topology of the compose files (a registry,
+//!   two `lorem-server`s, the gateway) as processes on 127.0.0.1, run by
+//!   the `local-topology` binary (`deploy/local.sh`).
 //!
 //! Everything is synchronous (`std::process`), so it works from `#[test]`,
 //! `#[tokio::test]` (call it before the runtime work, or from
@@ -32,6 +35,9 @@
 //! - [`RegistryServer::stop`] sends SIGTERM, SIGKILLs after 10 s and returns
 //!   once the PID has exited, so its ports can be reused; dropping a server
 //!   SIGKILLs it and removes its temp dir.
+//! - Every server and its watchdog run in a process group of their own, so
+//!   a Ctrl-C in the terminal reaches only the test or script, which stops
+//!   them in order (or dies, and the watchdog cleans up).
 //! - A small `sh` watchdog per server process SIGKILLs the server and removes
 //!   its temp dir if the test process dies without stopping it (killed by a
 //!   timeout, or a server kept in a `static` that is never dropped), so no
@@ -54,6 +60,7 @@ mod cluster;
 mod consul;
 mod etcd;
 mod process;
+pub mod topology;
 mod zookeeper;
 
 pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, zk_classpath};

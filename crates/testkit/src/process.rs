@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -66,6 +67,11 @@ pub fn free_port() -> u16 {
     port
 }
 
+/// `port`, or a [`free_port`] if it is 0.
+pub(crate) fn or_free(port: u16) -> u16 {
+    if port == 0 { free_port() } else { port }
+}
+
 /// What to run: the program, its arguments and where its output goes.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
@@ -78,6 +84,9 @@ pub(crate) struct Spec {
     pub(crate) log: PathBuf,
     /// Extra environment variables.
     pub(crate) env: Vec<(String, String)>,
+    /// Start from an empty environment (only `env`), as a container does,
+    /// instead of this process's environment less `ETCD_*`.
+    pub(crate) clear_env: bool,
     /// Removed by the watchdog if this process dies without stopping the
     /// server (the server's temp dir).
     pub(crate) cleanup: Option<PathBuf>,
@@ -122,11 +131,19 @@ impl Proc {
             .current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log));
-        // etcd reads every ETCD_* variable as a flag: never pass any on.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(key);
+            .stderr(Stdio::from(err_log))
+            // A process group of its own: a Ctrl-C in the terminal reaches
+            // only us, so servers are stopped in order (or by the watchdog
+            // if the Ctrl-C kills us), never half of them by the terminal.
+            .process_group(0);
+        if spec.clear_env {
+            cmd.env_clear();
+        } else {
+            // etcd reads every ETCD_* variable as a flag: never pass any on.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("ETCD_") {
+                    cmd.env_remove(key);
+                }
             }
         }
         for (key, value) in &spec.env {
@@ -282,6 +299,9 @@ fi"#;
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Out of the terminal's process group too, so a Ctrl-C that
+            // kills us leaves the watchdog alive to clean up.
+            .process_group(0)
             .spawn();
         match spawned {
             Ok(mut child) => {
@@ -465,7 +485,7 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 /// Writes `request`, reads until the peer closes (bounded by timeouts).
-fn exchange(port: u16, request: &[u8]) -> std::io::Result<String> {
+pub(crate) fn exchange(port: u16, request: &[u8]) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&loopback(port), Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -521,6 +541,7 @@ mod tests {
             cwd: dir.to_owned(),
             log: dir.join(format!("{label}.log")),
             env: Vec::new(),
+            clear_env: false,
             cleanup: None,
         }
     }

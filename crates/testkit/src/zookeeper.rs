@@ -19,7 +19,7 @@ use tracing::info;
 use crate::RegistryServer;
 use crate::bins::{java_bin, zk_classpath};
 use crate::cluster::{Kind, Member, Members};
-use crate::process::{Proc, Spec, StartFailure, four_letter_word, free_port, temp_dir};
+use crate::process::{Proc, Spec, StartFailure, four_letter_word, free_port, or_free, temp_dir};
 
 /// How long a standalone server may take to serve (a JVM start).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -59,14 +59,31 @@ impl ZkEnsemble {
         if nodes == 0 {
             bail!("a ZooKeeper ensemble needs at least one member");
         }
-        Self::start_with(nodes, ENSEMBLE_READY_TIMEOUT)
+        Self::start_with(&vec![0; nodes], ENSEMBLE_READY_TIMEOUT)
     }
 
-    fn start_with(nodes: usize, ready_timeout: Duration) -> Result<Self> {
+    /// Starts one member per entry of `client_ports`, each serving clients
+    /// on that port of 127.0.0.1 (0: a free port), and waits until every
+    /// one serves; quorum and election ports are always free ones. For
+    /// scripts that print fixed addresses (`local-topology`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::start`]; a fixed port that is taken makes ZooKeeper exit
+    /// with "Address already in use", quoted in the message.
+    pub fn start_on(client_ports: &[u16]) -> Result<Self> {
+        if client_ports.is_empty() {
+            bail!("a ZooKeeper ensemble needs at least one member");
+        }
+        Self::start_with(client_ports, ENSEMBLE_READY_TIMEOUT)
+    }
+
+    fn start_with(client_ports: &[u16], ready_timeout: Duration) -> Result<Self> {
         let java = java_bin()?;
         let classpath = zk_classpath()?;
+        let nodes = client_ports.len();
         let members = Members::start(&ZOOKEEPER, nodes, ready_timeout, || {
-            Self::prepare(&java, &classpath, nodes)
+            Self::prepare(&java, &classpath, client_ports)
         })?;
         let ensemble = Self { members };
         info!(
@@ -81,13 +98,15 @@ impl ZkEnsemble {
     fn prepare(
         java: &Path,
         classpath: &str,
-        nodes: usize,
+        client_ports: &[u16],
     ) -> std::result::Result<(TempDir, Vec<Member>), StartFailure> {
         let other = |e: anyhow::Error| StartFailure::Other(e);
         let dir = temp_dir("testkit-zk-", "ZooKeeper")?;
+        let nodes = client_ports.len();
         // (client, quorum, election) per member.
-        let ports: Vec<(u16, u16, u16)> = (0..nodes)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = client_ports
+            .iter()
+            .map(|&client| (or_free(client), free_port(), free_port()))
             .collect();
         let mut servers = String::new();
         if nodes > 1 {
@@ -148,6 +167,7 @@ impl ZkEnsemble {
                     cwd: member_dir.clone(),
                     log: member_dir.join("zookeeper.log"),
                     env: Vec::new(),
+                    clear_env: false,
                     cleanup: Some(dir.path().to_owned()),
                 }),
             });
@@ -199,6 +219,12 @@ impl ZkEnsemble {
     /// The PID of member `i` while it runs.
     pub fn member_pid(&self, i: usize) -> Option<u32> {
         self.members.member_pid(i)
+    }
+
+    /// Whether member `i` runs (false once it has exited, however it
+    /// ended: stopped, killed, crashed).
+    pub fn member_running(&mut self, i: usize) -> bool {
+        self.members.member_running(i)
     }
 
     /// The `Mode:` member `i` reports right now (`standalone`, `leader`,
@@ -258,7 +284,7 @@ impl ZkServer {
     /// log).
     pub fn start() -> Result<Self> {
         Ok(Self {
-            inner: ZkEnsemble::start_with(1, READY_TIMEOUT)?,
+            inner: ZkEnsemble::start_with(&[0], READY_TIMEOUT)?,
         })
     }
 
