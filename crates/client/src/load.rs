@@ -111,6 +111,12 @@ pub struct LoadReport {
     /// however many of its requests failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// CPU time this process used during the run (user + system, all
+    /// threads), in milliseconds, where the system tells it (Linux): what
+    /// the overhead benchmark divides by the request count, since it is far
+    /// steadier than throughput on a shared machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
     /// How long the run took.
     #[serde(skip)]
     pub elapsed: Duration,
@@ -429,6 +435,7 @@ where
         None => MAX_DURATION,
     };
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let deadline = deadline_after(duration);
     let issued = Arc::new(AtomicU64::new(0));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
@@ -499,6 +506,10 @@ where
     stopper.abort();
     let mut report = totals.finish();
     report.elapsed = started.elapsed();
+    report.cpu_ms = match (cpu_before, process_cpu()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before).as_secs_f64() * 1000.0),
+        _ => None,
+    };
     if let Some(limit) = options.requests {
         let finished = report.ok + report.failed;
         if finished < limit && options.duration.is_none() && !*stopped.borrow() {
@@ -517,6 +528,20 @@ where
     Ok(report)
 }
 
+/// The CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat`; `None` where there is no such file.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13
+    // after the name; in clock ticks, 100 per second on Linux.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Nearest-rank percentile of sorted latencies, in milliseconds; 0 if empty.
 pub fn percentile_ms(sorted: &[Duration], quantile: f64) -> f64 {
     if sorted.is_empty() {
@@ -530,6 +555,19 @@ pub fn percentile_ms(sorted: &[Duration], quantile: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let first = process_cpu().expect("/proc/self/stat");
+            let mut x = 0u64;
+            for i in 0..5_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            assert!(process_cpu().expect("/proc/self/stat") >= first);
+        }
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {
