@@ -121,33 +121,9 @@ async fn a_rate_paces_the_requests_and_a_stop_ends_the_run_with_its_report() {
     let a = start_lorem(registry.clone(), "lorem", "a").await;
     let client = default_client(&registry);
     wait_for_ids(client.balancer(), &["a"]).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn({
-        let client = client.clone();
-        async move {
-            load::run_until(
-                &client,
-                &LoadOptions {
-                    requests: None,
-                    duration: Some(Duration::from_secs(60)),
-                    concurrency: 4,
-                    rate: Some(50),
-                    ..LoadOptions::default()
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        }
-    });
+    let load = common::paced_load(&client, 50);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.send(()).expect("the run is going");
-    let report = tokio::time::timeout(common::DEADLINE, run)
-        .await
-        .expect("a stopped run ends")
-        .expect("no panic")
-        .expect("valid options");
+    let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report}");
     // 50 per second for about half a second: a count, not a timing.
     assert!(report.ok >= 5 && report.ok <= 60, "{report}");

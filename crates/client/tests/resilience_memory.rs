@@ -12,13 +12,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use client::load::{self, LoadOptions, LoadReport};
+use client::load::LoadReport;
 use client::{Balancer, BalancerOptions, ClientOptions, LoremClient};
-use common::{DEADLINE, wait_for_ids};
+use common::wait_for_ids;
 use lorem::generate::Kind;
 use lorem::server::{RunningServer, ServerOptions};
 use registry::{MemoryRegistry, Watcher};
-use tokio::sync::oneshot;
 
 /// The TTL of the scenarios: a crash shows after it.
 const TTL: Duration = Duration::from_secs(2);
@@ -32,10 +31,9 @@ async fn server(registry: &MemoryRegistry, id: &str, port: u16) -> RunningServer
         .expect("the lorem server starts")
 }
 
-/// A running load; [`Running::stop`] ends it and returns its report.
+/// A running load and the client it goes through.
 struct Running {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<client::Result<LoadReport>>,
+    load: common::BackgroundLoad,
     client: LoremClient,
 }
 
@@ -50,37 +48,15 @@ fn start_load(registry: &MemoryRegistry) -> Running {
     )
     .expect("a valid service name");
     let client = LoremClient::new(balancer, ClientOptions::default()).expect("valid options");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn({
-        let client = client.clone();
-        async move {
-            load::run_until(
-                &client,
-                &LoadOptions {
-                    requests: None,
-                    duration: Some(Duration::from_secs(120)),
-                    concurrency: 4,
-                    rate: Some(100),
-                    ..LoadOptions::default()
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        }
-    });
-    Running { stop, task, client }
+    Running {
+        load: common::paced_load(&client, 100),
+        client,
+    }
 }
 
 impl Running {
     async fn stop(self) -> LoadReport {
-        let _ = self.stop.send(());
-        let report = tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("the load stops in time")
-            .expect("no panic")
-            .expect("valid options");
+        let report = self.load.stop().await;
         println!("{report}");
         assert_eq!(report.failed, 0, "no request may fail: {report}");
         assert!(report.ok > 0, "{report}");

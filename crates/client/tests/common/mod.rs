@@ -180,3 +180,46 @@ impl Stub {
             .expect("the stub task ends cleanly");
     }
 }
+
+/// A paced load running in the background until [`BackgroundLoad::stop`].
+pub struct BackgroundLoad {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<client::Result<client::load::LoadReport>>,
+}
+
+/// Starts `rate` requests per second, 4 in flight, through `client`, for
+/// at most two minutes.
+pub fn paced_load(client: &LoremClient, rate: u32) -> BackgroundLoad {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        client::load::run_until(
+            &client,
+            &client::load::LoadOptions {
+                requests: None,
+                duration: Some(Duration::from_secs(120)),
+                concurrency: 4,
+                rate: Some(rate),
+                ..client::load::LoadOptions::default()
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    BackgroundLoad { stop, task }
+}
+
+impl BackgroundLoad {
+    /// Stops sending, waits for the requests in flight, and returns the
+    /// report.
+    pub async fn stop(self) -> client::load::LoadReport {
+        let _ = self.stop.send(());
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the load stops in time")
+            .expect("no panic")
+            .expect("valid options")
+    }
+}
