@@ -12,9 +12,9 @@
 //! | register | `register()` until it returns | `--rounds` |
 //! | propagation | from calling `register()` on one connection until a watch on another shows the instance | `--rounds` |
 //! | deregistration | from calling `deregister()` until that watch drops it | `--rounds` |
-//! | crash detection | `sdctl register` child processes are SIGKILLed; until the watch drops each (memory: `abandon()`, the registry being in-process) | `--crash` |
+//! | crash detection | `sdctl register` child processes are SIGKILLed one by one, spread over one keep-alive period (TTL/3) so the samples fall at different points of the keep-alive cycle; from each kill until the watch drops that instance (memory: `abandon()`, the registry being in-process) | `--crash` |
 //! | initial sync | a new connection's watch of a service of `--bulk` instances, until its first full snapshot | `--sync` |
-//! | watcher MiB | peak RSS (`VmHWM`) of an `sdctl watch` child process synced to `--watchers` instances, minus that of an `sdctl watch` of an empty service (memory: n/a, a separate process cannot see it) | 1 |
+//! | watcher MiB | peak RSS (`VmHWM`) of an `sdctl watch` child process synced to `--watchers` instances, minus that of an `sdctl watch` of an empty service (memory: n/a, a separate process cannot see it; Consul: the instances are written into the catalog under 100 nodes, since one agent cannot take that many registrations in reasonable time, see `consul_catalog.rs`) | 1 |
 //! | bulk reg/s | `--bulk` registrations at once over ONE registrar (one lease, one session, one agent connection), divided by the time until all returned | 1 |
 //! | lorem rps, p99 | two lorem servers registered through the backend and `--load-requests` requests through the discovery-fed balancer and `lorem-client load`'s runner | 1 |
 //! | server MiB | the server process's RSS at the end (`--spawn` only) | 1 |
@@ -31,6 +31,7 @@
 
 mod chart;
 mod child;
+mod consul_catalog;
 mod progress;
 mod report;
 mod scenarios;

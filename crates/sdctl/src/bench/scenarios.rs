@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,6 +10,7 @@ use registry::{DynRegistry, Instance, Registration, WatchStream};
 use tokio::time::Instant;
 
 use super::child::{SdctlChild, proc_status_mib};
+use super::consul_catalog::{Catalog, NODES};
 use super::progress::Progress;
 use super::report::{BackendReport, Bulk, Lorem, Stat, WatcherMemory};
 use super::target::{TIMEOUT, Target};
@@ -140,6 +142,11 @@ async fn until(
             }
         }
     }
+}
+
+/// Locks a mutex whose data cannot be left inconsistent (plain stores).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn after(d: Duration) -> Instant {
@@ -331,25 +338,54 @@ impl Cx<'_> {
             "crash detection: {n} killed, waiting for the expiry ({:?})",
             self.target.expiry()
         ));
-        let killed = Instant::now();
-        for child in &mut children {
-            child.kill();
-        }
-        for registration in in_process {
-            registration.abandon();
-        }
-        let mut gone: BTreeMap<&str, Duration> = BTreeMap::new();
-        let deadline = killed + self.target.expiry() * 3 + Duration::from_secs(15);
+        // The kills are spread over one keep-alive period (TTL/3), so that
+        // the samples fall at different points of the keep-alive cycle
+        // rather than all at the same one; each is timed from its own kill.
+        let step = self.target.ttl() / 3 / u32::try_from(n).unwrap_or(u32::MAX);
+        let killed_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+        let killer = {
+            let killed_at = killed_at.clone();
+            tokio::spawn(async move {
+                let mut in_process = in_process.into_iter().map(Some).collect::<Vec<_>>();
+                for i in 0..n {
+                    if i > 0 {
+                        tokio::time::sleep(step).await;
+                    }
+                    let now = Instant::now();
+                    lock(&killed_at)[i] = Some(now);
+                    if let Some(child) = children.get_mut(i) {
+                        child.kill();
+                    }
+                    if let Some(registration) = in_process.get_mut(i).and_then(Option::take) {
+                        registration.abandon();
+                    }
+                }
+                children
+            })
+        };
+        let mut gone: BTreeMap<usize, Duration> = BTreeMap::new();
+        let deadline =
+            after(self.target.ttl() / 3 + self.target.expiry() * 3) + Duration::from_secs(15);
         while gone.len() < n {
             let snapshot =
                 until(&mut watch, deadline, "every crash to be noticed", |_| true).await?;
-            let elapsed = killed.elapsed();
-            for id in &ids {
-                if snapshot.iter().all(|x| &x.id != id) {
-                    gone.entry(id).or_insert(elapsed);
+            let now = Instant::now();
+            let killed_at = lock(&killed_at).clone();
+            for (i, id) in ids.iter().enumerate() {
+                if gone.contains_key(&i) || snapshot.iter().any(|x| &x.id == id) {
+                    continue;
                 }
+                let Some(killed) = killed_at[i] else {
+                    return Err(format!(
+                        "{id} was gone before its registering side was killed"
+                    ));
+                };
+                gone.insert(i, now - killed);
             }
         }
+        let children = killer
+            .await
+            .map_err(|e| format!("the task killing the registering side failed: {e}"))?;
         for child in children {
             child.kill_and_wait().await;
         }
@@ -432,9 +468,22 @@ impl Cx<'_> {
             return Ok(());
         }
         let service = &self.names.watched;
-        let registrar = self.bulk_registrar().await?;
         self.say(&format!("registering {n} instances for the watcher"));
-        let registrations = register_many(&registrar, service, n, self.sizes.bulk).await?;
+        let mut registrations = Vec::new();
+        let mut catalog = None;
+        if let (Backend::Consul, Some(addr)) = (self.target.backend, &self.target.addr) {
+            let writer = Catalog::new(addr, TIMEOUT)?;
+            let nodes = format!("{service}-node");
+            writer.register(&nodes, service, n).await?;
+            catalog = Some((writer, nodes));
+            row.notes.push(format!(
+                "watcher memory: the {n} instances were written into the catalog under {NODES} nodes, \
+                 as one agent cannot take that many registrations in reasonable time"
+            ));
+        } else {
+            let registrar = self.bulk_registrar().await?;
+            registrations = register_many(&registrar, service, n, self.sizes.bulk).await?;
+        }
         let watcher = self.connect().await?;
         let mut watch = watcher.watch(service);
         until(
@@ -457,6 +506,9 @@ impl Cx<'_> {
         });
         self.say(&format!("deregistering {n} instances"));
         cleanup(registrations).await;
+        if let Some((writer, nodes)) = catalog {
+            writer.deregister(&nodes).await?;
+        }
         Ok(())
     }
 
