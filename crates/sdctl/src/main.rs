@@ -58,8 +58,8 @@ enum Command {
         /// One JSON object per line: {"event": "added", "instance": {...}}.
         #[arg(long)]
         json: bool,
-        /// Stop after this many change lines.
-        #[arg(long)]
+        /// Stop after this many change lines (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
     /// Register an instance and hold it while the command runs.
@@ -117,10 +117,10 @@ struct BenchArgs {
     /// temp dirs) through the test kit, and stop them afterwards.
     #[arg(long)]
     spawn: bool,
-    /// The etcd server to measure, if not --spawn.
+    /// The etcd cluster to measure, if not --spawn (comma-separated members).
     #[arg(long, value_name = "HOST:PORT")]
     etcd_addr: Option<String>,
-    /// The ZooKeeper server to measure, if not --spawn.
+    /// The ZooKeeper ensemble to measure, if not --spawn (comma-separated members).
     #[arg(long, value_name = "HOST:PORT")]
     zookeeper_addr: Option<String>,
     /// The Consul agent to measure, if not --spawn.

@@ -47,6 +47,7 @@ fn bad_arguments_are_clear_errors() {
             "metadata \"zone\" must be KEY=VALUE",
         ),
         (&[], &["watch"], 2, "SERVICE"),
+        (&[], &["watch", "lorem", "--count", "0"], 2, "--count"),
         (
             &[],
             &["bench", "--quick", "--backends", "etcd"],

@@ -293,7 +293,7 @@ impl Cx<'_> {
         self.say(&format!("crash detection: registering {n} instances"));
 
         // The registering side: `n` `sdctl register` processes, or, for the
-        // in-process registry, `n` registrations abandoned at once.
+        // in-process registry, `n` registrations to abandon.
         let mut children = Vec::new();
         let mut in_process = Vec::new();
         if self.target.backend == Backend::Memory {

@@ -64,7 +64,13 @@ impl Target {
                 .cloned()
                 .ok_or_else(|| format!("no address for {backend}"))?
         };
-        let addrs = vec![addr.clone()];
+        // `REGISTRY_ADDR` form: comma-separated members.
+        let addrs: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
         target.settings.backend = match backend {
             Backend::Etcd => BackendConfig::Etcd(EtcdConfig {
                 addr: addrs,
