@@ -105,9 +105,11 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
         }
     }
     for note in &lines[7..] {
+        // What does not apply, or was measured another way (memory, the
+        // Consul catalog); never a failure.
         assert!(
-            note.starts_with("memory: "),
-            "only memory has notes: {note}"
+            BACKENDS.iter().any(|b| note.starts_with(&format!("{b}: "))),
+            "a note names its backend: {note}"
         );
         assert!(!note.contains("FAILED"), "{note}");
     }
