@@ -58,7 +58,7 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
         "sdctl bench failed: {stderr}\n{stdout}"
     );
     assert!(
-        !stderr.contains('\r') && !stderr.contains("starting the server"),
+        !stderr.contains('\r') && !stderr.contains("register/deregister round"),
         "no progress when stderr is not a terminal: {stderr}"
     );
 
@@ -301,4 +301,40 @@ fn a_bench_against_a_given_server_leaves_nothing_behind() {
         serde_json::json!([]),
         "left behind: {json}"
     );
+}
+
+/// Runs a tiny memory-only bench under `script`, which gives it a terminal
+/// (util-linux's `script`, in Debian's essential bsdutils package), and
+/// returns what the terminal showed.
+fn bench_on_a_terminal(extra: &str) -> String {
+    let command = format!(
+        "{} bench --backends memory --ttl 1s --rounds 2 --gap 0s --crash 1 --bulk 10 --sync 1 \
+         --watchers 0 --load-requests 10 {extra} >/dev/null",
+        env!("CARGO_BIN_EXE_sdctl")
+    );
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "cannot run `script` to give sdctl a terminal; install it with `apt-get install bsdutils`"
+        );
+    }
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &command, "/dev/null"]);
+    let (output, _) = run_bounded(script, BENCH_BOUND);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+}
+
+#[test]
+fn progress_shows_on_a_terminal_unless_turned_off() {
+    let shown = bench_on_a_terminal("");
+    assert!(
+        shown.contains("memory: register/deregister round 2/2") && shown.contains('\r'),
+        "{shown:?}"
+    );
+    let quiet = bench_on_a_terminal("--no-progress");
+    assert!(!quiet.contains("register/deregister round"), "{quiet:?}");
 }

@@ -42,7 +42,10 @@ pub(crate) async fn measure(
 ) -> BackendReport {
     let started = Instant::now();
     let mut row = BackendReport::new(backend.name());
-    progress.say(backend.name(), "starting the server");
+    let has_server = backend != Backend::Memory;
+    if has_server {
+        progress.say(backend.name(), "starting the server");
+    }
     match Target::start(backend, options).await {
         Ok(target) => {
             row.addr.clone_from(&target.addr);
@@ -58,7 +61,9 @@ pub(crate) async fn measure(
                 row.error = Some(format!("{phase}: {error}"));
             }
             row.server_rss_mib = target.server_rss_mib().map(|m| round(m, 1));
-            progress.say(backend.name(), "stopping the server");
+            if has_server {
+                progress.say(backend.name(), "stopping the server");
+            }
             target.stop().await;
         }
         Err(error) => row.error = Some(format!("start: {error}")),
