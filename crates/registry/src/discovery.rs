@@ -40,6 +40,39 @@ pub trait Registrar: Send + Sync {
     /// (`Unavailable`, `Timeout`, `Rejected`) if the first registration did
     /// not go through. Errors are always returned, never swallowed.
     async fn register(&self, instance: Instance) -> Result<Registration>;
+
+    /// Removes the record of instance `id` of `service` from the registry,
+    /// whoever registered it: the operator's removal behind
+    /// `sdctl deregister`, for records whose owner is gone (a crashed
+    /// process before its TTL or session runs out, a record another tool
+    /// wrote without a lease or check).
+    ///
+    /// Returns `Ok(true)` if a record was removed, `Ok(false)` if there was
+    /// none. Watchers see the instance go at once. A registrar that still
+    /// holds the instance restores it at its next check (memory and Consul:
+    /// within TTL/3; etcd: about one TTL; ZooKeeper: one session timeout),
+    /// as it would after any loss: to take a live instance out for good,
+    /// stop its process or deregister its [`Registration`].
+    ///
+    /// The provided implementation refuses, for registrars that are not a
+    /// backend (wrappers, test doubles); every backend of this crate
+    /// implements it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInstance`](crate::Error::InvalidInstance) for a
+    /// service name or id that breaks the naming rules; a backend error
+    /// (`Unavailable`, `Timeout`, `Rejected`) if the removal could not be
+    /// done within the timeout.
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        let _ = (service, id);
+        Err(crate::Error::Rejected {
+            backend: "registrar",
+            operation: "deregister_instance",
+            reason:
+                "this registrar cannot remove other registrations; use a backend's own registry"
+                    .to_owned(),
+        })
+    }
 }
 
 /// Reads and watches the live instances of services.
@@ -73,6 +106,9 @@ impl<T: Registrar + Watcher + ?Sized> Registry for T {}
 impl<T: Registrar + ?Sized> Registrar for Arc<T> {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         (**self).register(instance).await
+    }
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        (**self).deregister_instance(service, id).await
     }
 }
 

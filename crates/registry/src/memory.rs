@@ -6,6 +6,7 @@
 //! | keep alive  | a task per registration pushes the expiry out every TTL/3   |
 //! | deregister  | remove the entry (only if it is still ours)                 |
 //! | abandon     | stop the task; the entry expires after the TTL              |
+//! | deregister_instance | remove the entry whoever owns it; a live owner puts it back at its next refresh |
 //! | watch       | a change counter plus a timer on the next expiry            |
 //!
 //! It has the same semantics as the real backends, expiry included, so the
@@ -169,12 +170,34 @@ impl Store {
         drop(state);
         if reinserted {
             tracing::warn!(backend = "memory", service = %instance.service, id = %instance.id,
-                "registration had expired; registered it again");
+                "registration had expired or was removed; registered it again");
         }
         if purged || reinserted {
             self.notify();
         }
         still_ours
+    }
+
+    /// Removes `service`/`id` whoever registered it; true if it was there
+    /// (and live).
+    fn remove_any(&self, service: &str, id: &str) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let removed = match state.services.get_mut(service) {
+            Some(entries) => {
+                let removed = entries.remove(id).is_some_and(|e| e.expires_at > now);
+                if entries.is_empty() {
+                    state.services.remove(service);
+                }
+                removed
+            }
+            None => false,
+        };
+        drop(state);
+        if removed {
+            self.notify();
+        }
+        removed
     }
 
     fn remove(&self, service: &str, id: &str, token: u64) {
@@ -266,6 +289,12 @@ impl Registrar for MemoryRegistry {
                 stopped,
             }),
         ))
+    }
+
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        validate_name("service", service)?;
+        validate_name("id", id)?;
+        Ok(self.store.remove_any(service, id))
     }
 }
 
@@ -405,6 +434,27 @@ mod tests {
         let registry = MemoryRegistry::new(Duration::from_secs(2));
         let err = registry.register(lorem("a b")).await.unwrap_err();
         assert!(err.to_string().contains("id \"a b\""), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_removal_is_seen_at_once_and_undone_by_a_live_owner() {
+        let registry = MemoryRegistry::new(Duration::from_secs(3));
+        let operator = registry.with_ttl(Duration::from_secs(3));
+        let a = registry.register(lorem("a")).await.unwrap();
+        let mut watch = registry.watch("lorem");
+        assert_eq!(watch.next().await.unwrap().unwrap(), vec![lorem("a")]);
+        assert!(operator.deregister_instance("lorem", "a").await.unwrap());
+        assert_eq!(watch.next().await.unwrap().unwrap(), vec![]);
+        assert!(!operator.deregister_instance("lorem", "a").await.unwrap());
+        assert!(!operator.deregister_instance("other", "a").await.unwrap());
+        // The owner is alive: its next refresh (TTL/3) puts it back.
+        assert_eq!(watch.next().await.unwrap().unwrap(), vec![lorem("a")]);
+        let err = operator
+            .deregister_instance("lorem", "a b")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("id \"a b\""), "{err}");
+        a.deregister().await.unwrap();
     }
 
     #[tokio::test]

@@ -359,11 +359,11 @@ async fn crash_sigkill(h: Harness) {
     }
     let watcher = h.connect().await;
     let mut watch = watcher.watch("svc4k");
-    let mut child = registryctl(&h)
+    let mut child = sdctl(&h)
         .args(["register", "svc4k", "child", "127.0.0.1:9009"])
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn registryctl");
+        .expect("spawn sdctl");
     await_snapshot(&mut watch, TIMEOUT * 2, "the child's instance", |s| {
         ids(s) == ["child"]
     })
@@ -386,8 +386,12 @@ async fn crash_sigkill(h: Harness) {
     ));
 }
 
-fn registryctl(h: &Harness) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_registryctl"));
+/// `sdctl` (crates/sdctl) with the harness's settings in its environment.
+/// It is another package's binary, so it is found next to this test's
+/// executable (`cargo test --workspace` builds it) or through `SDCTL_BIN`.
+fn sdctl(h: &Harness) -> std::process::Command {
+    let bin = testkit::sdctl_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut command = std::process::Command::new(bin);
     command
         .env("REGISTRY", h.backend)
         .env("REGISTRY_TTL", format!("{}s", h.settings.ttl.as_secs()))
@@ -402,6 +406,81 @@ fn registryctl(h: &Harness) -> std::process::Command {
         command.env("REGISTRY_ADDR", server.registry_addr());
     }
     command
+}
+
+// 4c. An operator removes an instance by service and id from another
+// connection (`sdctl deregister`): watchers see it go at once, without
+// waiting for a TTL; a registrar that still holds it restores it.
+async fn operator_deregister(h: Harness) {
+    let owner = h.connect().await;
+    let operator = h.connect().await;
+    let watcher = h.connect().await;
+    let live = owner
+        .register(instance("svc4o", "live", 9030))
+        .await
+        .unwrap();
+    let crashed = owner
+        .register(instance("svc4o", "crashed", 9031))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc4o");
+    await_snapshot(&mut watch, TIMEOUT, "both instances", |s| s.len() == 2).await;
+
+    // The record of a crashed process goes at once, not after its expiry.
+    crashed.abandon();
+    let started = Instant::now();
+    assert!(
+        operator
+            .deregister_instance("svc4o", "crashed")
+            .await
+            .unwrap(),
+        "the crashed instance's record was there to remove"
+    );
+    await_snapshot(&mut watch, TIMEOUT, "the removed instance to go", |s| {
+        ids(s) == ["live"]
+    })
+    .await;
+    report(format!(
+        "conformance {} operator deregister: gone from the watch in {:?} (expiry {:?})",
+        h.backend,
+        started.elapsed(),
+        h.expiry()
+    ));
+    assert!(
+        !operator
+            .deregister_instance("svc4o", "crashed")
+            .await
+            .unwrap(),
+        "a second removal finds nothing"
+    );
+    assert!(!operator.deregister_instance("svc4o", "nope").await.unwrap());
+    assert!(!operator.deregister_instance("svc4x", "live").await.unwrap());
+    let error = operator
+        .deregister_instance("svc4o", "no such/id")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidInstance(_)), "{error}");
+
+    // A live owner restores its instance at its next check.
+    assert!(operator.deregister_instance("svc4o", "live").await.unwrap());
+    await_snapshot(&mut watch, TIMEOUT, "the live instance to go", |s| {
+        s.is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    await_snapshot(
+        &mut watch,
+        h.expiry() * 3,
+        "the live owner to restore its instance",
+        |s| ids(s) == ["live"],
+    )
+    .await;
+    report(format!(
+        "conformance {} operator deregister: a live owner restored it after {:?}",
+        h.backend,
+        started.elapsed()
+    ));
+    live.deregister().await.unwrap();
 }
 
 // 5. Additions and removals arrive in order; a later watcher gets the full set.
@@ -822,6 +901,7 @@ conformance!(
     deregister,
     crash_abandon,
     crash_sigkill,
+    operator_deregister,
     ordering,
     many,
     garbage,

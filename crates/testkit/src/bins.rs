@@ -162,6 +162,52 @@ pub fn consul_bin() -> Result<PathBuf> {
     find(&consul_lookup(&process_env), &process_env)
 }
 
+/// This workspace's `sdctl` (crates/sdctl), for tests of other packages
+/// that need a separate process holding a registration (Cargo gives
+/// `CARGO_BIN_EXE_*` only for a package's own binaries): `$SDCTL_BIN`, else
+/// `sdctl` in the profile directory of the running executable (the
+/// `target/debug` of `target/debug/deps/<test>`), which `cargo test
+/// --workspace` builds before running any test.
+///
+/// # Errors
+///
+/// If neither is an executable file; the message says how to build it.
+pub fn sdctl_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    sdctl_bin_in(&process_env, exe.as_deref())
+}
+
+fn sdctl_bin_in(env: Env<'_>, exe: Option<&Path>) -> Result<PathBuf> {
+    const HINT: &str = "build it with `cargo build -p sdctl` (`cargo test --workspace` \
+         builds it), or point SDCTL_BIN at an sdctl binary";
+    if let Some(value) = env("SDCTL_BIN").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        bail!(
+            "SDCTL_BIN={} is not an executable file; fix or unset it, or {HINT}",
+            path.display()
+        );
+    }
+    // <target>/<profile>/deps/<test-binary> -> <target>/<profile>/sdctl
+    let candidate = exe
+        .and_then(Path::parent)
+        .map(|dir| {
+            if dir.ends_with("deps") {
+                dir.parent().unwrap_or(dir)
+            } else {
+                dir
+            }
+        })
+        .map(|dir| dir.join("sdctl"));
+    match candidate {
+        Some(path) if is_executable(&path) => Ok(path),
+        Some(path) => bail!("cannot find sdctl at {}; {HINT}", path.display()),
+        None => bail!("cannot find sdctl: the running executable's path is unknown; {HINT}"),
+    }
+}
+
 /// The Java runtime that runs ZooKeeper: `$TESTKIT_JAVA`, else `java` on
 /// `PATH`, else `/usr/bin/java`.
 ///
@@ -270,6 +316,31 @@ mod tests {
             zk_classpath_in(&env, Path::new("/nonexistent")).unwrap(),
             "/a.jar:/b.jar"
         );
+    }
+
+    #[test]
+    fn sdctl_is_found_next_to_the_test_binary_or_through_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let deps = dir.path().join("deps");
+        std::fs::create_dir(&deps).unwrap();
+        let test_exe = deps.join("conformance-0123");
+        let err = sdctl_bin_in(&env_of(&[]), Some(&test_exe))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cargo build -p sdctl"), "{err}");
+        assert!(
+            err.contains(&dir.path().join("sdctl").display().to_string()),
+            "{err}"
+        );
+
+        let sdctl = dir.path().join("sdctl");
+        std::fs::write(&sdctl, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&sdctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(sdctl_bin_in(&env_of(&[]), Some(&test_exe)).unwrap(), sdctl);
+
+        let env = env_of(&[("SDCTL_BIN", "/nonexistent/sdctl")]);
+        let err = sdctl_bin_in(&env, Some(&test_exe)).unwrap_err().to_string();
+        assert!(err.contains("SDCTL_BIN=/nonexistent/sdctl"), "{err}");
     }
 
     #[test]

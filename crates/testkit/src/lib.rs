@@ -12,7 +12,8 @@
 //!   (lookup, stop, kill, start with the quorum rule) is in `cluster`.
 //! - [`etcd_bin`], [`etcdctl_bin`], [`java_bin`], [`zk_classpath`],
 //!   [`consul_bin`]: where the binaries are; a missing one is an error
-//!   saying how to install it (`bins`).
+//!   saying how to install it (`bins`); [`sdctl_bin`]: this workspace's
+//!   `sdctl`, for tests of other packages that spawn it.
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
 //! - [`topology`]: the lorem topology of the compose files (a registry,
@@ -63,7 +64,7 @@ mod process;
 pub mod topology;
 mod zookeeper;
 
-pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, zk_classpath};
+pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, sdctl_bin, zk_classpath};
 pub use consul::ConsulAgent;
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::free_port;

@@ -182,7 +182,7 @@ impl Api {
 
     /// `GET /v1/agent/service/<id>`: the service name this agent has under
     /// `id`, if any.
-    async fn agent_service_name(&self, id: &str) -> Result<Option<String>> {
+    pub(super) async fn agent_service_name(&self, id: &str) -> Result<Option<String>> {
         #[derive(Deserialize)]
         struct AgentService {
             #[serde(rename = "Service")]

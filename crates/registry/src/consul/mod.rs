@@ -7,6 +7,7 @@
 //! | keep alive   | one task per registrar: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3, each round in a task of its own so it never holds up registrations |
 //! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" answer means the agent forgot the instance: register it again; connection errors: retry with backoff |
 //! | deregister   | `PUT /v1/agent/service/deregister/<id>`                                     |
+//! | deregister_instance | `GET /v1/agent/service/<id>` (is it this service's, on this agent?), then `PUT /v1/agent/service/deregister/<id>`; a live owner registers it again at its next heartbeat (TTL/3) |
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
 //! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
 //! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
@@ -303,6 +304,23 @@ impl Registrar for ConsulRegistry {
             token,
         };
         Ok(Registration::new(instance, Box::new(keeper)))
+    }
+
+    /// Only instances registered on this agent can be removed: Consul keeps
+    /// a registration with the agent it was made on, so one made through
+    /// another agent is not found here (`Ok(false)`).
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        validate_service(service)?;
+        crate::model::validate_name("id", id)?;
+        api::addressable("id", id)?;
+        // Service ids are unique per agent across services: never remove
+        // another service's instance that happens to have this id.
+        if self.api.agent_service_name(id).await?.as_deref() != Some(service) {
+            return Ok(false);
+        }
+        self.api.deregister(id).await?;
+        tracing::info!(backend = BACKEND, service, id, "operator deregistration");
+        Ok(true)
     }
 }
 

@@ -11,6 +11,8 @@
 //! | deregister  | `Txn { if lease(key) == L then Delete key }`                                  |
 //! | abandon     | `LeaseGrant` (never kept alive) + `Txn { if lease(key) == L then Put key     |
 //! |             | lease=new }`: the key expires one TTL later, as after a crash                |
+//! | deregister_instance | `Delete <prefix>/<service>/<id>`, whatever lease (or none) it has; a |
+//! |             | live owner puts it back at its next check (about one TTL)                    |
 //! | instances   | `Range <prefix>/<service>/` page by page, all pages at one revision          |
 //! | services    | `Range <prefix>/` page by page, skipping past each service once it is found  |
 //! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1           |
@@ -395,6 +397,30 @@ impl Registrar for EtcdRegistry {
                 timeout: self.ctx.timeout,
             }),
         ))
+    }
+
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        self.delete_key(service, id).await
+    }
+}
+
+impl EtcdRegistry {
+    /// `Delete <prefix>/<service>/<id>`: see [`Registrar::deregister_instance`].
+    async fn delete_key(&self, service: &str, id: &str) -> Result<bool> {
+        validate_name("service", service)?;
+        validate_name("id", id)?;
+        let key = format!("{}/{service}/{id}", self.ctx.prefix);
+        let reply = self
+            .ctx
+            .call("deregister", || {
+                let mut kv = self.ctx.kv.clone();
+                let key = key.clone();
+                async move { kv.delete(key, None).await }
+            })
+            .await?;
+        let removed = reply.deleted() > 0;
+        tracing::info!(backend = BACKEND, key, removed, "operator deregistration");
+        Ok(removed)
     }
 }
 

@@ -8,6 +8,7 @@
 //! | keep alive   | the session itself: zookeeper-client pings every third of the session timeout |
 //! | replace      | our own node: `set`; another session's node: one `multi { delete; create -e }` |
 //! | deregister   | `delete` the node, if our session owns it                                  |
+//! | deregister_instance | `delete` the node whichever session owns it (or none); a live owner creates it again at its next check (one session timeout) |
 //! | abandon      | one `multi { delete; create -e }` moves the node to a throwaway session, which is then dropped without `CloseSession`: the server expires it after the session timeout, exactly as after a crash |
 //! | session lost | open a new session and create every live node again, with backoff          |
 //! | reconnected  | verify every node we own (events and requests may have been lost)          |
@@ -324,6 +325,24 @@ impl Registrar for ZookeeperRegistry {
                 token,
             }),
         ))
+    }
+
+    async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
+        validate_node_name("service", service)?;
+        validate_node_name("id", id)?;
+        let shared = &self.shared;
+        let path = shared.params.node_path(service, id);
+        let removed = with_deadline(BACKEND, "deregister", shared.params.timeout, async {
+            let client = read::current_session(&shared.session).await?;
+            match client.delete(&path, None).await {
+                Ok(()) => Ok(true),
+                Err(zk::Error::NoNode) => Ok(false),
+                Err(error) => Err(shared.params.error("deregister", error)),
+            }
+        })
+        .await?;
+        tracing::info!(backend = BACKEND, path, removed, "operator deregistration");
+        Ok(removed)
     }
 }
 

@@ -1,0 +1,397 @@
+//! `sdctl`: inspect and write any registry with the servers' settings, and
+//! benchmark the backends side by side. Argument parsing and wiring only;
+//! everything else is in the `sdctl` library.
+//!
+//! Exit status: 0 on success, 1 on an error (printed on stderr as
+//! `sdctl: ...`), 2 for bad arguments.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use registry::{BackendConfig, Settings};
+use sdctl::bench::{Backend, BenchOptions, Sizes};
+use sdctl::register::InstanceSpec;
+use sdctl::watch::WatchOptions;
+use sdctl::{Error, Result};
+
+/// One CLI for every registry backend: list, watch, register and
+/// deregister instances, and benchmark the backends side by side.
+///
+/// The registry comes from the same settings as the servers': REGISTRY
+/// (memory, etcd, zookeeper or zk, consul), REGISTRY_ADDR, REGISTRY_CONFIG
+/// (a TOML file), REGISTRY_PREFIX, REGISTRY_TTL, REGISTRY_TIMEOUT (the
+/// deadline of every registry call, 5s by default). Logs go to stderr
+/// (RUST_LOG; default warn, error for the bench).
+#[derive(Debug, Parser)]
+#[command(name = "sdctl", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the services with live instances, or one service's instances.
+    ///
+    /// A service without live instances is an error (exit 1) that lists the
+    /// services there are.
+    Ls {
+        /// The service whose instances to list.
+        service: Option<String>,
+        /// Print JSON: {"instances": [...]} for a service, {"services":
+        /// [{"name", "instances"}]} without one.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a service's changes as they happen, one line per change.
+    ///
+    /// First one "added" line per instance and a "synced SERVICE
+    /// instances=N" line, then one "added", "removed" or "changed" line per
+    /// change. Runs until SIGINT/SIGTERM or --count.
+    Watch {
+        /// The service to watch (it need not have instances yet).
+        service: String,
+        /// One JSON object per line: {"event": "added", "instance": {...}}.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many change lines (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+    /// Register an instance and hold it while the command runs.
+    ///
+    /// Prints "registered SERVICE/ID HOST:PORT" once registered; on
+    /// SIGINT/SIGTERM deregisters it, prints "deregistered SERVICE/ID" and
+    /// exits 0. Killed outright, it leaves the instance to expire after the
+    /// TTL (REGISTRY_TTL), like a crashed server.
+    Register {
+        /// The service name.
+        service: String,
+        /// The instance id, unique within the service.
+        id: String,
+        /// Where the instance serves: HOST:PORT, or [IPv6]:PORT.
+        #[arg(value_parser = parse_addr)]
+        addr: String,
+        /// A tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Metadata as KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+        metadata: Vec<(String, String)>,
+        /// Relative share of traffic for weighted balancing (default 1).
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove an instance's record, whoever registered it.
+    ///
+    /// For records whose owner is gone: a crashed process, before its TTL
+    /// or session runs out, or a record another tool wrote. A process that
+    /// still holds the registration registers it again at its next check
+    /// (about one TTL): stop that process to remove it for good.
+    Deregister {
+        /// The service name.
+        service: String,
+        /// The instance id.
+        id: String,
+    },
+    /// Run the same scenarios on several backends and print one table.
+    ///
+    /// Each real backend is started on loopback through the test kit
+    /// (--spawn) or reached at --etcd-addr, --zookeeper-addr,
+    /// --consul-addr. The table goes to stdout; --out writes JSON, --svg a
+    /// chart of the latencies. Progress is shown on stderr when it is a
+    /// terminal.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// The backends, comma-separated, in the order of the rows.
+    #[arg(long, default_value = "memory,etcd,zookeeper,consul", value_parser = parse_backends)]
+    backends: BackendList,
+    /// Start etcd, ZooKeeper and Consul on 127.0.0.1 (ephemeral ports,
+    /// temp dirs) through the test kit, and stop them afterwards.
+    #[arg(long)]
+    spawn: bool,
+    /// The etcd cluster to measure, if not --spawn (comma-separated members).
+    #[arg(long, value_name = "HOST:PORT")]
+    etcd_addr: Option<String>,
+    /// The ZooKeeper ensemble to measure, if not --spawn (comma-separated members).
+    #[arg(long, value_name = "HOST:PORT")]
+    zookeeper_addr: Option<String>,
+    /// The Consul agent to measure, if not --spawn.
+    #[arg(long, value_name = "HOST:PORT")]
+    consul_addr: Option<String>,
+    /// Smaller sizes (15 rounds, 2 crashes, 3 syncs, 2000 watched, 2000
+    /// lorem requests): about a minute for all four backends with --spawn.
+    #[arg(long)]
+    quick: bool,
+    /// TTL of the measured registrations, 1s to 60s [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Register/propagate/deregister rounds, 1 to 10000 [default: 100].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Pause before each round, at most 10s [default: 200ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    gap: Option<Duration>,
+    /// Registering processes killed for crash detection, 1 to 50 [default: 5].
+    #[arg(long)]
+    crash: Option<usize>,
+    /// Instances registered at once over one registrar, and watched by the
+    /// initial-sync phase, 1 to 10000 [default: 1000].
+    #[arg(long)]
+    bulk: Option<usize>,
+    /// Initial-sync samples, 1 to 100 [default: 10].
+    #[arg(long)]
+    sync: Option<usize>,
+    /// Instances an `sdctl watch` process syncs to for its memory, 0 (skip)
+    /// to 100000 [default: 10000].
+    #[arg(long)]
+    watchers: Option<usize>,
+    /// Lorem requests through the balancer, 0 (skip) to 1000000 [default: 20000].
+    #[arg(long)]
+    load_requests: Option<u64>,
+    /// Lorem requests in flight at once, 1 to 1024 [default: 16].
+    #[arg(long)]
+    load_concurrency: Option<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE.json")]
+    out: Option<PathBuf>,
+    /// Write an SVG chart of the latencies to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    svg: Option<PathBuf>,
+    /// No progress on stderr, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// `--backends memory,etcd`, parsed as one value.
+#[derive(Debug, Clone)]
+struct BackendList(Vec<Backend>);
+
+fn parse_backends(list: &str) -> std::result::Result<BackendList, String> {
+    Backend::parse_list(list)
+        .map(BackendList)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_addr(value: &str) -> std::result::Result<String, String> {
+    sdctl::register::parse_host_port(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_meta(value: &str) -> std::result::Result<(String, String), String> {
+    sdctl::register::parse_key_value(value).map_err(|e| e.to_string())
+}
+
+impl BenchArgs {
+    fn options(&self) -> BenchOptions {
+        let base = if self.quick {
+            Sizes::quick()
+        } else {
+            Sizes::full()
+        };
+        let sizes = Sizes {
+            ttl: self.ttl.unwrap_or(base.ttl),
+            rounds: self.rounds.unwrap_or(base.rounds),
+            gap: self.gap.unwrap_or(base.gap),
+            crash: self.crash.unwrap_or(base.crash),
+            bulk: self.bulk.unwrap_or(base.bulk),
+            sync: self.sync.unwrap_or(base.sync),
+            watchers: self.watchers.unwrap_or(base.watchers),
+            load_requests: self.load_requests.unwrap_or(base.load_requests),
+            load_concurrency: self.load_concurrency.unwrap_or(base.load_concurrency),
+        };
+        let mut addrs = BTreeMap::new();
+        for (backend, addr) in [
+            (Backend::Etcd, &self.etcd_addr),
+            (Backend::Zookeeper, &self.zookeeper_addr),
+            (Backend::Consul, &self.consul_addr),
+        ] {
+            if let Some(addr) = addr {
+                addrs.insert(backend, addr.clone());
+            }
+        }
+        BenchOptions {
+            backends: self.backends.0.clone(),
+            spawn: self.spawn,
+            addrs,
+            sizes,
+            progress: !self.no_progress,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The bench kills servers that clients of finished phases may still be
+    // reconnecting to: their warnings would only be noise there.
+    init_tracing(if matches!(cli.command, Command::Bench(_)) {
+        "error"
+    } else {
+        "warn"
+    });
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sdctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, at `default` unless `RUST_LOG` says otherwise, so that
+/// stdout carries only results.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The settings, with the memory warning when they select it.
+fn settings() -> Result<Settings> {
+    let settings = Settings::from_env()?;
+    if matches!(settings.backend, BackendConfig::Memory(_)) {
+        eprintln!("sdctl: warning: {}", sdctl::MEMORY_WARNING);
+    }
+    Ok(settings)
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Command::Ls { service, json } => {
+            let settings = settings()?;
+            let registry = registry::connect(&settings).await?;
+            let text = match service {
+                Some(service) => {
+                    let instances =
+                        sdctl::ls::instances(&*registry, &sdctl::describe(&settings), &service)
+                            .await?;
+                    if json {
+                        sdctl::ls::instances_json(&instances) + "\n"
+                    } else {
+                        sdctl::ls::instances_table(&instances)
+                    }
+                }
+                None => {
+                    let services = sdctl::ls::services(&*registry).await?;
+                    if json {
+                        sdctl::ls::services_json(&services) + "\n"
+                    } else {
+                        sdctl::ls::services_table(&services)
+                    }
+                }
+            };
+            write(&mut stdout, &text)?;
+        }
+        Command::Watch {
+            service,
+            json,
+            count,
+        } => {
+            let settings = settings()?;
+            let registry = registry::connect(&settings).await?;
+            let options = WatchOptions {
+                json,
+                count,
+                timeout: settings.timeout,
+            };
+            let shutdown = sdctl::signal::shutdown_signal();
+            sdctl::watch::run(
+                &*registry,
+                settings.backend.name(),
+                &service,
+                &options,
+                &mut stdout,
+                &mut std::io::stderr(),
+                shutdown,
+            )
+            .await?;
+        }
+        Command::Register {
+            service,
+            id,
+            addr,
+            tags,
+            metadata,
+            weight,
+        } => {
+            let instance = InstanceSpec {
+                service,
+                id,
+                addr,
+                tags,
+                metadata,
+                weight,
+            }
+            .to_instance()?;
+            let settings = settings()?;
+            // Listen before registering: a signal during the registration
+            // still ends in a deregistration.
+            let shutdown = sdctl::signal::shutdown_signal();
+            let registry = registry::connect(&settings).await?;
+            sdctl::register::hold(&*registry, instance, &mut stdout, shutdown).await?;
+        }
+        Command::Deregister { service, id } => {
+            let settings = settings()?;
+            let registry = registry::connect(&settings).await?;
+            sdctl::register::deregister(
+                &*registry,
+                &sdctl::describe(&settings),
+                &service,
+                &id,
+                &mut stdout,
+            )
+            .await?;
+        }
+        Command::Bench(args) => return bench(&args, &mut stdout).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: &BenchArgs, stdout: &mut dyn Write) -> Result<ExitCode> {
+    let options = args.options();
+    options.check()?;
+    let sdctl = std::env::current_exe()
+        .map_err(|e| Error::io("the path of sdctl itself (for its child processes)", e))?;
+    let report = sdctl::bench::run(&options, &sdctl).await?;
+    write(stdout, &report.table())?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, report.to_json() + "\n")
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, sdctl::bench::svg(&report)?)
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+    }
+    if report.complete() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for row in report.backends.iter().filter(|r| r.error.is_some()) {
+            eprintln!(
+                "sdctl: bench {}: {}",
+                row.backend,
+                row.error.as_deref().unwrap_or_default()
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn write(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("stdout", e))
+}
