@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use registry::{Instance, Watcher};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -45,6 +45,28 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default [`BalancerOptions::max_staleness`].
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(300);
+
+/// How many changes of the set a slow [`Balancer::changes`] receiver may
+/// fall behind before it misses some.
+const CHANGES_BUFFER: usize = 64;
+
+/// One change of the live set, as [`Balancer::changes`] announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetChange {
+    /// When, in milliseconds since the Unix epoch (so that a test or a
+    /// report can line it up with other clocks).
+    pub at_unix_ms: u64,
+    /// The ids in the set from then on, sorted.
+    pub instances: Vec<String>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// A snapshot of the live set: sorted by instance id, cheap to clone.
 pub type Snapshot = Arc<[Instance]>;
@@ -129,6 +151,12 @@ struct Core {
     live: watch::Sender<Arc<Live>>,
     /// The same set as plain instances, for [`Balancer::subscribe`].
     snapshots: watch::Sender<Snapshot>,
+    /// Every change, for [`Balancer::changes`] (kept only while someone
+    /// listens).
+    changes: broadcast::Sender<SetChange>,
+    /// True once a waiting request has said so, until the set fills: one
+    /// log line per empty spell, not one per request.
+    wait_announced: std::sync::atomic::AtomicBool,
     picker: Mutex<Picker>,
     /// Calls parked until an instance appears.
     waiting: AtomicUsize,
@@ -235,6 +263,7 @@ impl Balancer {
         }
         let (live, _) = watch::channel(Arc::new(Live::default()));
         let (snapshots, _) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let picker = Picker::new(options.strategy, options.seed);
         let core = Arc::new(Core {
             service: service.to_owned(),
@@ -243,6 +272,8 @@ impl Balancer {
             options,
             live,
             snapshots,
+            changes,
+            wait_announced: std::sync::atomic::AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             sync: Mutex::new(SyncState::default()),
             metrics: metrics.for_service(service),
@@ -288,6 +319,13 @@ impl Balancer {
         self.core().snapshots.subscribe()
     }
 
+    /// A receiver of every change of the live set from now on (a
+    /// receiver more than 64 changes behind misses the oldest; see
+    /// [`broadcast::Receiver::recv`]).
+    pub fn changes(&self) -> broadcast::Receiver<SetChange> {
+        self.core().changes.subscribe()
+    }
+
     /// How current the live set is.
     pub fn freshness(&self) -> Freshness {
         let now = Instant::now();
@@ -296,10 +334,6 @@ impl Balancer {
         let stale_for = sync
             .outage_since
             .map(|since| now.saturating_duration_since(since));
-        self.core()
-            .metrics
-            .stale_seconds
-            .set(stale_for.unwrap_or_default().as_secs_f64());
         Freshness {
             synced: sync.synced,
             stale: stale_for.is_some(),
@@ -421,13 +455,15 @@ impl Balancer {
         // Counts this call in `waiting` from its first empty look until it
         // returns or is dropped.
         let _parked = Parked::new(&core.waiting);
-        tracing::info!(service = %core.service, wait_timeout = ?core.options.wait_timeout,
-            "no instance available yet; waiting for one to register");
+        if !core.wait_announced.swap(true, Ordering::SeqCst) {
+            tracing::info!(service = %core.service, wait_timeout = ?core.options.wait_timeout,
+                "no instance available yet; requests wait for one to register");
+        }
         loop {
             changes.borrow_and_update();
             match self.choose(tried) {
                 Choice::Picked(endpoint) => {
-                    tracing::info!(service = %core.service, waited = ?waited_from.elapsed(),
+                    tracing::debug!(service = %core.service, waited = ?waited_from.elapsed(),
                         "an instance appeared; sending the request");
                     return Ok(Some(endpoint));
                 }
@@ -501,6 +537,7 @@ impl Core {
             sync.last_error = None;
             std::mem::take(&mut sync.discarded)
         };
+        self.metrics.stale_seconds.set(0.0);
         let current = self.live.borrow().clone();
         let unchanged = current.endpoints.len() == instances.len()
             && current
@@ -550,8 +587,34 @@ impl Core {
         self.metrics
             .instances
             .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if !endpoints.is_empty() && self.wait_announced.swap(false, Ordering::SeqCst) && waiting > 0
+        {
+            tracing::info!(service = %self.service, waiting, "an instance appeared; waiting requests go ahead");
+        }
         self.live.send_replace(Arc::new(Live { endpoints }));
+        self.announce(ids.iter().map(|id| (*id).to_owned()).collect());
         self.snapshots.send_replace(Arc::from(instances));
+    }
+
+    /// Tells [`Balancer::changes`] receivers, if any, about a new set.
+    fn announce(&self, instances: Vec<String>) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(SetChange {
+                at_unix_ms: unix_ms(),
+                instances,
+            });
+        }
+    }
+
+    /// Brings the staleness gauge up to date.
+    fn refresh_staleness(&self) {
+        let stale = self
+            .sync()
+            .outage_since
+            .map(|since| since.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.stale_seconds.set(stale);
     }
 
     /// The watch reported an error: keep the set, remember the outage.
@@ -596,6 +659,7 @@ impl Core {
         self.metrics.discards.inc();
         self.metrics.instances.set(0);
         self.live.send_replace(Arc::new(Live::default()));
+        self.announce(Vec::new());
         self.snapshots.send_replace(Arc::from(Vec::new()));
     }
 }
@@ -633,10 +697,16 @@ async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
     let mut first = true;
     loop {
         let discard_at = core.discard_at();
+        let in_outage = core.sync().outage_since.is_some();
         let item = tokio::select! {
             item = stream.next() => item,
             () = sleep_until(discard_at), if discard_at.is_some() => {
                 core.discard();
+                continue;
+            }
+            // The staleness gauge grows while the outage lasts.
+            () = tokio::time::sleep(Duration::from_secs(1)), if in_outage => {
+                core.refresh_staleness();
                 continue;
             }
         };
@@ -645,7 +715,10 @@ async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
                 core.update(instances, first);
                 first = false;
             }
-            Some(Err(error)) => core.failed(&error),
+            Some(Err(error)) => {
+                core.failed(&error);
+                core.refresh_staleness();
+            }
             None => break,
         }
     }

@@ -8,22 +8,25 @@
 //! | failure of a try                                   | retried | costs retry budget |
 //! |----------------------------------------------------|---------|--------------------|
 //! | connection refused / unreachable                   | yes     | no                 |
-//! | a pooled connection closed before the answer began (the server closed it while we sent) | yes | no |
+//! | a pooled connection found closed before the request was sent | yes | no         |
 //! | connect timeout, try timeout                       | yes     | yes                |
 //! | a 5xx answer                                       | yes     | yes                |
-//! | connection reset or broken while reading the answer, an answer body over [`MAX_BODY_BYTES`] | yes | yes |
+//! | the connection closed or reset after the request was sent (the server may have acted on it), an answer body over [`MAX_BODY_BYTES`] | yes | yes |
 //! | any other answer (2xx, 3xx, 4xx)                   | no: returned as is |    |
 //!
 //! A retry never goes back to an instance this request already tried: it
 //! goes to another live instance, and when every live instance has been
-//! tried the request ends ([`GaveUp::AllTried`]). At most
+//! tried the request ends ([`GaveUp::AllTried`]); if the set empties
+//! between two tries, the retry waits for an instance like a first try, up
+//! to the balancer's wait timeout ([`GaveUp::NoneLeft`]). At most
 //! [`ClientOptions::attempts`] tries are made in all.
 //!
 //! **Retry budget.** Retries that cost budget are limited, over a sliding
 //! 10 s window, to [`ClientOptions::retry_percent`] of the requests plus
-//! [`ClientOptions::min_retries_per_sec`] (tower's `TpsBudget`), so that a
-//! sick backend cannot double the load on the healthy ones. Retries after a
-//! refused connection cost nothing: the request never reached a server.
+//! [`ClientOptions::min_retries_per_sec`], in whole numbers, so that a sick
+//! backend cannot double the load on the healthy ones. Retries after a
+//! refused connection, or a pooled connection found closed before sending,
+//! cost nothing: the request never reached a server.
 //!
 //! Every try's outcome feeds the instance's passive health (see
 //! [`EjectionOptions`](crate::EjectionOptions)) and its latency estimate.
@@ -41,9 +44,9 @@ use std::time::Duration;
 use registry::Instance;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::balancer::{Balancer, Snapshot};
+use crate::budget::RetryBudget;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, GaveUp, Result};
 use crate::limits::{MAX_BODY_BYTES, check_timeout};
@@ -66,8 +69,6 @@ pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRY_PERCENT: u32 = 20;
 /// Default [`ClientOptions::min_retries_per_sec`].
 pub const DEFAULT_MIN_RETRIES_PER_SEC: u32 = 10;
-/// The window over which the retry budget counts requests.
-pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,8 @@ pub struct ClientOptions {
     /// zero and at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub try_timeout: Duration,
     /// Retries that cost budget may add this many percent of the requests
-    /// (over [`RETRY_BUDGET_WINDOW`]); at most 1000.
+    /// (over [`RETRY_BUDGET_WINDOW`](crate::RETRY_BUDGET_WINDOW)); at most
+    /// 1000.
     pub retry_percent: u32,
     /// Retries per second allowed on top of the percentage, so that a
     /// client sending few requests can still retry.
@@ -125,15 +127,15 @@ pub struct Answer {
 enum Failure {
     /// The connection was refused or the host unreachable: nothing was sent.
     Connect(String),
-    /// A pooled connection was closed by the server before any answer
-    /// began: the classic keep-alive race; the server did not act on it.
-    ClosedBeforeAnswer(String),
+    /// A pooled connection was found closed before the request was sent
+    /// (hyper cancels it): the server never saw the request.
+    ClosedBeforeSend(String),
     /// The connect or try deadline passed.
     Timeout(String),
     /// A 5xx answer.
     Status(u16, String),
-    /// The connection broke while the answer was awaited or read, or the
-    /// answer was too large.
+    /// The connection closed or broke after the request was sent (the
+    /// server may have acted on it), or the answer was too large.
     Broken(String),
 }
 
@@ -141,7 +143,7 @@ impl Failure {
     /// True for failures whose retry costs no budget: the request never
     /// reached a server.
     fn is_free(&self) -> bool {
-        matches!(self, Failure::Connect(_) | Failure::ClosedBeforeAnswer(_))
+        matches!(self, Failure::Connect(_) | Failure::ClosedBeforeSend(_))
     }
 }
 
@@ -149,7 +151,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Connect(text)
-            | Failure::ClosedBeforeAnswer(text)
+            | Failure::ClosedBeforeSend(text)
             | Failure::Timeout(text)
             | Failure::Broken(text) => f.write_str(text),
             Failure::Status(status, body) => write!(f, "HTTP {status}: {body}"),
@@ -164,7 +166,7 @@ pub struct Client {
     balancer: Balancer,
     http: reqwest::Client,
     options: ClientOptions,
-    budget: Arc<TpsBudget>,
+    budget: Arc<RetryBudget>,
     /// Registry ids already warned about for a mismatched header.
     warned: Arc<Mutex<HashSet<String>>>,
 }
@@ -220,11 +222,7 @@ impl Client {
             )));
         }
         let http = http_client(options.try_timeout)?;
-        let budget = TpsBudget::new(
-            RETRY_BUDGET_WINDOW,
-            options.min_retries_per_sec,
-            options.retry_percent as f32 / 100.0,
-        );
+        let budget = RetryBudget::new(options.retry_percent, options.min_retries_per_sec);
         Ok(Client {
             balancer,
             http,
@@ -265,10 +263,25 @@ impl Client {
         let mut last: Option<(String, Failure)> = None;
         let mut gave_up = GaveUp::Attempts;
         for attempt in 1..=self.options.attempts {
+            if let Some((_, failure)) = &last {
+                // Before waiting for an instance: a refused retry must not
+                // block first.
+                if !failure.is_free() && !self.budget.withdraw() {
+                    metrics.budget_exhausted.inc();
+                    gave_up = GaveUp::Budget;
+                    break;
+                }
+            }
             let endpoint = match self.balancer.acquire(&tried).await {
                 Ok(Some(endpoint)) => endpoint,
                 Ok(None) => {
                     gave_up = GaveUp::AllTried;
+                    break;
+                }
+                // The set emptied after a failed try and nothing came back
+                // in time: the request failed, and its last failure says why.
+                Err(_) if last.is_some() => {
+                    gave_up = GaveUp::NoneLeft;
                     break;
                 }
                 Err(error) => {
@@ -276,12 +289,7 @@ impl Client {
                     return Err(error);
                 }
             };
-            if let Some((_, failure)) = &last {
-                if !failure.is_free() && !self.budget.withdraw() {
-                    metrics.budget_exhausted.inc();
-                    gave_up = GaveUp::Budget;
-                    break;
-                }
+            if last.is_some() {
                 metrics.retries.inc();
             }
             let tried_at = Instant::now();
@@ -292,7 +300,7 @@ impl Client {
             let took = tried_at.elapsed();
             let failure = match outcome {
                 Ok((status, body, reported_id)) if status < 500 => {
-                    endpoint.record_success(took, self.balancer.tracks_latency());
+                    endpoint.record_success(tried_at, took, self.balancer.tracks_latency());
                     let latency = started.elapsed();
                     if status < 400 {
                         metrics.ok.inc();
@@ -446,7 +454,7 @@ async fn read_body(
         .await
         .map_err(|e| match classify(&e, timeout) {
             // Once the answer has begun, nothing about it is free to retry.
-            Failure::ClosedBeforeAnswer(text) | Failure::Connect(text) => Failure::Broken(text),
+            Failure::ClosedBeforeSend(text) | Failure::Connect(text) => Failure::Broken(text),
             other => other,
         })?
     {
@@ -474,11 +482,14 @@ fn classify(error: &reqwest::Error, timeout: Duration) -> Failure {
     // reqwest's own message is generic and repeats the URL; the causes name
     // the problem ("Connection refused (os error 111)").
     let mut causes = Vec::new();
-    let mut closed_early = false;
+    let mut never_sent = false;
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            closed_early |= hyper.is_incomplete_message() || hyper.is_canceled();
+            // Canceled: hyper found the pooled connection closed before
+            // writing the request. (An incomplete message, by contrast, is
+            // an EOF after the request went out: not free.)
+            never_sent |= hyper.is_canceled();
         }
         causes.push(cause.to_string());
         source = cause.source();
@@ -486,9 +497,9 @@ fn classify(error: &reqwest::Error, timeout: Duration) -> Failure {
     let cause = causes.last().cloned().unwrap_or_else(|| error.to_string());
     if error.is_connect() {
         Failure::Connect(format!("cannot connect: {cause}"))
-    } else if closed_early {
-        Failure::ClosedBeforeAnswer(format!(
-            "the connection was closed before an answer began: {cause}"
+    } else if never_sent {
+        Failure::ClosedBeforeSend(format!(
+            "the connection was closed before the request was sent: {cause}"
         ))
     } else if error.is_body() || error.is_decode() {
         Failure::Broken(format!("cannot read the answer: {cause}"))

@@ -119,6 +119,8 @@ struct State {
     failures: u32,
     /// Ejections since the last success.
     ejections: u32,
+    /// When the current (or last) ejection began.
+    ejected_at: Option<Instant>,
 }
 
 /// An ejection that a failure caused.
@@ -153,6 +155,7 @@ impl Endpoint {
                 rtt_at: Instant::now(),
                 failures: 0,
                 ejections: 0,
+                ejected_at: None,
             }),
         }
     }
@@ -195,10 +198,15 @@ impl Endpoint {
         rtt * (self.in_flight() as f64 + 1.0)
     }
 
-    /// Records an answer (any status below 500) that took `latency`; the
-    /// latency estimate is only kept up to date when `track_latency` (p2c
-    /// is the strategy that reads it).
-    pub(crate) fn record_success(&self, latency: Duration, track_latency: bool) {
+    /// Records an answer (any status below 500) to a try sent at `sent`
+    /// that took `latency`; the latency estimate is only kept up to date
+    /// when `track_latency` (p2c is the strategy that reads it).
+    ///
+    /// A success resets the failure count. It ends an ejection, and the
+    /// doubling of ejection times, only if its try was sent after the
+    /// ejection began: an answer to a request sent before says nothing about
+    /// the instance now.
+    pub(crate) fn record_success(&self, sent: Instant, latency: Duration, track_latency: bool) {
         let troubled = self.troubled.load(Ordering::Relaxed);
         if !track_latency && !troubled {
             return;
@@ -209,9 +217,12 @@ impl Endpoint {
         }
         if troubled {
             state.failures = 0;
-            state.ejections = 0;
-            self.ejected_until.store(0, Ordering::Relaxed);
-            self.troubled.store(false, Ordering::Relaxed);
+            if state.ejected_at.is_none_or(|at| sent >= at) {
+                state.ejections = 0;
+                state.ejected_at = None;
+                self.ejected_until.store(0, Ordering::Relaxed);
+                self.troubled.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -240,6 +251,7 @@ impl Endpoint {
         state.ejections = state.ejections.saturating_add(1);
         let duration = options.duration(state.ejections);
         let until = now.checked_add(duration).unwrap_or(now);
+        state.ejected_at = Some(now);
         self.ejected_until.store(nanos(until), Ordering::Relaxed);
         Some(Ejected {
             duration,
@@ -306,8 +318,13 @@ mod tests {
         assert!(a.is_ejected(Instant::now()));
         // Failures of tries already under way do not eject it again.
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
+        let before_ejection = Instant::now() - Duration::from_secs(1);
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
-        a.record_success(Duration::from_millis(1), false);
+        // An answer to a try sent before the ejection does not end it...
+        a.record_success(before_ejection, Duration::from_millis(1), false);
+        assert!(a.is_ejected(Instant::now()));
+        // ...one sent after it does.
+        a.record_success(Instant::now(), Duration::from_millis(1), false);
         assert!(!a.is_ejected(Instant::now()));
         assert_eq!(a.record_failure(Duration::ZERO, &options), None);
         let again = a.record_failure(Duration::ZERO, &options).expect("ejected");
@@ -330,8 +347,8 @@ mod tests {
     fn cost_grows_with_latency_and_requests_in_flight() {
         let fast = endpoint();
         let slow = endpoint();
-        fast.record_success(Duration::from_millis(1), true);
-        slow.record_success(Duration::from_millis(50), true);
+        fast.record_success(Instant::now(), Duration::from_millis(1), true);
+        slow.record_success(Instant::now(), Duration::from_millis(50), true);
         let now = Instant::now();
         assert!(slow.cost(now) > 10.0 * fast.cost(now));
         let idle = fast.cost(now);
@@ -351,6 +368,7 @@ mod tests {
             rtt_at: start,
             failures: 0,
             ejections: 0,
+            ejected_at: None,
         };
         observe(&mut state, Duration::from_millis(100), start);
         assert_eq!(state.rtt_ns, 1e8);

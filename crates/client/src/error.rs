@@ -94,6 +94,9 @@ pub enum GaveUp {
     /// The retry budget was spent: too many requests are being retried, so
     /// the backends are sick, and retrying would only add load.
     Budget,
+    /// The live set emptied after a failed try and no instance appeared
+    /// within the balancer's wait timeout.
+    NoneLeft,
 }
 
 impl std::fmt::Display for GaveUp {
@@ -102,6 +105,7 @@ impl std::fmt::Display for GaveUp {
             GaveUp::Attempts => "no attempts left",
             GaveUp::AllTried => "every live instance was tried",
             GaveUp::Budget => "the retry budget is spent",
+            GaveUp::NoneLeft => "no instance was left to retry on",
         })
     }
 }

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 mod balancer;
+mod budget;
 mod client;
 mod endpoint;
 mod error;
@@ -51,12 +52,14 @@ pub mod load;
 pub mod repeat;
 
 pub use balancer::{
-    Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, Snapshot,
+    Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, SetChange,
+    Snapshot, unix_ms,
 };
+pub use budget::RETRY_BUDGET_WINDOW;
 pub use client::{
     Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_MIN_RETRIES_PER_SEC,
     DEFAULT_RETRY_PERCENT, DEFAULT_TRY_TIMEOUT, DirectClient, INSTANCE_HEADER, Kind, Lorem,
-    LoremClient, LoremRequest, RETRY_BUDGET_WINDOW, http_client, parse_kind,
+    LoremClient, LoremRequest, http_client, parse_kind,
 };
 pub use endpoint::{
     DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX, DEFAULT_RTT, EWMA_DECAY,

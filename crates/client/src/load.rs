@@ -22,7 +22,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::FutureExt as _;
 use serde::Serialize;
@@ -125,23 +125,7 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
 }
 
-/// The live set at one moment of a load run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SetChange {
-    /// When, in milliseconds since the Unix epoch (so that a test can line
-    /// it up with the faults it caused).
-    pub at_unix_ms: u64,
-    /// The ids in the set from then on, sorted.
-    pub instances: Vec<String>,
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::balancer::{SetChange, unix_ms};
 
 impl LoadReport {
     /// The report of a run where nothing could even start: every one of
@@ -363,27 +347,28 @@ fn ids(set: &[registry::Instance]) -> Vec<String> {
 
 impl SetRecorder {
     fn start(balancer: &Balancer) -> Self {
-        let mut changes = balancer.subscribe();
+        // Subscribed before the first look, so no change falls in between.
+        let mut changes = balancer.changes();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let first = SetChange {
             at_unix_ms: unix_ms(),
-            instances: ids(&changes.borrow_and_update()),
+            instances: ids(&balancer.instances()),
         };
         let task = tokio::spawn(async move {
             let mut seen = vec![first];
             loop {
                 tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            break;
+                    change = changes.recv() => match change {
+                        Ok(change) => {
+                            if seen.len() < MAX_SET_CHANGES {
+                                seen.push(change);
+                            }
                         }
-                        let instances = ids(&changes.borrow_and_update());
-                        if seen.len() < MAX_SET_CHANGES
-                            && seen.last().is_none_or(|last| last.instances != instances)
-                        {
-                            seen.push(SetChange { at_unix_ms: unix_ms(), instances });
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "the load report missed changes of the live set");
                         }
-                    }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
                     _ = &mut stopped => break,
                 }
             }

@@ -210,7 +210,7 @@ mod tests {
             "127.0.0.1",
             2,
         )));
-        dear.record_success(std::time::Duration::from_millis(100), true);
+        dear.record_success(Instant::now(), std::time::Duration::from_millis(100), true);
         let endpoints = [cheap, dear];
         let mut picker = Picker::new(Strategy::P2c, Some(7));
         for _ in 0..100 {

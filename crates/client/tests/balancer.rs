@@ -786,3 +786,51 @@ async fn a_set_stale_for_longer_than_the_maximum_is_dropped() {
     let freshness = balancer.freshness();
     assert!(!freshness.discarded && !freshness.stale, "{freshness:?}");
 }
+
+#[tokio::test]
+async fn a_spent_retry_budget_refuses_costly_retries_but_not_free_ones() {
+    let registry = memory_registry();
+    let broken = Stub::lorem(|| async { (axum::http::StatusCode::BAD_GATEWAY, "down") }).await;
+    let _broken = register_at(&registry, "a-broken", broken.addr.port()).await;
+    let live = start_lorem(registry.clone(), "lorem", "b-live").await;
+    // No budget at all: 0% and no floor.
+    let no_budget = ClientOptions {
+        retry_percent: 0,
+        min_retries_per_sec: 0,
+        ..ClientOptions::default()
+    };
+    let client = lorem_client(&registry, "lorem", ejecting_after(0), no_budget.clone());
+    wait_for_ids(client.balancer(), &["a-broken", "b-live"]).await;
+    // Round-robin starts on a-broken: its 502 would need a costly retry.
+    let error = client.lorem(&sentence()).await.expect_err("no budget");
+    assert!(
+        matches!(
+            error,
+            Error::Exhausted {
+                attempts: 1,
+                gave_up: GaveUp::Budget,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("the retry budget is spent"),
+        "{error}"
+    );
+    broken.stop().await;
+    // A refused connection is retried all the same: it costs nothing.
+    let dead = register_at(&registry, "a-dead", closed_port().await).await;
+    let client = lorem_client(&registry, "lorem", ejecting_after(0), no_budget);
+    wait_for_ids(client.balancer(), &["a-broken", "a-dead", "b-live"]).await;
+    let mut served = 0;
+    for _ in 0..3 {
+        // a-broken is a closed port now too: both refuse at once.
+        let lorem = client.lorem(&sentence()).await.expect("free retries");
+        assert_eq!(lorem.instance, "b-live");
+        served += 1;
+    }
+    assert_eq!(served, 3);
+    dead.deregister().await.expect("deregister");
+    live.shutdown().await.expect("clean shutdown");
+}

@@ -157,9 +157,15 @@ pub async fn deregister<R: Registry + ?Sized>(
     }
     let listed = registry.instances(service).await.unwrap_or_default();
     let hint = if listed.iter().any(|i| i.id == id) {
-        "it is listed, but was registered through another Consul agent: run sdctl against \
-         that agent (Consul keeps a registration with the agent it was made on)"
-            .to_owned()
+        if registry_name.starts_with("consul") {
+            "it is listed, but was registered through another Consul agent: run sdctl against \
+             that agent (Consul keeps a registration with the agent it was made on)"
+                .to_owned()
+        } else {
+            "it is listed again: its owner put it back (a live registration restores its \
+             record); stop the process that holds it"
+                .to_owned()
+        }
     } else if listed.is_empty() {
         format!("service {service:?} has no live instances")
     } else {

@@ -642,10 +642,14 @@ impl Topology {
             let Ok(chunk) = read_from(&l.proc.spec.log, l.log_read) else {
                 continue;
             };
-            let Some(end) = chunk.iter().rposition(|b| *b == b'\n') else {
-                continue;
+            let end = match chunk.iter().rposition(|b| *b == b'\n') {
+                Some(end) => end,
+                // A line longer than a whole chunk: pass it on in pieces
+                // rather than wait forever for its end.
+                None if chunk.len() as u64 >= LOG_CHUNK => chunk.len(),
+                None => continue,
             };
-            l.log_read += end as u64 + 1;
+            l.log_read += (end as u64 + 1).min(chunk.len() as u64);
             for line in String::from_utf8_lossy(&chunk[..end]).lines() {
                 let line = strip_ansi(line);
                 if !line.starts_with("--- testkit: ") && !line.trim().is_empty() {

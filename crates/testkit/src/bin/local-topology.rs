@@ -170,8 +170,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let started = loop {
         tokio::select! {
             result = &mut start => break result,
-            signal = signals.next(), if stop_signal.is_none() => {
-                say(&format!("{signal}: stopping once the start-up step under way has finished"));
+            signal = signals.next() => {
+                if stop_signal.is_some() {
+                    // Start-up cannot be interrupted half-way; the
+                    // watchdogs kill what it started once we are gone.
+                    say(&format!("{signal} again: exiting now; the processes started so far are killed"));
+                    std::process::exit(130);
+                }
+                say(&format!("{signal}: stopping once the start-up step under way has finished (again to exit now)"));
                 stop_signal = Some(signal);
             }
         }
