@@ -157,7 +157,7 @@ struct Core {
     /// True once a waiting request has said so, until the set fills: one
     /// log line per empty spell, not one per request.
     wait_announced: std::sync::atomic::AtomicBool,
-    picker: Mutex<Picker>,
+    picker: Picker,
     /// Calls parked until an instance appears.
     waiting: AtomicUsize,
     sync: Mutex<SyncState>,
@@ -268,7 +268,7 @@ impl Balancer {
         let core = Arc::new(Core {
             service: service.to_owned(),
             tracks_latency: picker.tracks_latency(),
-            picker: Mutex::new(picker),
+            picker,
             options,
             live,
             snapshots,
@@ -424,7 +424,7 @@ impl Balancer {
         };
         match self
             .core()
-            .picker()
+            .picker
             .choose(&live.endpoints, admit, tried.is_empty())
         {
             Some(chosen) => Choice::Picked(chosen.clone()),
@@ -495,11 +495,6 @@ impl Core {
     fn sync(&self) -> MutexGuard<'_, SyncState> {
         // Each update leaves the state consistent: poisoning is harmless.
         self.sync.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn picker(&self) -> MutexGuard<'_, Picker> {
-        // A panic while holding it can at worst leave an uneven turn.
-        self.picker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the set is to be dropped for staleness, if an outage is under

@@ -13,7 +13,8 @@
 //! `TpsBudget`, which this replaces, rounds the cost of a retry to a whole
 //! number of deposits: 40% became 50%, anything over 50% became 100%).
 
-use std::sync::Mutex;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,90 +25,101 @@ pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// Slots the window is cut into.
 const SLOTS: usize = 10;
 
+/// The origin of the slot numbers.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// A retry budget; shared by the clones of a [`Client`](crate::Client).
+///
+/// Lock-free: each slot holds the number of the tenth of a window it
+/// counts, and the first caller in a new tenth resets the slot it reuses.
+/// A count racing with that reset may be lost, which makes the budget a
+/// little generous or a little strict for a moment, never unbounded.
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
     percent: u64,
     /// Retries allowed over the window whatever the traffic.
     floor: u64,
-    state: Mutex<Window>,
+    slots: [Slot; SLOTS],
 }
 
-#[derive(Debug)]
-struct Window {
-    /// Requests and retries per slot.
-    slots: [(u64, u64); SLOTS],
-    /// The slot that `now` falls in, and when it began.
-    current: usize,
-    began: Instant,
+#[derive(Debug, Default)]
+struct Slot {
+    /// The slot number ([`slot_number`]) these counts belong to, plus one
+    /// (0: never used).
+    number: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// The number of the tenth of a window that `now` falls in.
+fn slot_number(now: Instant) -> u64 {
+    let slot = RETRY_BUDGET_WINDOW / SLOTS as u32;
+    u64::try_from(now.saturating_duration_since(*EPOCH).as_nanos() / slot.as_nanos())
+        .unwrap_or(u64::MAX)
 }
 
 impl RetryBudget {
     /// Retries may add `percent` of the requests plus `min_per_sec` per
     /// second.
     pub(crate) fn new(percent: u32, min_per_sec: u32) -> Self {
+        // Start the clock before the first slot number is taken.
+        let _ = *EPOCH;
         RetryBudget {
             percent: u64::from(percent),
             floor: u64::from(min_per_sec).saturating_mul(RETRY_BUDGET_WINDOW.as_secs()),
-            state: Mutex::new(Window {
-                slots: [(0, 0); SLOTS],
-                current: 0,
-                began: Instant::now(),
-            }),
+            slots: Default::default(),
         }
     }
 
-    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
-        // Counters only: a poisoned lock holds usable numbers.
-        let mut window = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        window.advance(Instant::now());
-        window
+    /// The slot for `number`, reset if it last counted an older tenth.
+    fn slot(&self, number: u64) -> &Slot {
+        let slot = &self.slots[(number % SLOTS as u64) as usize];
+        let tag = number.saturating_add(1);
+        let seen = slot.number.load(Ordering::Acquire);
+        if seen != tag
+            && slot
+                .number
+                .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
+        }
+        slot
     }
 
     /// Counts one request.
     pub(crate) fn deposit(&self) {
-        let mut window = self.window();
-        let current = window.current;
-        window.slots[current].0 = window.slots[current].0.saturating_add(1);
+        self.slot(slot_number(Instant::now()))
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false if it is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        let mut window = self.window();
-        let (requests, retries) = window.slots.iter().fold((0u64, 0u64), |(q, r), (sq, sr)| {
-            (q.saturating_add(*sq), r.saturating_add(*sr))
-        });
+        let now = slot_number(Instant::now());
+        let current = self.slot(now);
+        // The window: this tenth and the nine before it (tags are numbers
+        // plus one).
+        let oldest_tag = now.saturating_sub(SLOTS as u64 - 1).saturating_add(1);
+        let (requests, retries) = self
+            .slots
+            .iter()
+            .filter(|slot| slot.number.load(Ordering::Acquire) >= oldest_tag)
+            .fold((0u64, 0u64), |(q, r), slot| {
+                (
+                    q.saturating_add(slot.requests.load(Ordering::Relaxed)),
+                    r.saturating_add(slot.retries.load(Ordering::Relaxed)),
+                )
+            });
         let allowed = self
             .floor
             .saturating_add(requests.saturating_mul(self.percent) / 100);
         if retries >= allowed {
             return false;
         }
-        let current = window.current;
-        window.slots[current].1 = window.slots[current].1.saturating_add(1);
+        current.retries.fetch_add(1, Ordering::Relaxed);
         true
-    }
-}
-
-impl Window {
-    /// Moves the current slot up to `now`, clearing the slots it passes.
-    fn advance(&mut self, now: Instant) {
-        let slot = RETRY_BUDGET_WINDOW / SLOTS as u32;
-        let elapsed = now.saturating_duration_since(self.began);
-        let steps = (elapsed.as_nanos() / slot.as_nanos()).min(SLOTS as u128) as usize;
-        for _ in 0..steps {
-            self.current = (self.current + 1) % SLOTS;
-            self.slots[self.current] = (0, 0);
-        }
-        if steps > 0 {
-            // Whole slots only, so that the slots keep their boundaries.
-            let moved = slot * u32::try_from(steps).unwrap_or(u32::MAX);
-            self.began = if elapsed >= RETRY_BUDGET_WINDOW {
-                now
-            } else {
-                self.began + moved
-            };
-        }
     }
 }
 

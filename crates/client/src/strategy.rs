@@ -14,8 +14,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -88,26 +88,35 @@ impl fmt::Display for Strategy {
     }
 }
 
-/// The state behind the choices: the round-robin turn and the random
-/// generator (smooth weighted round-robin keeps its weights in the
-/// endpoints).
+/// The state behind the choices: the round-robin turn (an atomic: plain
+/// round-robin takes no lock) and the random generator (smooth weighted
+/// round-robin keeps its weights in the endpoints, under `weighted`).
 pub(crate) struct Picker {
     strategy: Strategy,
     /// Position of plain round-robin.
-    turn: usize,
-    rng: StdRng,
+    turn: AtomicUsize,
+    rng: Mutex<StdRng>,
+    /// Serialises smooth weighted round-robin's read-modify-write of the
+    /// endpoints' weights.
+    weighted: Mutex<()>,
 }
 
 impl Picker {
     pub(crate) fn new(strategy: Strategy, seed: Option<u64>) -> Self {
         Picker {
             strategy,
-            turn: 0,
-            rng: match seed {
+            turn: AtomicUsize::new(0),
+            rng: Mutex::new(match seed {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_entropy(),
-            },
+            }),
+            weighted: Mutex::new(()),
         }
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        // A generator is usable whatever a panicking holder left in it.
+        self.rng.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Chooses one of the `endpoints` that pass `admit` (at least one
@@ -115,7 +124,7 @@ impl Picker {
     /// not take a round-robin turn, or every request after a crash would
     /// start on the dead instance.
     pub(crate) fn choose<'a>(
-        &mut self,
+        &self,
         endpoints: &'a [Arc<Endpoint>],
         admit: &dyn Fn(&Endpoint) -> bool,
         first_try: bool,
@@ -127,14 +136,19 @@ impl Picker {
         }
         match self.strategy {
             Strategy::RoundRobin => {
-                let index = self.turn % n;
-                if first_try {
-                    self.turn = self.turn.wrapping_add(1);
-                }
+                let turn = if first_try {
+                    self.turn.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.turn.load(Ordering::Relaxed)
+                };
+                candidates().nth(turn % n)
+            }
+            Strategy::Random => {
+                let index = self.rng().gen_range(0..n);
                 candidates().nth(index)
             }
-            Strategy::Random => candidates().nth(self.rng.gen_range(0..n)),
             Strategy::Weighted => {
+                let _one_at_a_time = self.weighted.lock().unwrap_or_else(|e| e.into_inner());
                 let mut total = 0i64;
                 let mut best: Option<(&Arc<Endpoint>, i64)> = None;
                 for endpoint in candidates() {
@@ -154,9 +168,12 @@ impl Picker {
                 if n == 1 {
                     return candidates().next();
                 }
-                let a = self.rng.gen_range(0..n);
-                // A second, distinct index.
-                let b = (a + self.rng.gen_range(1..n)) % n;
+                let (a, b) = {
+                    let mut rng = self.rng();
+                    let a = rng.gen_range(0..n);
+                    // A second, distinct index.
+                    (a, (a + rng.gen_range(1..n)) % n)
+                };
                 let (ea, eb) = (candidates().nth(a)?, candidates().nth(b)?);
                 let now = Instant::now();
                 Some(if eb.cost(now) < ea.cost(now) { eb } else { ea })
@@ -212,7 +229,7 @@ mod tests {
         )));
         dear.record_success(Instant::now(), std::time::Duration::from_millis(100), true);
         let endpoints = [cheap, dear];
-        let mut picker = Picker::new(Strategy::P2c, Some(7));
+        let picker = Picker::new(Strategy::P2c, Some(7));
         for _ in 0..100 {
             let chosen = picker.choose(&endpoints, &|_| true, true).expect("one");
             assert_eq!(chosen.instance.id, "cheap");
