@@ -22,6 +22,7 @@
 //! yet, skipping ejected instances (see [`EjectionOptions`]) unless all of
 //! them are, following the [`Strategy`].
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -390,18 +391,13 @@ impl Balancer {
     /// # Errors
     /// [`Error::NoInstance`] if the set stayed empty for the whole wait.
     pub async fn next(&self, exclude: &[String]) -> Result<Instance> {
-        match self.acquire(exclude).await? {
-            Some(endpoint) => Ok(endpoint.instance.clone()),
-            None => match self.choose(&[]) {
-                Choice::Picked(endpoint) => Ok(endpoint.instance.clone()),
-                // The set emptied in between: wait again.
-                Choice::AllTried | Choice::Empty => Ok(self
-                    .acquire(&[])
-                    .await?
-                    .map(|e| e.instance.clone())
-                    .ok_or_else(|| self.no_instance())?),
-            },
-        }
+        let endpoint = match self.acquire(exclude).await? {
+            Some(endpoint) => endpoint,
+            // Every live instance is excluded: any of them (this waits only
+            // if the set emptied in between).
+            None => self.acquire(&[]).await?.ok_or_else(|| self.no_instance())?,
+        };
+        Ok(endpoint.instance.clone())
     }
 
     /// Chooses an instance for one try, without waiting or allocating.
@@ -543,18 +539,25 @@ impl Core {
         if unchanged && !first && !was_discarded {
             return;
         }
-        let added: Vec<&str> = instances
+        // By id, so that a set of thousands is diffed in linear time.
+        let before: HashMap<&str, &Arc<Endpoint>> = current
+            .endpoints
             .iter()
-            .filter(|i| !current.endpoints.iter().any(|e| e.instance.id == i.id))
-            .map(|i| i.id.as_str())
+            .map(|e| (e.instance.id.as_str(), e))
+            .collect();
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        let after: HashSet<&str> = ids.iter().copied().collect();
+        let added: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !before.contains_key(id))
             .collect();
         let removed: Vec<&str> = current
             .endpoints
             .iter()
-            .filter(|e| !instances.iter().any(|i| i.id == e.instance.id))
             .map(|e| e.instance.id.as_str())
+            .filter(|id| !after.contains(id))
             .collect();
-        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
         tracing::info!(
             service = %self.service,
             instances = instances.len(),
@@ -569,13 +572,9 @@ impl Core {
         // Keep the load and health of instances whose record is the same.
         let endpoints: Vec<Arc<Endpoint>> = instances
             .iter()
-            .map(|instance| {
-                current
-                    .endpoints
-                    .iter()
-                    .find(|e| e.instance == *instance)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(instance.clone())))
+            .map(|instance| match before.get(instance.id.as_str()) {
+                Some(kept) if kept.instance == *instance => Arc::clone(kept),
+                _ => Arc::new(Endpoint::new(instance.clone())),
             })
             .collect();
         self.metrics.changes.inc();

@@ -45,6 +45,7 @@ fn unix_ms() -> u64 {
 
 /// A running `lorem-server` child.
 struct Server {
+    id: String,
     port: u16,
     guard: Guard,
 }
@@ -105,6 +106,7 @@ impl Fleet {
             .stdout(Stdio::null());
         let child = command.spawn().expect("spawn lorem-server");
         Server {
+            id: id.to_owned(),
             port,
             guard: Guard(Some(child)),
         }
@@ -127,6 +129,15 @@ impl Fleet {
             guard: Guard(Some(child)),
             stdout,
         }
+    }
+
+    /// Two servers, registered, both getting the load's requests.
+    async fn two_under_load(&self, a: &str, b: &str) -> (Server, Server, Load) {
+        let (a, b) = (self.start_server(a, 0), self.start_server(b, 0));
+        self.await_ids(&[&a.id, &b.id]).await;
+        let load = self.start_load();
+        self.await_traffic(&[&a, &b]).await;
+        (a, b, load)
     }
 
     async fn await_ids(&self, want: &[&str]) -> Duration {
@@ -234,11 +245,7 @@ fn served_by(report: &Value, id: &str) -> u64 {
 
 /// Scenario 1: one of two servers is SIGKILLed.
 async fn sigkill(fleet: &Fleet) -> Row {
-    let a = fleet.start_server("kill-a", 0);
-    let b = fleet.start_server("kill-b", 0);
-    fleet.await_ids(&["kill-a", "kill-b"]).await;
-    let load = fleet.start_load();
-    fleet.await_traffic(&[&a, &b]).await;
+    let (a, b, load) = fleet.two_under_load("kill-a", "kill-b").await;
     let fault_ms = unix_ms();
     b.guard.signal("KILL");
     let status = b.guard.wait(PATIENCE).await;
@@ -259,11 +266,7 @@ async fn sigkill(fleet: &Fleet) -> Row {
 
 /// Scenario 2: One of two servers is SIGTERMed: it deregisters, then drains.
 async fn sigterm(fleet: &Fleet) -> Row {
-    let a = fleet.start_server("term-a", 0);
-    let b = fleet.start_server("term-b", 0);
-    fleet.await_ids(&["term-a", "term-b"]).await;
-    let load = fleet.start_load();
-    fleet.await_traffic(&[&a, &b]).await;
+    let (a, b, load) = fleet.two_under_load("term-a", "term-b").await;
     let fault_ms = unix_ms();
     let status = b.guard.terminate().await;
     assert_eq!(status.code(), Some(0), "a drained server exits 0");
@@ -340,11 +343,7 @@ async fn cold_start(fleet: &Fleet) -> Row {
 
 /// Scenario 5: The registry server restarts under load.
 async fn registry_restart(fleet: &mut Fleet) -> Row {
-    let a = fleet.start_server("reg-a", 0);
-    let b = fleet.start_server("reg-b", 0);
-    fleet.await_ids(&["reg-a", "reg-b"]).await;
-    let load = fleet.start_load();
-    fleet.await_traffic(&[&a, &b]).await;
+    let (a, b, load) = fleet.two_under_load("reg-a", "reg-b").await;
     let fault_ms = unix_ms();
     let started = Instant::now();
     tokio::task::block_in_place(|| fleet.registry.restart()).expect("restart the registry");
@@ -382,11 +381,7 @@ async fn registry_restart(fleet: &mut Fleet) -> Row {
 /// Scenario 6: a third server joins; it must get traffic within a second
 /// of being registered.
 async fn join(fleet: &Fleet) -> Row {
-    let a = fleet.start_server("join-a", 0);
-    let b = fleet.start_server("join-b", 0);
-    fleet.await_ids(&["join-a", "join-b"]).await;
-    let load = fleet.start_load();
-    fleet.await_traffic(&[&a, &b]).await;
+    let (a, b, load) = fleet.two_under_load("join-a", "join-b").await;
     let fault_ms = unix_ms();
     let c = fleet.start_server("join-c", 0);
     fleet.await_ids(&["join-a", "join-b", "join-c"]).await;

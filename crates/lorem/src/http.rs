@@ -62,9 +62,9 @@ pub fn router_with_metrics(instance_id: String, metrics: Arc<ServerMetrics>) -> 
             let metrics = metrics.clone();
             async move {
                 let started = Instant::now();
-                let path = request.uri().path().to_owned();
+                let kind = crate::metrics::request_type(request.uri().path());
                 let mut response = next.run(request).await;
-                metrics.observe(&path, response.status(), started.elapsed());
+                metrics.observe(kind, response.status(), started.elapsed());
                 response
                     .headers_mut()
                     .insert(HeaderName::from_static(INSTANCE_ID_HEADER), value);

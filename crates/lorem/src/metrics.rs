@@ -83,10 +83,9 @@ impl ServerMetrics {
         Arc::new(ServerMetrics::default())
     }
 
-    /// Counts one answered request to `path` with `status` that took
-    /// `elapsed`.
-    pub fn observe(&self, path: &str, status: StatusCode, elapsed: Duration) {
-        let kind = type_label(path);
+    /// Counts one answered request of type `kind` (see [`request_type`])
+    /// with `status` that took `elapsed`.
+    pub fn observe(&self, kind: &'static str, status: StatusCode, elapsed: Duration) {
         if let Some(index) = Kind::ALL.iter().position(|k| k.as_str() == kind) {
             self.per_kind[index].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -121,7 +120,7 @@ impl ServerMetrics {
 /// The `type` label of a request path: the lorem type for the lorem route,
 /// a fixed word otherwise, so the label set stays small whatever clients
 /// send.
-fn type_label(path: &str) -> &'static str {
+pub fn request_type(path: &str) -> &'static str {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next()) {
         (Some("lorem"), Some(kind)) => Kind::ALL
@@ -163,20 +162,28 @@ mod tests {
 
     #[test]
     fn type_labels_stay_in_a_small_set() {
-        assert_eq!(type_label("/lorem/sentence/1/2"), "sentence");
-        assert_eq!(type_label("/lorem/WORD/1/2"), "word");
-        assert_eq!(type_label("/lorem/poem/1/2"), "invalid");
-        assert_eq!(type_label("/health"), "health");
-        assert_eq!(type_label("/metrics"), "metrics");
-        assert_eq!(type_label("/anything/else"), "other");
-        assert_eq!(type_label("/"), "other");
+        assert_eq!(request_type("/lorem/sentence/1/2"), "sentence");
+        assert_eq!(request_type("/lorem/WORD/1/2"), "word");
+        assert_eq!(request_type("/lorem/poem/1/2"), "invalid");
+        assert_eq!(request_type("/health"), "health");
+        assert_eq!(request_type("/metrics"), "metrics");
+        assert_eq!(request_type("/anything/else"), "other");
+        assert_eq!(request_type("/"), "other");
     }
 
     #[test]
     fn renders_the_prometheus_text_format() {
         let metrics = ServerMetrics::new();
-        metrics.observe("/lorem/word/1/5", StatusCode::OK, Duration::from_millis(2));
-        metrics.observe("/lorem/word/9/5", StatusCode::BAD_REQUEST, Duration::ZERO);
+        metrics.observe(
+            request_type("/lorem/word/1/5"),
+            StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        metrics.observe(
+            request_type("/lorem/word/9/5"),
+            StatusCode::BAD_REQUEST,
+            Duration::ZERO,
+        );
         assert_eq!(metrics.lorem_requests(Kind::Word), 2);
         assert_eq!(metrics.lorem_requests(Kind::Sentence), 0);
         let response = render(metrics.registry());

@@ -204,6 +204,21 @@ impl Cx<'_> {
         self.target.connect(self.target.ttl(), TIMEOUT).await
     }
 
+    /// A watch of `service` on a connection of its own (returned with it,
+    /// to keep it open) that has delivered its first snapshot.
+    async fn synced_watch(&self, service: &str) -> Phase<(DynRegistry, WatchStream)> {
+        let watcher = self.connect().await?;
+        let mut watch = watcher.watch(service);
+        until(
+            &mut watch,
+            after(PHASE_DEADLINE),
+            "the first snapshot",
+            |_| true,
+        )
+        .await?;
+        Ok((watcher, watch))
+    }
+
     /// A registrar for thousands of instances (see [`BULK_TTL`],
     /// [`BULK_TIMEOUT`]).
     async fn bulk_registrar(&self) -> Phase<DynRegistry> {
@@ -228,16 +243,8 @@ impl Cx<'_> {
     /// Register, propagate, deregister: one instance at a time.
     async fn rounds(&self, row: &mut BackendReport) -> Phase {
         let registrar = self.connect().await?;
-        let watcher = self.connect().await?;
         let service = &self.names.rounds;
-        let mut watch = watcher.watch(service);
-        until(
-            &mut watch,
-            after(PHASE_DEADLINE),
-            "the first snapshot",
-            |_| true,
-        )
-        .await?;
+        let (_watcher, mut watch) = self.synced_watch(service).await?;
         let (mut register, mut propagate, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..self.sizes.rounds {
             self.say(&format!(
@@ -285,15 +292,7 @@ impl Cx<'_> {
     async fn crash(&self, row: &mut BackendReport) -> Phase {
         let n = self.sizes.crash;
         let service = &self.names.crash;
-        let watcher = self.connect().await?;
-        let mut watch = watcher.watch(service);
-        until(
-            &mut watch,
-            after(PHASE_DEADLINE),
-            "the first snapshot",
-            |_| true,
-        )
-        .await?;
+        let (_watcher, mut watch) = self.synced_watch(service).await?;
         let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         self.say(&format!("crash detection: registering {n} instances"));
 
@@ -404,15 +403,7 @@ impl Cx<'_> {
         let n = self.sizes.bulk;
         let service = &self.names.bulk;
         let registrar = self.bulk_registrar().await?;
-        let watcher = self.connect().await?;
-        let mut watch = watcher.watch(service);
-        until(
-            &mut watch,
-            after(PHASE_DEADLINE),
-            "the first snapshot",
-            |_| true,
-        )
-        .await?;
+        let (_watcher, mut watch) = self.synced_watch(service).await?;
         self.say(&format!("registering {n} instances at once"));
         let started = Instant::now();
         let registrations = register_many(&registrar, service, n, n).await?;
