@@ -74,6 +74,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another registrar holds a live record of this instance id: registering
+    /// it again elsewhere would silently replace (or fight over) the other
+    /// one, so it is refused. `holder` names the other registrar (its owner
+    /// token, which starts with its process id). The refusal goes away by
+    /// itself once the other record expires (its process crashed: one TTL
+    /// or session timeout) or is deregistered, so it counts as transient: a
+    /// server retrying its registration gets in as soon as the id is free.
+    #[error(
+        "{backend}: instance {id:?} of service {service:?} is already registered by another registrar ({holder}); \
+         give this instance another id, or wait until the other record is deregistered or expires"
+    )]
+    AlreadyRegistered {
+        /// The backend that holds the other record.
+        backend: &'static str,
+        /// The service of the instance.
+        service: String,
+        /// The id that is taken.
+        id: String,
+        /// Who holds it: the other registrar's owner token.
+        holder: String,
+    },
+
     /// The registrar was shut down (its task ended) before the call finished.
     #[error("the {backend} registrar has shut down")]
     Closed {
@@ -102,7 +124,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Timeout { .. } | Error::LeaseLost { .. }
+            Error::Unavailable { .. }
+                | Error::Timeout { .. }
+                | Error::LeaseLost { .. }
+                | Error::AlreadyRegistered { .. }
         )
     }
 }
