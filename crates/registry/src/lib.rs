@@ -53,6 +53,7 @@ mod discover;
 mod discovery;
 mod error;
 mod model;
+mod registrar;
 mod util;
 
 pub mod consul;
@@ -67,7 +68,9 @@ pub use config::{
 };
 pub use consul::ConsulRegistry;
 pub use discover::ServiceDiscover;
-pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
+pub use discovery::{
+    KeepAlive, Registrar, Registration, RegistrationState, Registry, WatchStream, Watcher,
+};
 pub use error::{BoxError, Error, Result};
 pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
