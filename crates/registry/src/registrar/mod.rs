@@ -68,7 +68,7 @@
 
 pub(crate) mod core;
 pub(crate) mod handle;
-mod record;
+pub(crate) mod record;
 
 #[cfg(test)]
 mod tests;
