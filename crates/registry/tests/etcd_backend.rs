@@ -319,9 +319,12 @@ async fn a_key_deleted_or_overwritten_by_another_client_is_restored() -> Result<
     let mut state = _a.state();
     let theirs = stored(&lorem("a"), "pid1-another");
     etcdctl(&ep, &["put", "/services/lorem/a", &theirs])?;
-    let displaced = tokio::time::timeout(PATIENCE, state.wait_for(|s| *s != registry::RegistrationState::Registered))
-        .await?
-        .map(|s| s.clone())?;
+    let displaced = tokio::time::timeout(
+        PATIENCE,
+        state.wait_for(|s| *s != registry::RegistrationState::Registered),
+    )
+    .await?
+    .map(|s| s.clone())?;
     assert_eq!(
         displaced,
         registry::RegistrationState::Displaced {

@@ -595,7 +595,13 @@ async fn layout_matches_zkcli() {
     assert!(ls.lines().any(|l| l.trim() == "[a, b]"), "{ls}");
     let get = zkcli("get /services/lorem/a").await;
     println!("zkCli get /services/lorem/a:\n{get}");
+    // The instance's JSON, plus the owner token of the registrar.
     let json = String::from_utf8(a.to_json()).unwrap();
+    let json = format!(
+        "{},\"owner\":\"{}\"}}",
+        json.trim_end_matches('}'),
+        registry.owner()
+    );
     assert!(get.lines().any(|l| l.trim() == json), "{get}");
     let stat = zkcli("stat /services/lorem/a").await;
     assert!(

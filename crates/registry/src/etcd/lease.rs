@@ -165,8 +165,11 @@ impl Backend for Leases {
                     });
                 }
                 Some(_) => {}
-                None => tracing::warn!(backend = BACKEND, key,
-                    "replacing a record without an owner token (written by a tool or another framework)"),
+                None => tracing::warn!(
+                    backend = BACKEND,
+                    key,
+                    "replacing a record without an owner token (written by a tool or another framework)"
+                ),
             }
             txn = Txn::new()
                 .when([Compare::mod_revision(

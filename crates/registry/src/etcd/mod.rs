@@ -381,7 +381,11 @@ impl Registrar for EtcdRegistry {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         instance.validate()?;
         let registration = self.registrar.register(instance).await?;
-        tracing::debug!(backend = BACKEND, key = self.ctx.instance_key(registration.instance()), "registered");
+        tracing::debug!(
+            backend = BACKEND,
+            key = self.ctx.instance_key(registration.instance()),
+            "registered"
+        );
         Ok(registration)
     }
 
