@@ -191,8 +191,9 @@ impl std::fmt::Debug for Registration {
 }
 
 impl Registration {
-    /// Wraps a backend's keep-alive for `instance`. For backend authors.
-    pub fn new(instance: Instance, keeper: Box<dyn KeepAlive>) -> Self {
+    /// Wraps a backend's keep-alive for `instance` (backend authors:
+    /// [`backend::registration`](crate::backend::registration)).
+    pub(crate) fn new(instance: Instance, keeper: Box<dyn KeepAlive>) -> Self {
         Registration {
             instance,
             keeper: Some(keeper),

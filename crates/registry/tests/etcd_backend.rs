@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use futures::StreamExt;
 use registry::{
-    BackendConfig, Error, EtcdConfig, Instance, Registrar, Settings, WatchStream, Watcher,
+    BackendConfig, Error, Instance, Registrar, Settings, WatchStream, Watcher, etcd,
     etcd::EtcdRegistry,
 };
 use testkit::{EtcdCluster, EtcdServer, RegistryServer};
@@ -27,8 +27,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any expected change may take to show up.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn settings(addr: &str) -> (EtcdConfig, Settings) {
-    let config = EtcdConfig {
+fn settings(addr: &str) -> (etcd::Config, Settings) {
+    let config = etcd::Config {
         addr: addr.split(',').map(str::to_owned).collect(),
         prefix: "/services".to_owned(),
     };
@@ -42,7 +42,7 @@ fn settings(addr: &str) -> (EtcdConfig, Settings) {
 
 async fn connect(addr: &str) -> Result<EtcdRegistry> {
     let (config, settings) = settings(addr);
-    Ok(EtcdRegistry::connect(&config, &settings).await?)
+    Ok(EtcdRegistry::connect(&config, settings.timing()).await?)
 }
 
 /// Starts a single etcd server and connects a registry to it; returns the

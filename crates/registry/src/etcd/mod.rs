@@ -68,8 +68,11 @@
 //!   why), and a key of ours later found holding another registrar's token
 //!   is given up, never fought over.
 
+mod config;
 mod lease;
 mod read;
+
+pub use self::config::{Builder, Config};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,11 +80,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
 
-use crate::config::{EtcdConfig, Settings, endpoints_or_default};
 use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::endpoint::endpoints_or_default;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
+use crate::timing::Timing;
 use crate::util::{Backoff, spawn_watch};
 
 const BACKEND: &str = "etcd";
@@ -268,8 +272,15 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
 }
 
 impl EtcdRegistry {
+    /// A builder that checks its settings as [`connect`](crate::connect)
+    /// does, for a direct user who does not go through
+    /// [`Settings`](crate::Settings).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Connects to the etcd endpoints of `config` (default `127.0.0.1:2379`)
-    /// and checks, within `settings.timeout`, that they answer.
+    /// and checks, within `timing.timeout`, that they answer.
     ///
     /// No lease is taken until the first registration.
     ///
@@ -278,7 +289,9 @@ impl EtcdRegistry {
     /// supported: this build has no TLS); [`Error::Unavailable`] naming the
     /// endpoints if none answered within the timeout; `Rejected` if etcd
     /// refused the read (authentication is not supported).
-    pub async fn connect(config: &EtcdConfig, settings: &Settings) -> Result<Self> {
+    pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
+        config.validate()?;
+        timing.validate()?;
         let endpoints = endpoints_or_default(BACKEND, &config.addr, DEFAULT_ADDR)?;
         if let Some(tls) = endpoints
             .iter()
@@ -291,7 +304,7 @@ impl EtcdRegistry {
         }
         let urls: Vec<String> = endpoints.iter().map(|e| e.url("http")).collect();
         let addr: Arc<str> = urls.join(",").into();
-        let timeout = settings.timeout;
+        let timeout = timing.timeout;
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(HTTP2_PING_INTERVAL, timeout)
@@ -321,7 +334,7 @@ impl EtcdRegistry {
             lease: client.lease_client(),
             prefix: config.prefix.trim_end_matches('/').into(),
             addr: addr.clone(),
-            ttl: settings.ttl,
+            ttl: timing.ttl,
             timeout,
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,

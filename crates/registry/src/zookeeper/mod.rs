@@ -45,7 +45,7 @@
 //!
 //! # Session timeout
 //!
-//! The session timeout is [`ZookeeperConfig::effective_session_timeout`]:
+//! The session timeout is [`Config::effective_session_timeout`]:
 //! the `session_timeout` setting if given, else the TTL but never less than
 //! 6 s. An instance of a crashed process disappears one session timeout
 //! (plus up to one server `tickTime`) after its last ping. The 6 s floor is
@@ -97,14 +97,18 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use crate::config::{Endpoint, Settings, ZookeeperConfig, endpoints_or_default};
 use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
+use crate::timing::Timing;
 
+mod config;
 mod read;
 mod session;
+
+pub use self::config::{Builder, Config, MIN_DEFAULT_SESSION};
 
 /// The backend's name in errors and logs.
 const BACKEND: &str = "zookeeper";
@@ -226,6 +230,13 @@ fn validate_node_name(what: &str, value: &str) -> Result<()> {
 }
 
 impl ZookeeperRegistry {
+    /// A builder that checks its settings as [`connect`](crate::connect)
+    /// does, for a direct user who does not go through
+    /// [`Settings`](crate::Settings).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Opens a session to the ensemble in `config.addr` (default
     /// `127.0.0.1:2181`) and starts the task that keeps it, and every
     /// instance registered through it, alive.
@@ -233,8 +244,10 @@ impl ZookeeperRegistry {
     /// # Errors
     /// [`Error::InvalidConfig`] for an address with an `https://` scheme (TLS
     /// is not supported); [`Error::Unavailable`] naming the address(es) if
-    /// no session could be opened within `settings.timeout`.
-    pub async fn connect(config: &ZookeeperConfig, settings: &Settings) -> Result<Self> {
+    /// no session could be opened within `timing.timeout`.
+    pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
+        config.validate()?;
+        timing.validate()?;
         // Accept "a:1,b:2" in one entry too, as a ZooKeeper connect string.
         let addrs: Vec<String> = config
             .addr
@@ -261,8 +274,8 @@ impl ZookeeperRegistry {
                 .collect::<Vec<_>>()
                 .join(","),
             prefix: config.prefix.clone(),
-            timeout: settings.timeout,
-            session_timeout: config.effective_session_timeout(settings.ttl),
+            timeout: timing.timeout,
+            session_timeout: config.effective_session_timeout(timing.ttl),
         };
         let client = session::open_session(&params).await?;
         tracing::info!(
