@@ -208,6 +208,8 @@ pub(crate) struct Core<B: Backend> {
     renew_outage: Outage,
     /// The event forwarder of the current lease.
     events: Option<JoinHandle<()>>,
+    /// Calls running now (see [`Core::shutdown`]).
+    in_flight: usize,
     calls: Arc<Semaphore>,
     done: mpsc::UnboundedSender<Done<B::Lease>>,
 }
@@ -259,6 +261,7 @@ impl<B: Backend> Core<B> {
             renew_backoff: Backoff::new(Duration::from_millis(50), timing.period()),
             renew_outage: Outage::default(),
             events: None,
+            in_flight: 0,
             calls: Arc::new(Semaphore::new(CALL_CONCURRENCY)),
             done,
         };
@@ -290,11 +293,23 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
-        self.shutdown().await;
+        self.shutdown(reports).await;
     }
 
-    /// Every handle is gone: end the lease now if nothing is left on it.
-    async fn shutdown(mut self) {
+    /// Every handle is gone. Lets the calls still running finish (an
+    /// abandon must move its record off the lease before the lease is
+    /// closed, or the record would go at once instead of after the TTL),
+    /// within `REGISTRY_TIMEOUT`; then ends the lease now if nothing is left
+    /// on it.
+    async fn shutdown(mut self, mut reports: mpsc::UnboundedReceiver<Done<B::Lease>>) {
+        let deadline = Instant::now() + self.timing.timeout;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, reports.recv()).await {
+                Ok(Some(done @ Done::Op { .. })) => self.finish(done),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
         let abandoning = self.pending.values().any(|p| p.abandon);
         let Some(lease) = self.lease.take() else {
             return;
@@ -504,11 +519,12 @@ impl<B: Backend> Core<B> {
     /// Runs one call in a task of its own, within the registrar's bound on
     /// concurrent calls, and reports its outcome.
     fn spawn_call(
-        &self,
+        &mut self,
         key: Key,
         generation: u64,
         call: impl Future<Output = Outcome> + Send + 'static,
     ) {
+        self.in_flight += 1;
         let calls = self.calls.clone();
         let done = self.done.clone();
         tokio::spawn(async move {
@@ -599,6 +615,7 @@ impl<B: Backend> Core<B> {
                 generation,
                 outcome,
             } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 self.apply(&key, generation, outcome);
                 self.next_on(&key);
             }

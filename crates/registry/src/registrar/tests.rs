@@ -191,6 +191,11 @@ impl Backend for Scripted {
         Ok(Renewal::Alive)
     }
 
+    async fn close(&self, lease: u32) {
+        self.log(format!("close {lease}"));
+        self.lose_lease();
+    }
+
     async fn verify(&self, lease: &u32, records: &[Record]) -> Result<Vec<Found>> {
         self.log("verify".into());
         let world = self.world();
@@ -501,5 +506,39 @@ async fn operations_on_one_id_keep_their_order() {
         script.stored("a").unwrap().2.port,
         3,
         "issued after, lands after"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registrar_dropped_right_after_an_abandon_lets_it_finish_before_closing() {
+    let (registrar, script) = registrar();
+    let a = registrar.register(lorem("a", 1)).await.unwrap();
+    a.abandon();
+    drop(registrar);
+    settle(TTL).await;
+    let calls: Vec<String> = script
+        .world()
+        .calls
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    let abandon = calls.iter().position(|c| c == "abandon a");
+    let close = calls.iter().position(|c| c.starts_with("close"));
+    assert!(
+        abandon.is_some() && (close.is_none() || close > abandon),
+        "the abandon moves the record off the lease before the lease is closed: {calls:?}"
+    );
+    assert_eq!(script.stored("a").unwrap().1, 0, "left to expire");
+
+    // With nothing left, the lease is closed at once.
+    let (registrar, script) = self::registrar();
+    let b = registrar.register(lorem("b", 1)).await.unwrap();
+    b.deregister().await.unwrap();
+    drop(registrar);
+    settle(TTL).await;
+    assert!(
+        script.calls("close").len() == 1,
+        "{:?}",
+        script.world().calls
     );
 }
