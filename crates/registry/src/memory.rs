@@ -2,7 +2,7 @@
 //!
 //! | operation   | memory                                                      |
 //! |-------------|-------------------------------------------------------------|
-//! | register    | insert into a shared map with an expiry of now + TTL and the registrar's owner token, unless a live entry holds another registrar's token ([`Error::AlreadyRegistered`](crate::Error::AlreadyRegistered)) |
+//! | register    | insert into a shared map with an expiry of now + TTL and the registrar's owner token, unless a live entry holds another registrar's token ([`Error::AlreadyRegistered`]) |
 //! | keep alive  | the registrar core's task pushes the expiry of every entry it keeps out every TTL/3; an entry that is gone (removed, or expired) or held by another registrar is reported forgotten, and put back (or given way) by the core |
 //! | deregister  | remove the entry, only if it still holds our token          |
 //! | abandon     | stop renewing it; the entry expires after the TTL           |
@@ -12,7 +12,7 @@
 //! It has the same semantics as the real backends, expiry and the
 //! duplicate-id rule included, so the demo and the conformance suite behave
 //! alike on all of them. Registrations run on the registrar core
-//! ([`crate::registrar`]) like every other backend's: each value made by
+//! (`registrar/`) like every other backend's: each value made by
 //! [`MemoryRegistry::new`], [`MemoryRegistry::global`] or
 //! [`MemoryRegistry::with_ttl`] is one registrar with its own owner token,
 //! and its clones share it. Every [`MemoryRegistry::global`] handle shares

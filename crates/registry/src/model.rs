@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// The most metadata keys an instance may carry: Consul's limit of 64, less
 /// the one the Consul backend spends on its owner token
-/// ([`OWNER_METADATA_KEY`]), applied on every backend so that an instance
+/// (the key `registry-owner`), applied on every backend so that an instance
 /// round-trips through all of them (a 64th key would make Consul refuse the
 /// registration).
 pub const MAX_METADATA_KEYS: usize = 63;

@@ -27,7 +27,7 @@
 //! 63 metadata keys instead of Consul's 64, so that the token always fits.
 //!
 //! Concurrency, ordering, restores and undo are the registrar core's
-//! ([`crate::registrar`]; the agent side is `agent.rs`): the calls of one
+//! (`registrar/`; the agent side is `consul/agent.rs`): the calls of one
 //! registrar run side by side (up to 32 registrations or deregistrations at
 //! once, heartbeats 16 at a time on their own), while the operations on one
 //! id keep the order they were asked in.
@@ -84,7 +84,7 @@
 //!       "Service": "lorem",
 //!       "Tags": [ "v1" ],
 //!       "Address": "127.0.0.1",
-//!       "Meta": { "version": "0.1.0" },
+//!       "Meta": { "version": "0.1.0", "registry-owner": "pid4242-5f0c2a9e1b7d" },
 //!       "Port": 8080,
 //!       "Weights": { "Passing": 1, "Warning": 1 },
 //!       ...
