@@ -938,6 +938,35 @@ async fn a_second_registrar_is_refused_an_id_the_first_holds() -> Result<()> {
         vec![lorem("a").with_tag("second")]
     );
     b.deregister().await?;
+
+    // A crashed holder's record stays on the agent (critical) until it is
+    // reaped, minutes later; its id is free once the check is critical,
+    // one TTL after the crash, as a restarted server expects.
+    let crashed = first.register(lorem("c")).await?;
+    crashed.abandon();
+    let abandoned = Instant::now();
+    let err = second
+        .register(lorem("c"))
+        .await
+        .expect_err("the crashed holder's check still passes");
+    assert!(matches!(err, Error::AlreadyRegistered { .. }), "{err}");
+    let c = eventually(PATIENCE, "the restarted server to get the id", || {
+        let second = second.clone();
+        async move { Ok(second.register(lorem("c").with_tag("restarted")).await.ok()) }
+    })
+    .await;
+    let took = abandoned.elapsed();
+    println!("consul: a crashed holder's id was free again after {took:?} (TTL {ttl:?})");
+    // The last heartbeat was at most TTL/3 before the crash.
+    assert!(
+        took >= ttl * 2 / 3,
+        "taken over after {took:?}, before the check could expire"
+    );
+    assert_eq!(
+        agent_service(&addr, "c").await?["Tags"],
+        json!(["restarted"])
+    );
+    c.deregister().await?;
     Ok(())
 }
 

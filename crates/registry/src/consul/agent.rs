@@ -63,8 +63,11 @@ impl Backend for Agent {
     /// Reads what the agent has under the id, then registers the record
     /// unless the id belongs to another service (Consul ids are unique per
     /// agent across services: [`Error::Rejected`]) or carries another
-    /// registrar's token ([`Error::AlreadyRegistered`]). A record with our
-    /// token, or with none (another tool's, or an older version's), is
+    /// registrar's token while its TTL check lives
+    /// ([`Error::AlreadyRegistered`]). A record with our token, with none
+    /// (another tool's, or an older version's), or whose check is critical
+    /// (its registrar crashed or is cut off: the record has expired, though
+    /// the agent keeps it until `DeregisterCriticalServiceAfter`) is
     /// replaced.
     async fn put(&self, _lease: &(), record: &Record) -> Result<()> {
         let instance = &record.instance;
@@ -84,7 +87,12 @@ impl Backend for Agent {
                     ),
                 });
             }
-            if let Some(holder) = existing.owner.filter(|o| **o != *record.owner) {
+            let other = existing.owner.filter(|o| **o != *record.owner);
+            if let (Some(holder), true) = (&other, existing.expired) {
+                tracing::info!(backend = BACKEND, service = %instance.service, id = %instance.id,
+                    %holder, "replacing another registrar's record whose check has expired");
+            }
+            if let Some(holder) = other.filter(|_| !existing.expired) {
                 return Err(Error::AlreadyRegistered {
                     backend: BACKEND,
                     service: instance.service.clone(),
@@ -212,6 +220,7 @@ mod tests {
         let agent_record = |service: &str, owner: Option<&str>| AgentRecord {
             service: service.to_owned(),
             owner: owner.map(str::to_owned),
+            expired: false,
         };
         assert!(is_ours(&agent_record("lorem", Some("pid1-a")), &record));
         assert!(!is_ours(&agent_record("lorem", Some("pid2-b")), &record));

@@ -180,28 +180,55 @@ impl Api {
         })
     }
 
-    /// `GET /v1/agent/service/<id>`: what this agent has under `id`, if
-    /// anything (service ids are unique per agent, across services).
+    /// `GET /v1/agent/health/service/id/<id>`: what this agent has under
+    /// `id`, if anything (service ids are unique per agent, across
+    /// services), and whether its TTL check has expired. The agent answers
+    /// 200, 429 or 503 for a passing, warning or critical service, 404 for
+    /// an unknown id.
     pub(super) async fn agent_service(
         &self,
         operation: &'static str,
         id: &str,
     ) -> Result<Option<AgentRecord>> {
-        let url = format!("{}/v1/agent/service/{id}", self.base);
+        #[derive(Deserialize)]
+        struct Health {
+            #[serde(rename = "Service", default)]
+            service: Option<AgentService>,
+            #[serde(rename = "Checks", default)]
+            checks: Option<Vec<CheckEntry>>,
+        }
+        #[derive(Deserialize)]
+        struct CheckEntry {
+            #[serde(rename = "CheckID", default)]
+            id: String,
+            #[serde(rename = "Status", default)]
+            status: String,
+        }
+        let url = format!("{}/v1/agent/health/service/id/{id}", self.base);
         let (status, _, body) = self
             .send(operation, self.http.get(url), self.timeout)
             .await?;
         match status {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => serde_json::from_slice::<AgentService>(&body)
-                .map(|s| Some(s.into()))
-                .map_err(|e| {
+            StatusCode::OK | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                let health = serde_json::from_slice::<Health>(&body).map_err(|e| {
                     Error::unavailable(
                         BACKEND,
                         self.addr.clone(),
-                        format!("unreadable answer of /v1/agent/service/{id}: {e}"),
+                        format!("unreadable answer of /v1/agent/health/service/id/{id}: {e}"),
                     )
-                }),
+                })?;
+                let check = check_id(id);
+                let expired = health
+                    .checks
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.id == check && c.status == "critical");
+                Ok(health.service.map(|service| AgentRecord {
+                    expired,
+                    ..service.into()
+                }))
+            }
             s => Err(self.status_error(operation, s, &text(&body))),
         }
     }
@@ -418,6 +445,12 @@ pub(super) struct AgentRecord {
     /// The owner token in its `Meta`, if a registrar of ours wrote it (other
     /// tools and older versions leave none).
     pub(super) owner: Option<String>,
+    /// Its TTL check (`service:<id>`) is critical: nobody passed it for a
+    /// TTL, so whoever wrote it is gone or cut off, as an expired lease is
+    /// on the other backends (the agent keeps the record until
+    /// `DeregisterCriticalServiceAfter`). Only
+    /// [`Api::agent_service`] tells; `false` from [`Api::agent_services`].
+    pub(super) expired: bool,
 }
 
 impl From<AgentService> for AgentRecord {
@@ -428,6 +461,7 @@ impl From<AgentService> for AgentRecord {
                 .and_then(|mut meta| meta.remove(OWNER_METADATA_KEY))
                 .filter(|owner| !owner.is_empty()),
             service: service.service,
+            expired: false,
         }
     }
 }
@@ -634,7 +668,8 @@ mod tests {
             ),
             AgentRecord {
                 service: "lorem".to_owned(),
-                owner: Some("pid1-abc".to_owned())
+                owner: Some("pid1-abc".to_owned()),
+                expired: false,
             }
         );
         for unowned in [

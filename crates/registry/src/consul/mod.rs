@@ -3,12 +3,12 @@
 //! | operation    | Consul                                                                      |
 //! |--------------|-----------------------------------------------------------------------------|
 //! | connect      | `GET /v1/status/leader` (proves the agent answers; needs no ACL)            |
-//! | register     | `GET /v1/agent/service/<id>` (duplicate-id check: another service's id is [`Error::Rejected`], another registrar's token [`Error::AlreadyRegistered`]), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` and the owner token in `Meta["registry-owner"]` |
+//! | register     | `GET /v1/agent/health/service/id/<id>` (duplicate-id check: another service's id is [`Error::Rejected`], another registrar's token whose TTL check is not critical [`Error::AlreadyRegistered`]; a critical one has expired and is replaced), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` and the owner token in `Meta["registry-owner"]` |
 //! | keep alive   | the registrar core's task: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3, 16 at a time, each round in a task of its own so it never holds up registrations; about once per TTL, one `GET /v1/agent/services` checks that each id still holds our token |
 //! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" heartbeat answer, or an id missing or overwritten without a token, means the agent forgot or lost the instance: register it again; connection errors: retry with backoff within TTL/3 |
-//! | duplicate id | an id holding another registrar's token is refused ([`Error::AlreadyRegistered`] naming the holder); if ours is later found holding another token, we give way (state `Displaced`, no more heartbeats). Best effort, on this agent only: see below |
-//! | deregister   | `GET /v1/agent/service/<id>`, then `PUT /v1/agent/service/deregister/<id>` if the record still holds our token |
-//! | deregister_instance | `GET /v1/agent/service/<id>` (is it this service's, on this agent?), then `PUT /v1/agent/service/deregister/<id>`; a live owner registers it again at its next heartbeat (TTL/3) |
+//! | duplicate id | an id holding another registrar's token is refused until that record's check goes critical (one TTL after its registrar crashed) ([`Error::AlreadyRegistered`] naming the holder); if ours is later found holding another token, we give way (state `Displaced`, no more heartbeats). Best effort, on this agent only: see below |
+//! | deregister   | `GET /v1/agent/health/service/id/<id>`, then `PUT /v1/agent/service/deregister/<id>` if the record still holds our token |
+//! | deregister_instance | `GET /v1/agent/health/service/id/<id>` (is it this service's, on this agent?), then `PUT /v1/agent/service/deregister/<id>`; a live owner registers it again at its next heartbeat (TTL/3) |
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
 //! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
 //! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
