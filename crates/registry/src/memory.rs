@@ -2,42 +2,52 @@
 //!
 //! | operation   | memory                                                      |
 //! |-------------|-------------------------------------------------------------|
-//! | register    | insert into a shared map with an expiry of now + TTL        |
-//! | keep alive  | a task per registration pushes the expiry out every TTL/3   |
-//! | deregister  | remove the entry (only if it is still ours)                 |
-//! | abandon     | stop the task; the entry expires after the TTL              |
-//! | deregister_instance | remove the entry whoever owns it; a live owner puts it back at its next refresh |
+//! | register    | insert into a shared map with an expiry of now + TTL and the registrar's owner token, unless a live entry holds another registrar's token ([`Error::AlreadyRegistered`]) |
+//! | keep alive  | the registrar core's task pushes the expiry of every entry it keeps out every TTL/3; an entry that is gone (removed, or expired) or held by another registrar is reported forgotten, and put back (or given way) by the core |
+//! | deregister  | remove the entry, only if it still holds our token          |
+//! | abandon     | stop renewing it; the entry expires after the TTL           |
+//! | deregister_instance | remove the entry whoever owns it; a live owner puts it back at its next renewal |
 //! | watch       | a change counter plus a timer on the next expiry            |
 //!
-//! It has the same semantics as the real backends, expiry included, so the
-//! demo and the conformance suite behave alike on all of them. Every
-//! [`MemoryRegistry::global`] handle shares one process-wide store (that is
-//! what `REGISTRY=memory` gives); [`MemoryRegistry::new`] makes an isolated one.
+//! It has the same semantics as the real backends, expiry and the
+//! duplicate-id rule included, so the demo and the conformance suite behave
+//! alike on all of them. Registrations run on the registrar core
+//! (`registrar/`) like every other backend's: each value made by
+//! [`MemoryRegistry::new`], [`MemoryRegistry::global`] or
+//! [`MemoryRegistry::with_ttl`] is one registrar with its own owner token,
+//! and its clones share it. Every [`MemoryRegistry::global`] handle shares
+//! one process-wide store (that is what `REGISTRY=memory` gives);
+//! [`MemoryRegistry::new`] makes an isolated one.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
-use crate::error::Result;
+use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::error::{Error, Result};
 use crate::model::{Instance, validate_name};
+use crate::registrar::{self, Backend, Found, Record, Renewal};
+use crate::timing::DEFAULT_TIMEOUT;
 use crate::util::spawn_watch;
+
+/// The backend's name in errors and logs.
+const BACKEND: &str = "memory";
 
 /// Settings of the in-process backend: none besides the shared TTL (it has
 /// no address); kept as a type so that every backend has one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {}
 
-/// An in-process registry. Cheap to clone; clones share the same store.
+/// An in-process registry. Cheap to clone; clones share the same store and
+/// the same registrar.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     store: Arc<Store>,
-    ttl: Duration,
+    registrar: registrar::Registrar<Keeper>,
 }
 
 #[derive(Debug)]
@@ -50,16 +60,15 @@ struct Store {
 #[derive(Debug, Default)]
 struct State {
     services: BTreeMap<String, BTreeMap<String, Entry>>,
-    next_token: u64,
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
     instance: Instance,
     expires_at: Instant,
-    /// Which registration owns the entry, so that an old handle never
-    /// removes or refreshes a newer registration of the same id.
-    token: u64,
+    /// The token of the registrar that wrote the entry: only it renews or
+    /// removes it, and another registrar cannot take the id while it lives.
+    owner: Arc<str>,
 }
 
 /// `now + ttl`, saturating far in the future instead of overflowing.
@@ -114,73 +123,62 @@ impl Store {
         (live.into_iter().map(|e| e.instance.clone()).collect(), next)
     }
 
-    fn insert(&self, instance: Instance, ttl: Duration) -> u64 {
-        let mut state = self.lock();
-        state.purge(Instant::now());
-        state.next_token += 1;
-        let token = state.next_token;
-        state
-            .services
-            .entry(instance.service.clone())
-            .or_default()
-            .insert(
-                instance.id.clone(),
-                Entry {
-                    instance,
-                    expires_at: expiry(Instant::now(), ttl),
-                    token,
-                },
-            );
-        drop(state);
-        self.notify();
-        token
-    }
-
-    /// Pushes the expiry of our entry out; re-inserts it if it was lost.
-    /// Returns false if another registration now owns the id, or if the
-    /// registration was stopped (checked under the lock, so a refresh racing
-    /// a deregistration can never bring the entry back).
-    fn refresh(
-        &self,
-        instance: &Instance,
-        token: u64,
-        ttl: Duration,
-        stopped: &AtomicBool,
-    ) -> bool {
+    /// Writes `record` with an expiry of now + `ttl`, unless a live entry
+    /// of the id holds another registrar's token.
+    fn put(&self, record: &Record, ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let mut state = self.lock();
-        if stopped.load(Ordering::SeqCst) {
-            return false;
-        }
-        let purged = state.purge(now);
+        state.purge(now);
+        let instance = &record.instance;
         let entries = state.services.entry(instance.service.clone()).or_default();
-        let (still_ours, reinserted) = match entries.get_mut(&instance.id) {
-            Some(entry) if entry.token == token => {
-                entry.expires_at = expiry(now, ttl);
-                (true, false)
-            }
-            Some(_) => (false, false),
-            None => {
-                entries.insert(
-                    instance.id.clone(),
-                    Entry {
-                        instance: instance.clone(),
-                        expires_at: expiry(now, ttl),
-                        token,
-                    },
-                );
-                (true, true)
-            }
-        };
-        drop(state);
-        if reinserted {
-            tracing::warn!(backend = "memory", service = %instance.service, id = %instance.id,
-                "registration had expired or was removed; registered it again");
+        if let Some(held) = entries
+            .get(&instance.id)
+            .filter(|e| e.owner != record.owner)
+        {
+            return Err(Error::AlreadyRegistered {
+                backend: BACKEND,
+                service: instance.service.clone(),
+                id: instance.id.clone(),
+                holder: held.owner.to_string(),
+            });
         }
-        if purged || reinserted {
+        entries.insert(
+            instance.id.clone(),
+            Entry {
+                instance: instance.clone(),
+                expires_at: expiry(now, ttl),
+                owner: record.owner.clone(),
+            },
+        );
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Pushes the expiry of each of `records` out to now + `ttl`; returns
+    /// the indexes of those whose entry is gone (removed, or expired) or
+    /// holds another registrar's token.
+    fn renew(&self, records: &[Record], ttl: Duration) -> Vec<usize> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let purged = state.purge(now);
+        let mut forgotten = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let entry = state
+                .services
+                .get_mut(&record.instance.service)
+                .and_then(|entries| entries.get_mut(&record.instance.id))
+                .filter(|entry| entry.owner == record.owner);
+            match entry {
+                Some(entry) => entry.expires_at = expiry(now, ttl),
+                None => forgotten.push(index),
+            }
+        }
+        drop(state);
+        if purged {
             self.notify();
         }
-        still_ours
+        forgotten
     }
 
     /// Removes `service`/`id` whoever registered it; true if it was there
@@ -205,10 +203,12 @@ impl Store {
         removed
     }
 
-    fn remove(&self, service: &str, id: &str, token: u64) {
+    /// Removes `record`'s entry if it still holds `record`'s token.
+    fn remove_owned(&self, record: &Record) {
+        let (service, id) = (&record.instance.service, &record.instance.id);
         let mut state = self.lock();
         let removed = match state.services.get_mut(service) {
-            Some(entries) if entries.get(id).is_some_and(|e| e.token == token) => {
+            Some(entries) if entries.get(id).is_some_and(|e| e.owner == record.owner) => {
                 entries.remove(id);
                 if entries.is_empty() {
                     state.services.remove(service);
@@ -224,32 +224,90 @@ impl Store {
     }
 }
 
+/// The store as a backend of the registrar core: no lease, every entry
+/// renewed on its own.
+#[derive(Debug)]
+struct Keeper {
+    store: Arc<Store>,
+    /// How long an entry lives without renewal.
+    ttl: Duration,
+}
+
+#[async_trait]
+impl Backend for Keeper {
+    /// Nothing to hold: each entry carries its own expiry.
+    type Lease = ();
+
+    const NAME: &'static str = BACKEND;
+
+    async fn open(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn put(&self, _lease: &(), record: &Record) -> Result<()> {
+        self.store.put(record, self.ttl)
+    }
+
+    async fn delete(&self, _lease: &(), record: &Record) -> Result<()> {
+        self.store.remove_owned(record);
+        Ok(())
+    }
+
+    /// Nothing to do: the core no longer renews the entry, which expires
+    /// one TTL after its last renewal.
+    async fn abandon(&self, _lease: &(), _record: &Record) -> Result<()> {
+        Ok(())
+    }
+
+    async fn renew(&self, _lease: &(), records: &[Record]) -> Result<Renewal> {
+        let forgotten = self.store.renew(records, self.ttl);
+        Ok(if forgotten.is_empty() {
+            Renewal::Alive
+        } else {
+            Renewal::Forgotten(forgotten)
+        })
+    }
+
+    /// Every renewal already looks at each entry and its token (a missing
+    /// one or another registrar's is reported forgotten, and putting it
+    /// back then finds the holder), and nothing but our own code writes
+    /// the store, so there is nothing more to check.
+    async fn verify(&self, _lease: &(), records: &[Record]) -> Result<Vec<Found>> {
+        Ok(vec![Found::Ours; records.len()])
+    }
+}
+
 impl MemoryRegistry {
     /// A new, isolated registry whose registrations expire `ttl` after their
-    /// last keep-alive.
+    /// last keep-alive. Needs no runtime until it is first used.
     pub fn new(ttl: Duration) -> Self {
-        MemoryRegistry {
-            store: Arc::new(Store::new()),
-            ttl,
-        }
+        MemoryRegistry::on(Arc::new(Store::new()), ttl)
     }
 
     /// A handle on the process-wide registry that `REGISTRY=memory` selects:
-    /// every handle shares it, whatever its TTL.
+    /// every handle shares its store, whatever its TTL; each handle is a
+    /// registrar of its own (its clones share it), so two of them cannot
+    /// hold the same id at once.
     pub fn global(ttl: Duration) -> Self {
         static GLOBAL: OnceLock<Arc<Store>> = OnceLock::new();
-        MemoryRegistry {
-            store: GLOBAL.get_or_init(|| Arc::new(Store::new())).clone(),
-            ttl,
-        }
+        MemoryRegistry::on(GLOBAL.get_or_init(|| Arc::new(Store::new())).clone(), ttl)
     }
 
     /// The same store, with another TTL for the registrations made through
-    /// the returned handle.
+    /// the returned handle, which is a registrar of its own.
     pub fn with_ttl(&self, ttl: Duration) -> Self {
-        MemoryRegistry {
-            store: self.store.clone(),
+        MemoryRegistry::on(self.store.clone(), ttl)
+    }
+
+    /// A new registrar on `store`.
+    fn on(store: Arc<Store>, ttl: Duration) -> Self {
+        let keeper = Keeper {
+            store: store.clone(),
             ttl,
+        };
+        MemoryRegistry {
+            store,
+            registrar: registrar::Registrar::new(keeper, ttl, DEFAULT_TIMEOUT),
         }
     }
 }
@@ -258,76 +316,13 @@ impl MemoryRegistry {
 impl Registrar for MemoryRegistry {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         instance.validate()?;
-        let ttl = self.ttl;
-        let token = self.store.insert(instance.clone(), ttl);
-        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let store = self.store.clone();
-        let kept = instance.clone();
-        let task_stopped = stopped.clone();
-        tokio::spawn(async move {
-            let period = (ttl / 3).max(Duration::from_millis(10));
-            let mut tick = tokio::time::interval_at(expiry(Instant::now(), period), period);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut stop_rx => return,
-                    _ = tick.tick() => {
-                        if !store.refresh(&kept, token, ttl, &task_stopped) {
-                            if !task_stopped.load(Ordering::SeqCst) {
-                                tracing::info!(backend = "memory", id = %kept.id,
-                                    "instance re-registered elsewhere; this keep-alive stops");
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Registration::new(
-            instance.clone(),
-            Box::new(MemoryKeepAlive {
-                store: self.store.clone(),
-                instance,
-                token,
-                stop: stop_tx,
-                stopped,
-            }),
-        ))
+        self.registrar.register(instance).await
     }
 
     async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
         validate_name("service", service)?;
         validate_name("id", id)?;
         Ok(self.store.remove_any(service, id))
-    }
-}
-
-struct MemoryKeepAlive {
-    store: Arc<Store>,
-    instance: Instance,
-    token: u64,
-    stop: oneshot::Sender<()>,
-    /// Set before the entry is removed, so the keep-alive task cannot put
-    /// it back (see [`Store::refresh`]).
-    stopped: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl KeepAlive for MemoryKeepAlive {
-    async fn deregister(self: Box<Self>) -> Result<()> {
-        self.stopped.store(true, Ordering::SeqCst);
-        let _ = self.stop.send(());
-        self.store
-            .remove(&self.instance.service, &self.instance.id, self.token);
-        Ok(())
-    }
-
-    fn abandon(self: Box<Self>) {
-        // No refresh after this point; dropping `stop` ends the keep-alive
-        // task, and the entry expires one TTL after its last refresh.
-        self.stopped.store(true, Ordering::SeqCst);
-        drop(self.stop);
     }
 }
 
@@ -460,6 +455,62 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("id \"a b\""), "{err}");
         a.deregister().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_id_another_registrar_holds_is_refused_until_it_is_free() {
+        let ttl = Duration::from_secs(3);
+        let first = MemoryRegistry::new(ttl);
+        let second = first.with_ttl(ttl);
+        let a = first.register(lorem("a").with_tag("first")).await.unwrap();
+        let err = second.register(lorem("a")).await.unwrap_err();
+        let holder = first.registrar.owner().to_owned();
+        assert!(
+            matches!(&err, Error::AlreadyRegistered { holder: h, .. } if *h == holder),
+            "{err}"
+        );
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains(&holder), "{err}");
+        // The holder's record is untouched and kept alive past its TTL.
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(
+            second.instances("lorem").await.unwrap(),
+            vec![lorem("a").with_tag("first")]
+        );
+        // A clone is the same registrar: it replaces its own record.
+        let a2 = first
+            .clone()
+            .register(lorem("a").with_tag("again"))
+            .await
+            .unwrap();
+        drop(a);
+        // Once the holder lets the id go (here: it crashed, and the record
+        // expired), the other registrar gets in.
+        a2.abandon();
+        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
+        let b = second
+            .register(lorem("a").with_tag("second"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.instances("lorem").await.unwrap(),
+            vec![lorem("a").with_tag("second")]
+        );
+        b.deregister().await.unwrap();
+    }
+
+    #[test]
+    fn a_registry_is_made_outside_a_runtime() {
+        let registry = MemoryRegistry::new(Duration::from_secs(10));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let a = registry.register(lorem("a")).await.unwrap();
+            assert_eq!(registry.instances("lorem").await.unwrap(), vec![lorem("a")]);
+            a.deregister().await.unwrap();
+        });
     }
 
     #[tokio::test]

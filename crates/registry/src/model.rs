@@ -7,9 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The most metadata keys an instance may carry (Consul's limit, applied on
-/// every backend so that an instance round-trips through all of them).
-pub const MAX_METADATA_KEYS: usize = 64;
+/// The most metadata keys an instance may carry: Consul's limit of 64, less
+/// the one the Consul backend spends on its owner token
+/// (the key `registry-owner`), applied on every backend so that an instance
+/// round-trips through all of them (a 64th key would make Consul refuse the
+/// registration).
+pub const MAX_METADATA_KEYS: usize = 63;
+/// The metadata key the Consul backend stores a registrar's owner token
+/// under, reserved on every backend (like Consul's `consul-` prefix) so that
+/// an instance's own metadata never collides with it. Readers strip it: it
+/// never shows in a discovered instance.
+pub(crate) const OWNER_METADATA_KEY: &str = "registry-owner";
 /// The longest metadata key, in bytes (Consul's limit).
 pub const MAX_METADATA_KEY_LEN: usize = 128;
 /// The longest metadata value, in characters (Consul's limit).
@@ -48,8 +56,10 @@ pub struct Instance {
     /// Free-form labels (Consul tags); up to 64 of up to 255 characters.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Key/value annotations, within Consul's limits: up to 64 keys of
-    /// `[A-Za-z0-9_-]`, values up to 512 characters.
+    /// Key/value annotations, within Consul's limits: up to 63 keys (one
+    /// of Consul's 64 carries the registrar's owner token) of
+    /// `[A-Za-z0-9_-]`, values up to 512 characters; `registry-owner` is
+    /// reserved.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// Relative share of traffic for weighted balancing; at least 1.
@@ -256,6 +266,11 @@ fn validate_metadata(id: &str, metadata: &BTreeMap<String, String>) -> Result<()
                 "instance {id:?}: metadata key {key:?} uses the prefix \"consul-\", which Consul reserves"
             )));
         }
+        if key == OWNER_METADATA_KEY {
+            return Err(invalid(format!(
+                "instance {id:?}: metadata key {key:?} is reserved for the registrar's owner token"
+            )));
+        }
         if value.chars().count() > MAX_METADATA_VALUE_LEN {
             return Err(invalid(format!(
                 "instance {id:?}: metadata value of {key:?} is longer than {MAX_METADATA_VALUE_LEN} characters"
@@ -361,6 +376,10 @@ mod tests {
             (ok.clone().with_metadata("a.b", "v"), "metadata key"),
             (ok.clone().with_metadata("consul-x", "v"), "reserves"),
             (
+                ok.clone().with_metadata("registry-owner", "v"),
+                "reserved for the registrar",
+            ),
+            (
                 ok.clone().with_metadata("k", "v".repeat(513)),
                 "metadata value",
             ),
@@ -369,15 +388,20 @@ mod tests {
             let err = instance.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+        let mut most = ok.clone();
+        for i in 0..63 {
+            most.metadata.insert(format!("k{i}"), "v".into());
+        }
+        assert!(most.validate().is_ok());
         let mut many = ok.clone();
-        for i in 0..65 {
+        for i in 0..64 {
             many.metadata.insert(format!("k{i}"), "v".into());
         }
         assert!(
             many.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("at most 64")
+                .contains("at most 63")
         );
         assert!(Instance::new("lorem", "a", "::1", 1).validate().is_ok());
         assert_eq!(Instance::new("lorem", "a", "::1", 1).authority(), "[::1]:1");

@@ -1,7 +1,9 @@
 //! Consul-specific behaviour, against real dev agents started by `testkit`:
 //! recovery after an agent restart, registrations written by other clients
 //! (curl-style JSON, the `consul` CLI, the catalog API), TTL expiry of
-//! abandoned instances, id collisions, the cost of an idle watch,
+//! abandoned instances, id collisions, the duplicate-id rule between
+//! registrars (refusal, giving way, owner token kept out of the metadata),
+//! the cost of an idle watch,
 //! registrations that proceed while a heartbeat round is stalled, and
 //! replacements that fail or whose caller gives up.
 //!
@@ -15,7 +17,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use registry::consul::ConsulRegistry;
-use registry::{BackendConfig, Error, Instance, Registrar, Settings, Watcher, consul};
+use registry::{
+    BackendConfig, Error, Instance, MAX_METADATA_KEYS, Registrar, RegistrationState, Settings,
+    Watcher, consul,
+};
 use serde_json::{Value, json};
 use testkit::{ConsulAgent, RegistryServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -283,7 +288,19 @@ async fn our_layout_as_consul_shows_it() -> Result<()> {
     assert_eq!(service["Address"], "127.0.0.1");
     assert_eq!(service["Port"], 8080);
     assert_eq!(service["Tags"], json!(["v1"]));
-    assert_eq!(service["Meta"], json!({"zone": "eu"}));
+    // Our registrar's owner token rides along in Meta (and is stripped
+    // when we read it back, below).
+    let owner = service["Meta"]["registry-owner"]
+        .as_str()
+        .context("Meta[registry-owner]")?;
+    assert!(
+        owner.starts_with(&format!("pid{}-", std::process::id())),
+        "{owner}"
+    );
+    assert_eq!(
+        service["Meta"],
+        json!({"zone": "eu", "registry-owner": owner})
+    );
     assert_eq!(service["Weights"], json!({"Passing": 3, "Warning": 1}));
     let checks = entry["Checks"].as_array().context("Checks")?;
     let ttl = checks
@@ -863,5 +880,211 @@ async fn a_replacement_that_timed_out_after_the_agent_took_it_leaves_the_replace
     assert_eq!(registry.instances("lorem").await?, vec![old]);
     a.deregister().await?;
     assert_eq!(registry.instances("lorem").await?, vec![]);
+    Ok(())
+}
+
+/// The agent's record of `id`, read from the agent directly.
+async fn agent_service(addr: &str, id: &str) -> Result<Value> {
+    http(
+        reqwest::Method::GET,
+        addr,
+        &format!("/v1/agent/service/{id}"),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_registrar_is_refused_an_id_the_first_holds() -> Result<()> {
+    init_tracing("registry=info");
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let ttl = Duration::from_secs(2);
+    let first = connect(&addr, ttl).await?;
+    let second = connect(&addr, ttl).await?;
+    let held = lorem("a").with_tag("first").with_metadata("zone", "eu");
+    let a = first.register(held.clone()).await?;
+    let holder = agent_service(&addr, "a").await?["Meta"]["registry-owner"]
+        .as_str()
+        .context("the first registrar's owner token")?
+        .to_owned();
+
+    // Before this rule, the second registrar silently replaced the first's
+    // record, and both then heartbeated the same check.
+    let err = second
+        .register(lorem("a").with_tag("second"))
+        .await
+        .expect_err("the id is held by the first registrar");
+    assert!(
+        matches!(&err, Error::AlreadyRegistered { holder: h, id, .. } if *h == holder && id == "a"),
+        "{err}"
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains(&holder), "{err}");
+
+    // The first record is untouched, and still kept alive past its TTL.
+    let record = agent_service(&addr, "a").await?;
+    assert_eq!(record["Tags"], json!(["first"]));
+    assert_eq!(record["Meta"]["registry-owner"], holder.as_str());
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(second.instances("lorem").await?, vec![held]);
+    assert_eq!(*a.state().borrow(), RegistrationState::Registered);
+
+    // Once the first lets go, the second gets in.
+    a.deregister().await?;
+    let b = second.register(lorem("a").with_tag("second")).await?;
+    assert_eq!(
+        first.instances("lorem").await?,
+        vec![lorem("a").with_tag("second")]
+    );
+    b.deregister().await?;
+
+    // A crashed holder's record stays on the agent (critical) until it is
+    // reaped, minutes later; its id is free once the check is critical,
+    // one TTL after the crash, as a restarted server expects.
+    let crashed = first.register(lorem("c")).await?;
+    crashed.abandon();
+    let abandoned = Instant::now();
+    let err = second
+        .register(lorem("c"))
+        .await
+        .expect_err("the crashed holder's check still passes");
+    assert!(matches!(err, Error::AlreadyRegistered { .. }), "{err}");
+    let c = eventually(PATIENCE, "the restarted server to get the id", || {
+        let second = second.clone();
+        async move { Ok(second.register(lorem("c").with_tag("restarted")).await.ok()) }
+    })
+    .await;
+    let took = abandoned.elapsed();
+    println!("consul: a crashed holder's id was free again after {took:?} (TTL {ttl:?})");
+    // The last heartbeat was at most TTL/3 before the crash.
+    assert!(
+        took >= ttl * 2 / 3,
+        "taken over after {took:?}, before the check could expire"
+    );
+    assert_eq!(
+        agent_service(&addr, "c").await?["Tags"],
+        json!(["restarted"])
+    );
+    c.deregister().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_token_never_shows_in_instances_and_always_fits() -> Result<()> {
+    init_tracing("registry=info");
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let registry = connect(&addr, Duration::from_secs(3)).await?;
+    // As many metadata keys as the model allows: with the owner's, Consul's
+    // limit of 64 is reached, not passed.
+    let mut full = lorem("full");
+    for i in 0..MAX_METADATA_KEYS {
+        full = full.with_metadata(format!("k{i:02}"), "v");
+    }
+    let registration = registry.register(full.clone()).await?;
+    let raw = agent_service(&addr, "full").await?;
+    let meta = raw["Meta"].as_object().context("Meta")?;
+    assert_eq!(meta.len(), MAX_METADATA_KEYS + 1);
+    assert!(meta.contains_key("registry-owner"), "{raw}");
+
+    let listed = registry.instances("lorem").await?;
+    assert_eq!(listed, vec![full.clone()]);
+    assert!(!listed[0].metadata.contains_key("registry-owner"));
+    let mut watch = registry.watch("lorem");
+    let seen = await_snapshot(&mut watch, PATIENCE, "full", |s| ids(s) == ["full"]).await;
+    assert_eq!(seen, vec![full]);
+
+    // Consul itself refuses a 65th key: the model's limit leaves room for
+    // the owner's.
+    let err = registry
+        .register(lorem("x").with_metadata("registry-owner", "mine"))
+        .await
+        .expect_err("the key is reserved");
+    assert!(matches!(err, Error::InvalidInstance(_)), "{err}");
+    let mut too_many = json!({"ID": "raw", "Name": "raw", "Port": 1, "Meta": {}});
+    for i in 0..65 {
+        too_many["Meta"][format!("k{i:02}")] = json!("v");
+    }
+    let refused = reqwest::Client::new()
+        .put(format!("http://{addr}/v1/agent/service/register"))
+        .json(&too_many)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
+    registration.deregister().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwritten_record_comes_back_and_a_taken_one_gives_way() -> Result<()> {
+    init_tracing("registry=info");
+    let agent = start_agent().await?;
+    let addr = agent.http_addr();
+    let ttl = Duration::from_secs(2);
+    let registry = connect(&addr, ttl).await?;
+    let a = registry.register(lorem("a").with_tag("ours")).await?;
+    let owner = agent_service(&addr, "a").await?["Meta"]["registry-owner"].clone();
+    let put = reqwest::Method::PUT;
+
+    // A tool writes over our record, without a token (its check keeps the
+    // same id, so heartbeats alone cannot tell): we put ours back.
+    http(
+        put.clone(),
+        &addr,
+        "/v1/agent/service/register?replace-existing-checks=true",
+        Some(
+            json!({"ID": "a", "Name": "lorem", "Port": 8080, "Tags": ["tool"],
+                    "Check": {"CheckID": "service:a", "TTL": "30s", "Status": "passing"}}),
+        ),
+    )
+    .await?;
+    await_agent_tags(&addr, "a", &["ours"], "our record to be put back").await;
+    assert_eq!(
+        agent_service(&addr, "a").await?["Meta"]["registry-owner"],
+        owner
+    );
+
+    // Another registrar's record replaces ours (as after a race on this
+    // agent): we give way and stop heartbeating.
+    let mut state = a.state();
+    http(
+        put,
+        &addr,
+        "/v1/agent/service/register?replace-existing-checks=true",
+        Some(
+            json!({"ID": "a", "Name": "lorem", "Port": 8080, "Tags": ["theirs"],
+                    "Meta": {"registry-owner": "pid0-intruder"},
+                    "Check": {"CheckID": "service:a", "TTL": "2s", "Status": "passing"}}),
+        ),
+    )
+    .await?;
+    let displaced = tokio::time::timeout(
+        PATIENCE,
+        state.wait_for(|s| matches!(s, RegistrationState::Displaced { .. })),
+    )
+    .await
+    .context("never gave way")??
+    .clone();
+    assert_eq!(
+        displaced,
+        RegistrationState::Displaced {
+            holder: "pid0-intruder".to_owned()
+        }
+    );
+    // Nobody heartbeats the intruder's check now: it goes critical, and
+    // our registrar did not put its record back.
+    await_instances(
+        &registry,
+        "lorem",
+        PATIENCE,
+        "the intruder to go critical",
+        |s| s.is_empty(),
+    )
+    .await;
+    assert_eq!(agent_tags(&addr, "a").await?, json!(["theirs"]));
+    // Deregistering the displaced handle leaves the other's record alone.
+    a.deregister().await?;
+    assert_eq!(agent_tags(&addr, "a").await?, json!(["theirs"]));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The few calls of the Consul agent's HTTP API that the backend makes, their
 //! JSON, and the mapping of their failures to [`Error`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::model::{Instance, validate_name};
+use crate::model::{Instance, OWNER_METADATA_KEY, validate_name};
 
 /// The backend's name in errors and logs.
 pub(super) const BACKEND: &str = "consul";
@@ -180,60 +180,103 @@ impl Api {
         })
     }
 
-    /// `GET /v1/agent/service/<id>`: the service name this agent has under
-    /// `id`, if any.
-    pub(super) async fn agent_service_name(&self, id: &str) -> Result<Option<String>> {
+    /// `GET /v1/agent/health/service/id/<id>`: what this agent has under
+    /// `id`, if anything (service ids are unique per agent, across
+    /// services), and whether its TTL check has expired. The agent answers
+    /// 200, 429 or 503 for a passing, warning or critical service, 404 for
+    /// an unknown id.
+    pub(super) async fn agent_service(
+        &self,
+        operation: &'static str,
+        id: &str,
+    ) -> Result<Option<AgentRecord>> {
         #[derive(Deserialize)]
-        struct AgentService {
-            #[serde(rename = "Service")]
-            service: String,
+        struct Health {
+            #[serde(rename = "Service", default)]
+            service: Option<AgentService>,
+            #[serde(rename = "Checks", default)]
+            checks: Option<Vec<CheckEntry>>,
         }
-        let url = format!("{}/v1/agent/service/{id}", self.base);
+        #[derive(Deserialize)]
+        struct CheckEntry {
+            #[serde(rename = "CheckID", default)]
+            id: String,
+            #[serde(rename = "Status", default)]
+            status: String,
+        }
+        let url = format!("{}/v1/agent/health/service/id/{id}", self.base);
         let (status, _, body) = self
-            .send("register", self.http.get(url), self.timeout)
+            .send(operation, self.http.get(url), self.timeout)
             .await?;
         match status {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => serde_json::from_slice::<AgentService>(&body)
-                .map(|s| Some(s.service))
-                .map_err(|e| {
+            StatusCode::OK | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                let health = serde_json::from_slice::<Health>(&body).map_err(|e| {
                     Error::unavailable(
                         BACKEND,
                         self.addr.clone(),
-                        format!("unreadable answer of /v1/agent/service/{id}: {e}"),
+                        format!("unreadable answer of /v1/agent/health/service/id/{id}: {e}"),
                     )
-                }),
-            s => Err(self.status_error("register", s, &text(&body))),
+                })?;
+                let check = check_id(id);
+                let expired = health
+                    .checks
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.id == check && c.status == "critical");
+                Ok(health.service.map(|service| AgentRecord {
+                    expired,
+                    ..service.into()
+                }))
+            }
+            s => Err(self.status_error(operation, s, &text(&body))),
         }
     }
 
-    /// Registers (or replaces) `instance` on the agent with a TTL check that
-    /// starts passing.
-    ///
-    /// # Errors
-    /// [`Error::Rejected`] if the agent already has the id under another
-    /// service name: Consul service ids are unique per agent, and we never
-    /// replace another service's instance.
-    pub(super) async fn register(&self, instance: &Instance, ttl: Duration) -> Result<()> {
-        if let Some(existing) = self.agent_service_name(&instance.id).await? {
-            if existing != instance.service {
-                return Err(Error::Rejected {
-                    backend: BACKEND,
-                    operation: "register",
-                    reason: format!(
-                        "the agent at {} already has service id {:?} registered for service {existing:?}, \
-                         not {:?}; Consul service ids are unique per agent across all services, so give \
-                         this instance another id (or deregister the other one first)",
-                        self.addr, instance.id, instance.service
-                    ),
-                });
-            }
+    /// `GET /v1/agent/services`: every service this agent has, by id. One
+    /// call however many instances a registrar keeps, so that checking all
+    /// of them once per TTL stays cheap.
+    pub(super) async fn agent_services(&self) -> Result<HashMap<String, AgentRecord>> {
+        let url = format!("{}/v1/agent/services", self.base);
+        let operation = "check our records";
+        let (status, _, body) = self
+            .send(operation, self.http.get(url), self.timeout)
+            .await?;
+        if !status.is_success() {
+            return Err(self.status_error(operation, status, &text(&body)));
         }
+        let services: HashMap<String, AgentService> =
+            serde_json::from_slice(&body).map_err(|e| {
+                Error::unavailable(
+                    BACKEND,
+                    self.addr.clone(),
+                    format!("unreadable answer of /v1/agent/services: {e}"),
+                )
+            })?;
+        Ok(services
+            .into_iter()
+            .map(|(id, service)| (id, service.into()))
+            .collect())
+    }
+
+    /// `PUT /v1/agent/service/register`: registers (or replaces) `instance`
+    /// on the agent with a TTL check that starts passing, and `owner` in its
+    /// `Meta` under [`OWNER_METADATA_KEY`]. Whether the id may be written is
+    /// the caller's to check first (see `agent.rs`).
+    pub(super) async fn register(
+        &self,
+        instance: &Instance,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<()> {
         let url = format!(
             "{}/v1/agent/service/register?replace-existing-checks=true",
             self.base
         );
-        let request = self.http.put(url).json(&registration_body(instance, ttl));
+        let request = self
+            .http
+            .put(url)
+            .json(&registration_body(instance, owner, ttl));
         let (status, _, body) = self.send("register", request, self.timeout).await?;
         if status.is_success() {
             Ok(())
@@ -359,15 +402,18 @@ pub(super) fn deregister_after(ttl: Duration) -> Duration {
     ttl.saturating_mul(10).max(MIN_DEREGISTER_AFTER)
 }
 
-/// The JSON of `PUT /v1/agent/service/register` for `instance`.
-fn registration_body(instance: &Instance, ttl: Duration) -> serde_json::Value {
+/// The JSON of `PUT /v1/agent/service/register` for `instance`, written by
+/// the registrar `owner`.
+fn registration_body(instance: &Instance, owner: &str, ttl: Duration) -> serde_json::Value {
+    let mut meta = instance.metadata.clone();
+    meta.insert(OWNER_METADATA_KEY.to_owned(), owner.to_owned());
     json!({
         "ID": instance.id,
         "Name": instance.service,
         "Address": instance.address,
         "Port": instance.port,
         "Tags": instance.tags,
-        "Meta": instance.metadata,
+        "Meta": meta,
         "Weights": { "Passing": instance.weight, "Warning": 1 },
         "Check": {
             "CheckID": check_id(&instance.id),
@@ -378,6 +424,46 @@ fn registration_body(instance: &Instance, ttl: Duration) -> serde_json::Value {
             "DeregisterCriticalServiceAfter": format!("{}ms", deregister_after(ttl).as_millis()),
         },
     })
+}
+
+/// What `/v1/agent/service/<id>` and `/v1/agent/services` tell about one
+/// service, reduced to what the registrar reads.
+#[derive(Debug, Deserialize)]
+struct AgentService {
+    #[serde(rename = "Service")]
+    service: String,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+/// The agent's record of one service id: whose service it is and which
+/// registrar wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AgentRecord {
+    /// The service name the id is registered under.
+    pub(super) service: String,
+    /// The owner token in its `Meta`, if a registrar of ours wrote it (other
+    /// tools and older versions leave none).
+    pub(super) owner: Option<String>,
+    /// Its TTL check (`service:<id>`) is critical: nobody passed it for a
+    /// TTL, so whoever wrote it is gone or cut off, as an expired lease is
+    /// on the other backends (the agent keeps the record until
+    /// `DeregisterCriticalServiceAfter`). Only
+    /// [`Api::agent_service`] tells; `false` from [`Api::agent_services`].
+    pub(super) expired: bool,
+}
+
+impl From<AgentService> for AgentRecord {
+    fn from(service: AgentService) -> Self {
+        AgentRecord {
+            owner: service
+                .meta
+                .and_then(|mut meta| meta.remove(OWNER_METADATA_KEY))
+                .filter(|owner| !owner.is_empty()),
+            service: service.service,
+            expired: false,
+        }
+    }
 }
 
 /// One element of `/v1/health/service/<name>`, reduced to what we read.
@@ -448,7 +534,14 @@ fn decode_entry(service: &str, entry: serde_json::Value) -> Option<Instance> {
         address,
         port: s.port,
         tags: s.tags.unwrap_or_default(),
-        metadata: s.meta.unwrap_or_default(),
+        // Our owner token is the registrar's business, not the instance's.
+        metadata: s
+            .meta
+            .map(|mut meta| {
+                meta.remove(OWNER_METADATA_KEY);
+                meta
+            })
+            .unwrap_or_default(),
         // Consul fills in weights {1, 1} when none are given; a registration
         // without any (or with 0) counts as the default weight.
         weight: s.weights.map(|w| w.passing).filter(|w| *w > 0).unwrap_or(1),
@@ -514,10 +607,12 @@ mod tests {
         let instance = decode_entry("foreign", entry).unwrap();
         assert_eq!(instance, Instance::new("foreign", "f2", "10.0.0.9", 9001));
 
+        // Our owner token never reaches the instance's metadata.
         let ours = json!({
             "Node": {"Node": "n", "Address": "127.0.0.1"},
             "Service": {"ID": "a", "Service": "lorem", "Tags": ["v1"], "Address": "192.0.2.1",
-                        "Meta": {"zone": "eu"}, "Port": 8080, "Weights": {"Passing": 3, "Warning": 1}}
+                        "Meta": {"zone": "eu", "registry-owner": "pid1-abc"}, "Port": 8080,
+                        "Weights": {"Passing": 3, "Warning": 1}}
         });
         assert_eq!(
             decode_entry("lorem", ours).unwrap(),
@@ -542,8 +637,16 @@ mod tests {
     #[test]
     fn registration_json_has_a_passing_ttl_check() {
         let instance = Instance::new("lorem", "a", "127.0.0.1", 8080).with_weight(2);
-        let body = registration_body(&instance, Duration::from_millis(1500));
+        let body = registration_body(
+            &instance.clone().with_metadata("zone", "eu"),
+            "pid1-abc",
+            Duration::from_millis(1500),
+        );
         assert_eq!(body["Weights"], json!({"Passing": 2, "Warning": 1}));
+        assert_eq!(
+            body["Meta"],
+            json!({"zone": "eu", "registry-owner": "pid1-abc"})
+        );
         assert_eq!(body["Check"]["TTL"], "1500ms");
         assert_eq!(body["Check"]["Status"], "passing");
         assert_eq!(body["Check"]["CheckID"], "service:a");
@@ -552,6 +655,30 @@ mod tests {
             deregister_after(Duration::from_secs(30)),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn the_agent_record_names_its_owner_if_it_has_one() {
+        let read = |value: serde_json::Value| {
+            AgentRecord::from(serde_json::from_value::<AgentService>(value).unwrap())
+        };
+        assert_eq!(
+            read(
+                json!({"ID": "a", "Service": "lorem", "Meta": {"registry-owner": "pid1-abc", "zone": "eu"}})
+            ),
+            AgentRecord {
+                service: "lorem".to_owned(),
+                owner: Some("pid1-abc".to_owned()),
+                expired: false,
+            }
+        );
+        for unowned in [
+            json!({"ID": "a", "Service": "lorem"}),
+            json!({"ID": "a", "Service": "lorem", "Meta": null}),
+            json!({"ID": "a", "Service": "lorem", "Meta": {"registry-owner": ""}}),
+        ] {
+            assert_eq!(read(unowned).owner, None);
+        }
     }
 
     #[test]

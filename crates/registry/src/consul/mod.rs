@@ -3,11 +3,12 @@
 //! | operation    | Consul                                                                      |
 //! |--------------|-----------------------------------------------------------------------------|
 //! | connect      | `GET /v1/status/leader` (proves the agent answers; needs no ACL)            |
-//! | register     | `GET /v1/agent/service/<id>` (id collision check), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` |
-//! | keep alive   | one task per registrar: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3, each round in a task of its own so it never holds up registrations |
-//! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" answer means the agent forgot the instance: register it again; connection errors: retry with backoff |
-//! | deregister   | `PUT /v1/agent/service/deregister/<id>`                                     |
-//! | deregister_instance | `GET /v1/agent/service/<id>` (is it this service's, on this agent?), then `PUT /v1/agent/service/deregister/<id>`; a live owner registers it again at its next heartbeat (TTL/3) |
+//! | register     | `GET /v1/agent/health/service/id/<id>` (duplicate-id check: another service's id is [`Error::Rejected`], another registrar's token whose TTL check is not critical [`Error::AlreadyRegistered`]; a critical one has expired and is replaced), then `PUT /v1/agent/service/register?replace-existing-checks=true` with a TTL check that starts `passing` and the owner token in `Meta["registry-owner"]` |
+//! | keep alive   | the registrar core's task: `PUT /v1/agent/check/pass/service:<id>` for every instance every TTL/3, 16 at a time, each round in a task of its own so it never holds up registrations; about once per TTL, one `GET /v1/agent/services` checks that each id still holds our token |
+//! | recovery     | a 404 / "Unknown check" / "does not have associated TTL" heartbeat answer, or an id missing or overwritten without a token, means the agent forgot or lost the instance: register it again; connection errors: retry with backoff within TTL/3 |
+//! | duplicate id | an id holding another registrar's token is refused until that record's check goes critical (one TTL after its registrar crashed) ([`Error::AlreadyRegistered`] naming the holder); if ours is later found holding another token, we give way (state `Displaced`, no more heartbeats). Best effort, on this agent only: see below |
+//! | deregister   | `GET /v1/agent/health/service/id/<id>`, then `PUT /v1/agent/service/deregister/<id>` if the record still holds our token |
+//! | deregister_instance | `GET /v1/agent/health/service/id/<id>` (is it this service's, on this agent?), then `PUT /v1/agent/service/deregister/<id>`; a live owner registers it again at its next heartbeat (TTL/3) |
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
 //! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
 //! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
@@ -20,10 +21,27 @@
 //! `service:<id>`, the TTL of [`Timing::ttl`], and
 //! `DeregisterCriticalServiceAfter` = max(1 minute, 10 x TTL).
 //!
-//! Concurrency: the calls of one registrar run side by side (up to 32
-//! registrations or deregistrations at once, heartbeats 16 at a time on
-//! their own), while the operations on one id keep the order they were
-//! asked in; see `keeper.rs`.
+//! `Meta["registry-owner"]` holds the token of the registrar that wrote the
+//! record (`pid<pid>-<random>`); readers strip it, so it never shows in an
+//! instance's metadata, and the instance model reserves the key and allows
+//! 63 metadata keys instead of Consul's 64, so that the token always fits.
+//!
+//! Concurrency, ordering, restores and undo are the registrar core's
+//! (`registrar/`; the agent side is `consul/agent.rs`): the calls of one
+//! registrar run side by side (up to 32 registrations or deregistrations at
+//! once, heartbeats 16 at a time on their own), while the operations on one
+//! id keep the order they were asked in.
+//!
+//! The duplicate-id rule is best effort on Consul, because registrations
+//! belong to agents and the check is a read before a write:
+//! - The same id registered through two different agents is two records,
+//!   both live (Consul's catalog allows one id per node); neither registrar
+//!   sees the other's, and readers see the id once (repeats are dropped).
+//! - Two registrations of one id racing on one agent may both pass the check
+//!   before either writes; the second then replaces the first, whose
+//!   registrar notices at its next check of its records (about one TTL) and
+//!   gives way. Until then its heartbeats pass the winner's check (the check
+//!   id is the same).
 //!
 //! Consul's rules that show through:
 //! - Service ids are unique per *agent*, across all services: registering an
@@ -66,7 +84,7 @@
 //!       "Service": "lorem",
 //!       "Tags": [ "v1" ],
 //!       "Address": "127.0.0.1",
-//!       "Meta": { "version": "0.1.0" },
+//!       "Meta": { "version": "0.1.0", "registry-owner": "pid4242-5f0c2a9e1b7d" },
 //!       "Port": 8080,
 //!       "Weights": { "Passing": 1, "Warning": 1 },
 //!       ...
@@ -97,9 +115,9 @@
 //! ]
 //! ```
 
+mod agent;
 mod api;
 mod config;
-mod keeper;
 
 pub use self::config::{Builder, Config};
 
@@ -108,12 +126,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::agent::Agent;
 use self::api::{Api, BACKEND, validate_service};
-use self::keeper::{Command, Keeper};
-use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
@@ -136,12 +153,14 @@ const SERVICES_CONCURRENCY: usize = 8;
 
 /// A registry on a Consul agent's HTTP API.
 ///
-/// Cheap to clone: clones share one HTTP client and one registrar task,
-/// which heartbeats all the registrations made through them.
+/// Cheap to clone: clones share one HTTP client and one registrar (one task,
+/// one owner token), which heartbeats all the registrations made through
+/// them. Each `connect` is a registrar of its own: a second one cannot take
+/// an id the first holds.
 #[derive(Debug, Clone)]
 pub struct ConsulRegistry {
     api: Api,
-    commands: mpsc::UnboundedSender<Command>,
+    registrar: crate::registrar::Registrar<Agent>,
 }
 
 impl ConsulRegistry {
@@ -224,38 +243,18 @@ impl ConsulRegistry {
                 "the Consul cluster has no leader yet; reads fail until it elects one");
         }
         tracing::info!(backend = BACKEND, %addr, ttl = ?timing.ttl, "connected to the Consul agent");
-        let commands = Keeper::spawn(api.clone(), timing.ttl);
-        Ok(ConsulRegistry { api, commands })
+        let registrar = crate::registrar::Registrar::new(
+            Agent::new(api.clone(), timing.ttl),
+            timing.ttl,
+            timing.timeout,
+        );
+        tracing::debug!(
+            backend = BACKEND,
+            owner = registrar.owner(),
+            "registrar ready"
+        );
+        Ok(ConsulRegistry { api, registrar })
     }
-
-    /// Sends a command to the registrar task and waits for its reply.
-    async fn ask<T>(
-        &self,
-        operation: &'static str,
-        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
-        ask(&self.commands, self.api.timeout(), operation, command).await
-    }
-}
-
-/// Sends a command to a registrar task and waits for its reply, under the
-/// `REGISTRY_TIMEOUT` deadline.
-async fn ask<T>(
-    commands: &mpsc::UnboundedSender<Command>,
-    timeout: Duration,
-    operation: &'static str,
-    command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-) -> Result<T> {
-    let (reply, answer) = oneshot::channel();
-    commands
-        .send(command(reply))
-        .map_err(|_| Error::Closed { backend: BACKEND })?;
-    with_deadline(BACKEND, operation, timeout, async {
-        answer
-            .await
-            .map_err(|_| Error::Closed { backend: BACKEND })?
-    })
-    .await
 }
 
 /// The one agent address: `config.addr`, else `CONSUL_HTTP_ADDR`, else the
@@ -304,19 +303,7 @@ impl Registrar for ConsulRegistry {
         instance.validate()?;
         api::addressable("id", &instance.id)?;
         api::addressable("service", &instance.service)?;
-        let token = self
-            .ask("register", |reply| Command::Register {
-                instance: instance.clone(),
-                reply,
-            })
-            .await?;
-        let keeper = ConsulKeepAlive {
-            commands: self.commands.clone(),
-            timeout: self.api.timeout(),
-            id: instance.id.clone(),
-            token,
-        };
-        Ok(Registration::new(instance, Box::new(keeper)))
+        self.registrar.register(instance).await
     }
 
     /// Only instances registered on this agent can be removed: Consul keeps
@@ -328,45 +315,13 @@ impl Registrar for ConsulRegistry {
         api::addressable("id", id)?;
         // Service ids are unique per agent across services: never remove
         // another service's instance that happens to have this id.
-        if self.api.agent_service_name(id).await?.as_deref() != Some(service) {
+        let existing = self.api.agent_service("deregister", id).await?;
+        if existing.is_none_or(|e| e.service != service) {
             return Ok(false);
         }
         self.api.deregister(id).await?;
         tracing::info!(backend = BACKEND, service, id, "operator deregistration");
         Ok(true)
-    }
-}
-
-/// The keep-alive of one registration: a handle on the registrar task.
-struct ConsulKeepAlive {
-    commands: mpsc::UnboundedSender<Command>,
-    timeout: Duration,
-    id: String,
-    token: u64,
-}
-
-#[async_trait]
-impl KeepAlive for ConsulKeepAlive {
-    async fn deregister(self: Box<Self>) -> Result<()> {
-        let ConsulKeepAlive {
-            commands,
-            timeout,
-            id,
-            token,
-        } = *self;
-        // Once sent, the command is carried out even if the deadline passes:
-        // the heartbeats stop regardless.
-        ask(&commands, timeout, "deregister", |reply| {
-            Command::Deregister { id, token, reply }
-        })
-        .await
-    }
-
-    fn abandon(self: Box<Self>) {
-        let _ = self.commands.send(Command::Abandon {
-            id: self.id,
-            token: self.token,
-        });
     }
 }
 

@@ -63,11 +63,6 @@ impl<B: Backend> Registrar<B> {
         }
     }
 
-    /// The backend this registrar writes through.
-    pub(crate) fn backend(&self) -> &B {
-        &self.inner.backend
-    }
-
     /// This registrar's owner token, written into every record it puts.
     pub(crate) fn owner(&self) -> &str {
         &self.inner.owner
