@@ -99,6 +99,24 @@ pub trait RegistryServer: Send {
     /// quotes its log.
     fn start(&mut self) -> anyhow::Result<()>;
 
+    /// Pauses every process with SIGSTOP: the server keeps its ports, and
+    /// the kernel still accepts connections on them, but it answers
+    /// nothing, like a hung process or a frozen VM. Undo with
+    /// [`resume`](Self::resume); stopping or dropping a paused server works
+    /// too.
+    ///
+    /// # Errors
+    ///
+    /// If a process is not running.
+    fn pause(&mut self) -> anyhow::Result<()>;
+
+    /// Resumes every process paused by [`pause`](Self::pause) (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// If a process is not running.
+    fn resume(&mut self) -> anyhow::Result<()>;
+
     /// [`stop`](Self::stop), then [`start`](Self::start).
     ///
     /// # Errors

@@ -114,7 +114,7 @@ use crate::config::{ConsulConfig, Endpoint, Settings, endpoints_or_default};
 use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
-use crate::util::{Backoff, SnapshotSink, spawn_watch};
+use crate::util::{Backoff, SnapshotSink, silence_limit, spawn_watch_of};
 
 /// The agent address used when none is configured.
 const DEFAULT_ADDR: &str = "127.0.0.1:8500";
@@ -138,6 +138,9 @@ const SERVICES_CONCURRENCY: usize = 8;
 pub struct ConsulRegistry {
     api: Api,
     commands: mpsc::UnboundedSender<Command>,
+    /// `REGISTRY_TTL`: besides the checks, it sets how soon a watch notices
+    /// a hung agent ([`silence_limit`]).
+    ttl: Duration,
 }
 
 impl ConsulRegistry {
@@ -212,7 +215,11 @@ impl ConsulRegistry {
         }
         tracing::info!(backend = BACKEND, %addr, ttl = ?settings.ttl, "connected to the Consul agent");
         let commands = Keeper::spawn(api.clone(), settings.ttl);
-        Ok(ConsulRegistry { api, commands })
+        Ok(ConsulRegistry {
+            api,
+            commands,
+            ttl: settings.ttl,
+        })
     }
 
     /// Sends a command to the registrar task and waits for its reply.
@@ -399,8 +406,9 @@ impl Watcher for ConsulRegistry {
 
     fn watch(&self, service: &str) -> WatchStream {
         let api = self.api.clone();
-        let service = service.to_owned();
-        spawn_watch(move |sink| watch_loop(api, service, sink))
+        let ttl = self.ttl;
+        let name = service.to_owned();
+        spawn_watch_of(BACKEND, service, move |sink| watch_loop(api, name, ttl, sink))
     }
 }
 
@@ -466,24 +474,33 @@ impl RateLimit {
 }
 
 /// One watch: blocking health queries, one full snapshot per answer.
-async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
+///
+/// While a blocking query waits (up to [`WATCH_WAIT`]), [`Api::answers`]
+/// checks every third of the [`silence_limit`] that the agent still
+/// answers, so that a hung agent is reported (one `Err` item, through the
+/// sink) within that limit rather than after the whole wait; the query is
+/// then dropped and the loop retries with backoff.
+async fn watch_loop(api: Api, service: String, ttl: Duration, mut sink: SnapshotSink) {
     if let Err(error) = validate_service(&service) {
-        sink.error(error).await;
+        sink.fatal(error).await;
         return;
     }
+    let probe_every = silence_limit(ttl) / 3;
     let mut index = 0u64;
     let mut backoff = Backoff::reconnect();
-    let mut failing = false;
     let mut limiter = RateLimit::new(WATCH_BURST, WATCH_MIN_INTERVAL);
     loop {
         limiter.acquire().await;
-        let blocking = (index > 0).then_some((index, WATCH_WAIT));
-        match api.healthy(&service, blocking).await {
+        let answer = if index > 0 {
+            tokio::select! {
+                answer = api.healthy(&service, Some((index, WATCH_WAIT))) => answer,
+                error = hung(&api, probe_every) => Err(error),
+            }
+        } else {
+            api.healthy(&service, None).await
+        };
+        match answer {
             Ok((instances, answer)) => {
-                if failing {
-                    tracing::info!(backend = BACKEND, %service, "watch recovered");
-                    failing = false;
-                }
                 backoff.reset();
                 tracing::debug!(backend = BACKEND, %service, index, answer, instances = instances.len(), "watch answer");
                 index = next_index(index, answer);
@@ -492,12 +509,6 @@ async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
                 }
             }
             Err(error) => {
-                if failing {
-                    tracing::debug!(backend = BACKEND, %service, %error, "watch failed again");
-                } else {
-                    tracing::warn!(backend = BACKEND, %service, %error, "watch failed; retrying with backoff");
-                }
-                failing = true;
                 if !sink.error(error).await {
                     return;
                 }
@@ -508,6 +519,17 @@ async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
         }
         if sink.is_closed() {
             return;
+        }
+    }
+}
+
+/// Resolves once the agent stops answering: probes it every `every`, each
+/// probe with a deadline of `every`.
+async fn hung(api: &Api, every: Duration) -> Error {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(error) = api.answers(every).await {
+            return error;
         }
     }
 }

@@ -432,8 +432,8 @@ impl Actor {
             .max(1);
         let granted = self
             .ctx
-            .call(operation, || {
-                let mut lease = self.ctx.lease.clone();
+            .call(operation, |member| {
+                let mut lease = member.lease.clone();
                 async move { lease.grant(seconds, None).await }
             })
             .await?;
@@ -444,8 +444,8 @@ impl Actor {
     async fn put(&self, key: &str, instance: &Instance, lease: i64) -> Result<()> {
         let value = instance.to_json();
         self.ctx
-            .call("register", || {
-                let mut kv = self.ctx.kv.clone();
+            .call("register", |member| {
+                let mut kv = member.kv.clone();
                 let (key, value) = (key.to_owned(), value.clone());
                 async move {
                     kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
@@ -486,8 +486,8 @@ impl Actor {
 
     async fn txn(&self, operation: &'static str, txn: Txn) -> Result<()> {
         self.ctx
-            .call(operation, || {
-                let mut kv = self.ctx.kv.clone();
+            .call(operation, |member| {
+                let mut kv = member.kv.clone();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -538,8 +538,8 @@ impl Actor {
                 .collect();
             let response = self
                 .ctx
-                .call("check", || {
-                    let mut kv = self.ctx.kv.clone();
+                .call("check", |member| {
+                    let mut kv = member.kv.clone();
                     let txn = Txn::new().and_then(gets.clone());
                     async move { kv.txn(txn).await }
                 })
@@ -657,8 +657,8 @@ impl Actor {
         drop(lease);
         let revoked = self
             .ctx
-            .call("revoke lease", || {
-                let mut lease = self.ctx.lease.clone();
+            .call("revoke lease", |member| {
+                let mut lease = member.lease.clone();
                 async move { lease.revoke(id).await }
             })
             .await;
@@ -690,8 +690,8 @@ async fn heartbeat(ctx: Ctx, lease: i64, ttl: Duration, beats: mpsc::UnboundedSe
                         // Opening the stream renews the lease once, and
                         // fails with "lease not found" for a TTL of 0.
                         let open = ctx
-                            .call("keep-alive", || {
-                                let mut client = ctx.lease.clone();
+                            .call("keep-alive", |member| {
+                                let mut client = member.lease.clone();
                                 async move { client.keep_alive(lease).await }
                             })
                             .await?;
@@ -787,7 +787,7 @@ mod tests {
 
     /// The value and lease of `key`, if present.
     async fn stored(actor: &Actor, key: &str) -> Option<(Vec<u8>, i64)> {
-        let mut kv = actor.ctx.kv.clone();
+        let mut kv = actor.ctx.member().kv.clone();
         let response = kv
             .get(key, Some(GetOptions::new()))
             .await
@@ -849,7 +849,7 @@ mod tests {
             keys.push((key, instance));
         }
         let lease = actor.lease.as_ref().map(|l| l.id).expect("a lease");
-        let mut kv = actor.ctx.kv.clone();
+        let mut kv = actor.ctx.member().kv.clone();
         kv.delete(keys[0].0.as_str(), None).await.expect("delete");
         kv.put(keys[1].0.as_str(), "garbage", None)
             .await

@@ -150,6 +150,9 @@ struct Params {
     timeout: Duration,
     /// The session timeout we ask for.
     session_timeout: Duration,
+    /// `REGISTRY_TTL`: sets how soon a watch reports a server that went
+    /// silent ([`silence_limit`](crate::util::silence_limit)).
+    ttl: Duration,
 }
 
 impl Params {
@@ -259,6 +262,7 @@ impl ZookeeperRegistry {
             prefix: config.prefix.clone(),
             timeout: settings.timeout,
             session_timeout: config.effective_session_timeout(settings.ttl),
+            ttl: settings.ttl,
         };
         let client = registrar::open_session(&params).await?;
         tracing::info!(
