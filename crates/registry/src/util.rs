@@ -121,7 +121,11 @@ pub(crate) struct SnapshotSink {
 }
 
 impl SnapshotSink {
-    fn new(tx: mpsc::Sender<Result<Vec<Instance>>>, backend: &'static str, service: String) -> Self {
+    fn new(
+        tx: mpsc::Sender<Result<Vec<Instance>>>,
+        backend: &'static str,
+        service: String,
+    ) -> Self {
         SnapshotSink {
             tx,
             last: None,
@@ -289,7 +293,11 @@ mod tests {
             .map(|item| if item.is_ok() { "Ok" } else { "Err" })
             .collect();
         assert_eq!(shape, ["Ok", "Err", "Ok", "Err"]);
-        assert_eq!(items[0].as_ref().ok(), items[2].as_ref().ok(), "the same set, sent again");
+        assert_eq!(
+            items[0].as_ref().ok(),
+            items[2].as_ref().ok(),
+            "the same set, sent again"
+        );
     }
 
     #[test]

@@ -105,11 +105,8 @@ async fn one_hung_member_of_three_costs_each_call_under_two_seconds() -> Result<
     blocking(|| cluster.pause_member(0))?;
     let mut registrations = Vec::new();
     for round in 0..3 {
-        let (registry, connect) = answered(
-            "a fresh connect",
-            EtcdRegistry::connect(&config, &settings),
-        )
-        .await;
+        let (registry, connect) =
+            answered("a fresh connect", EtcdRegistry::connect(&config, &settings)).await;
         let registry = registry?;
         let (read, read_took) = answered("instances()", registry.instances("lorem")).await;
         let before_round = read?.len();
@@ -125,7 +122,10 @@ async fn one_hung_member_of_three_costs_each_call_under_two_seconds() -> Result<
             before.instances("lorem"),
         )
         .await;
-        ensure!(old_read?.len() > before_round, "the registration of {id} is visible");
+        ensure!(
+            old_read?.len() > before_round,
+            "the registration of {id} is visible"
+        );
         report(format!(
             "hung etcd member 1 of 3, round {round}: connect {connect:?}, instances {read_took:?}, \
              register {register_took:?}, instances on an older connection {old_took:?}"

@@ -11,7 +11,7 @@
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
 //! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
 //! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
-//! | watch        | the health query as a blocking query: `&index=N&wait=60000ms`               |
+//! | watch        | the health query as a blocking query: `&index=N&wait=60000ms`, and beside it `GET /v1/status/leader` every third of max(2 x TTL, 5 s) to notice a hung agent |
 //!
 //! Field mapping: `id` -> `ID`, `service` -> `Name` (`Service` when read),
 //! `address` -> `Address` (an empty one reads as the node's address),
@@ -41,6 +41,21 @@
 //!   delayed but a hot loop is bounded). A blocking request's timeout is
 //!   `wait + wait/16 (Consul's jitter) + REGISTRY_TIMEOUT`; every other call
 //!   is bounded by `REGISTRY_TIMEOUT`.
+//!
+//! # Recovery
+//!
+//! - A watch follows the contract of [`WatchStream`] (kept by the shared
+//!   sink): one `Err` item when the agent cannot be read, however many
+//!   retries follow (with backoff, from index 0), and the next answer is
+//!   sent as a full snapshot even if unchanged.
+//! - A hung agent (it accepts connections but answers nothing) would hold a
+//!   blocking query for its whole wait, a minute or more. While the query
+//!   waits, the watch asks the agent for `/v1/status/leader` (a few bytes,
+//!   no ACL) every third of max(2 x TTL, 5 s), each with that deadline; any
+//!   HTTP answer will do. When one goes unanswered the query is dropped and
+//!   the `Err` sent, so a hung agent is reported within about
+//!   max(2 x TTL, 5 s). A cheap probe rather than a shorter `wait`, which
+//!   would make every idle watch re-read its whole service that often.
 //!
 //! Conventions of Consul's own tools are honoured: `CONSUL_HTTP_ADDR` when no
 //! address is configured (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`
@@ -408,7 +423,9 @@ impl Watcher for ConsulRegistry {
         let api = self.api.clone();
         let ttl = self.ttl;
         let name = service.to_owned();
-        spawn_watch_of(BACKEND, service, move |sink| watch_loop(api, name, ttl, sink))
+        spawn_watch_of(BACKEND, service, move |sink| {
+            watch_loop(api, name, ttl, sink)
+        })
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
-//! | connect     | gRPC channel to every endpoint, checked with a `Range` (count only)          |
+//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at    |
+//! |             | once: the first to answer is enough, and is where calls start            |
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar) + `Put key lease=L`  |
 //! | keep alive  | `LeaseKeepAlive` every granted TTL / 3 on one stream; a reply with TTL 0     |
 //! |             | means the lease is gone: grant a new one and `Put` every live key again     |
@@ -15,7 +16,8 @@
 //! |             | live owner puts it back at its next check (about one TTL)                    |
 //! | instances   | `Range <prefix>/<service>/` page by page, all pages at one revision          |
 //! | services    | `Range <prefix>/` page by page, skipping past each service once it is found  |
-//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1           |
+//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1; a       |
+//! |             | `WatchProgressRequest` whenever the stream is quiet, to notice a hung member |
 //!
 //! # Storage layout
 //!
@@ -49,10 +51,27 @@
 //!   fresh snapshot and watches again from its revision; it emits the fresh
 //!   snapshot only if it differs, and never an empty set in between.
 //! - A watch that cannot read sends one `Err` item per outage and keeps
-//!   retrying with backoff; the next `Ok` is a full snapshot.
-//! - Every request is retried on transport errors until `REGISTRY_TIMEOUT`:
-//!   the gRPC channel balances over all endpoints and keeps trying a stopped
-//!   member's, so with one member of three down a retry reaches a live one.
+//!   retrying with backoff; the next `Ok` is a full snapshot, sent even if
+//!   unchanged (the contract of [`WatchStream`], kept by the shared sink).
+//! - Every request goes to one member at a time, each member through a
+//!   channel of its own, starting with the member that answered last. An
+//!   attempt that fails with a transport error (or "no leader"), or that
+//!   gets no answer within 1 s (a hung member: it accepts connections and
+//!   never answers), moves on to the next member at once; after every
+//!   member has been tried the loop backs off and doubles the per-attempt
+//!   deadline, until `REGISTRY_TIMEOUT`. With one member of three hung, a
+//!   call is answered within about 1 s, and the calls after it at once.
+//!   With a single endpoint an attempt may use the whole timeout.
+//! - `connect` asks every member at once and succeeds as soon as one
+//!   answers, so a hung member cannot hold it up.
+//! - A watch asks for a progress report whenever its stream has been quiet
+//!   for a quarter of max(2 x TTL, 5 s), and gives the answer as long
+//!   again. If nothing comes back the member is taken as hung: the watch
+//!   reads again from another member and continues from that read's
+//!   revision, with no `Err` item and, if nothing changed meanwhile, no
+//!   snapshot. If no member answers that read within the other half of the
+//!   limit, the watch sends its one `Err`: a hung registry is reported
+//!   within about max(2 x TTL, 5 s).
 //! - A key deleted or overwritten by another client while our lease lives
 //!   (`etcdctl del /services/lorem/x`, a put without our lease) is noticed by
 //!   the check that follows every third renewal, about once per TTL: it
@@ -101,8 +120,9 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A registrar and watcher over an etcd cluster.
 ///
-/// Cheap to clone: clones share one gRPC channel and one registrar task, which
-/// holds ONE lease for all the registrations made through any of them.
+/// Cheap to clone: clones share one gRPC channel per member and one
+/// registrar task, which holds ONE lease for all the registrations made
+/// through any of them.
 #[derive(Clone)]
 pub struct EtcdRegistry {
     ctx: Ctx,
@@ -162,12 +182,9 @@ impl Members {
     /// there, start at the next member instead.
     fn skip(&self, index: usize) {
         let next = (index + 1) % self.list.len();
-        let _ = self.preferred.compare_exchange(
-            index,
-            next,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ = self
+            .preferred
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 

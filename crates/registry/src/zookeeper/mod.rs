@@ -73,6 +73,17 @@
 //! must be unique within a service: two registrars registering the same id
 //! take the node from each other at every check, with a warning each time.
 //!
+//! # Outages
+//!
+//! A watch follows the contract of [`WatchStream`] (kept by the shared
+//! sink): one `Err` item per outage, however many retries follow, and the
+//! next snapshot always sent. zookeeper-client notices a server that went
+//! silent (a hung process keeps its connections open) after 2/5 of the
+//! session timeout without a reply, and tries the other servers; a watch
+//! that is still disconnected once max(2 x TTL, 5 s) has passed since the
+//! last reply (never more than `REGISTRY_TIMEOUT` after the disconnection)
+//! sends its `Err`. A reconnection before that is no outage.
+//!
 //! After a reconnect that keeps the session, zookeeper-client leaves two
 //! things to us: events that happened while disconnected are lost
 //! (ZOOKEEPER-4698), hence a full re-read; and version 0.11.2 does not
