@@ -2,8 +2,8 @@
 //!
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
-//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at    |
-//! |             | once: the first to answer is enough, and is where calls start            |
+//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at     |
+//! |             | once: the first to answer is enough, and is where calls start                |
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar) + `Put key lease=L`  |
 //! | keep alive  | `LeaseKeepAlive` every granted TTL / 3 on one stream; a reply with TTL 0     |
 //! |             | means the lease is gone: grant a new one and `Put` every live key again     |
@@ -16,7 +16,7 @@
 //! |             | live owner puts it back at its next check (about one TTL)                    |
 //! | instances   | `Range <prefix>/<service>/` page by page, all pages at one revision          |
 //! | services    | `Range <prefix>/` page by page, skipping past each service once it is found  |
-//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1; a       |
+//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1; a        |
 //! |             | `WatchProgressRequest` whenever the stream is quiet, to notice a hung member |
 //!
 //! # Storage layout
