@@ -696,6 +696,112 @@ impl Watcher for EtcdRegistry {
 mod tests {
     use super::*;
 
+    /// A context over `n` members whose channels never connect (nothing is
+    /// sent through them: the requests below are fakes that only look at
+    /// which member they were given).
+    async fn fake_ctx(n: usize, timeout: Duration) -> Ctx {
+        let mut list = Vec::new();
+        for index in 0..n {
+            let client = Client::connect(["http://127.0.0.1:1"], None)
+                .await
+                .expect("a lazy channel");
+            list.push(Member {
+                index,
+                endpoint: format!("http://member-{index}").into(),
+                kv: client.kv_client(),
+                lease: client.lease_client(),
+                watch: client.watch_client(),
+            });
+        }
+        Ctx {
+            members: Arc::new(Members {
+                list,
+                preferred: AtomicUsize::new(0),
+            }),
+            prefix: "/services".into(),
+            addr: "fake".into(),
+            ttl: Duration::from_secs(10),
+            timeout,
+            attempt: ATTEMPT_TIMEOUT.min(timeout),
+            page_size: DEFAULT_PAGE_SIZE,
+            watch_start_delay: Duration::ZERO,
+        }
+    }
+
+    /// A request that hangs on the members in `hung` and answers with the
+    /// member's index on the others.
+    fn answer_unless(
+        hung: &'static [usize],
+    ) -> impl FnMut(&Member) -> futures::future::BoxFuture<'static, Result<usize, etcd_client::Error>>
+    {
+        move |member| {
+            let index = member.index;
+            Box::pin(async move {
+                if hung.contains(&index) {
+                    std::future::pending().await
+                } else {
+                    Ok(index)
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_member_costs_one_short_attempt_and_is_then_avoided() {
+        let ctx = fake_ctx(3, Duration::from_secs(5)).await;
+        let started = tokio::time::Instant::now();
+        let answered = ctx.call("read", answer_unless(&[0])).await.unwrap();
+        assert_eq!(answered, 1, "the next member answers");
+        assert_eq!(
+            started.elapsed(),
+            ATTEMPT_TIMEOUT,
+            "after one short attempt"
+        );
+
+        let started = tokio::time::Instant::now();
+        assert_eq!(ctx.call("read", answer_unless(&[0])).await.unwrap(), 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the member that answered is tried first"
+        );
+
+        // The keep-alive's own per-attempt deadline.
+        ctx.members.answered(0);
+        let started = tokio::time::Instant::now();
+        let attempt = Duration::from_millis(300);
+        let answered = ctx.call_within("keep-alive", attempt, answer_unless(&[0, 1]));
+        assert_eq!(answered.await.unwrap(), 2);
+        assert_eq!(started.elapsed(), attempt * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_where_no_member_answers_gives_up_at_the_timeout() {
+        let timeout = Duration::from_secs(5);
+        let ctx = fake_ctx(3, timeout).await;
+        let started = tokio::time::Instant::now();
+        let error = ctx
+            .call("read", answer_unless(&[0, 1, 2]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Timeout { after, .. } if after == timeout),
+            "{error:?}"
+        );
+        assert!(started.elapsed() <= timeout, "{:?}", started.elapsed());
+
+        // With a single member there is nowhere else to go: one attempt may
+        // use the whole timeout.
+        let ctx = fake_ctx(1, timeout).await;
+        let slow = |_: &Member| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, etcd_client::Error>(())
+        };
+        let started = tokio::time::Instant::now();
+        ctx.call("read", slow).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
     #[test]
     fn grpc_statuses_are_classified() {
         assert_eq!(

@@ -370,13 +370,14 @@ async fn watch_one_session(
 /// How long a watch stays disconnected before it reports an outage.
 ///
 /// zookeeper-client declares a connection lost after 2/5 of the granted
-/// session timeout without any reply (it pings every 3/20 of it), then
-/// tries the next server of the ensemble: an outage is reported once the
-/// [`silence_limit`] has passed since the last reply, and never later than
-/// `REGISTRY_TIMEOUT` after the disconnection. A reconnection to another
-/// server before that is no outage.
+/// session timeout without any reply, checked every 1/20 of it (it pings
+/// every 3/20), then tries the next server of the ensemble: an outage is
+/// reported once the [`silence_limit`] has passed since the last reply,
+/// and never later than `REGISTRY_TIMEOUT` after the disconnection. A
+/// reconnection to another server before that is no outage.
 fn report_after(params: &Params, client: &zk::Client) -> Duration {
-    let noticed_after = client.session_timeout() * 2 / 5;
+    let session = client.session_timeout();
+    let noticed_after = session * 2 / 5 + session / 20;
     let limit = silence_limit(params.ttl);
     limit
         .saturating_sub(noticed_after)
