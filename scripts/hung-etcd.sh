@@ -4,19 +4,21 @@
 #
 #   1. `sdctl ls lorem`, 8 fresh processes, against a cluster of 3 whose
 #      first member is hung (each call should be answered by the others);
-#   2. the gateway's `GET /instances`, once a second, while a single etcd is
+#   2. `lorem-client load --requests 10`, 10 fresh processes, against the
+#      same cluster, with a `lorem-server` registered before the hang;
+#   3. the gateway's `GET /instances`, once a second, while a single etcd is
 #      hung for 17 s (it should turn `stale: true`, with the reason, within
 #      about max(2 x REGISTRY_TTL, 5 s), and fresh again after SIGCONT).
 #
 # Usage: scripts/hung-etcd.sh [BIN_DIR]   (default: target/debug; build
-# first with `cargo build -p sdctl -p client --bins`). REGISTRY_TTL and
+# first with `cargo build -p sdctl -p client -p lorem --bins`). REGISTRY_TTL and
 # REGISTRY_TIMEOUT are passed on. Everything runs on 127.0.0.1 with free
 # ports and temp dirs, and is stopped by PID at the end.
 set -uo pipefail
 
 BIN=${1:-target/debug}
-for b in sdctl lorem-client; do
-  [[ -x "$BIN/$b" ]] || { echo "no $BIN/$b; run: cargo build -p sdctl -p client --bins" >&2; exit 1; }
+for b in sdctl lorem-client lorem-server; do
+  [[ -x "$BIN/$b" ]] || { echo "no $BIN/$b; run: cargo build -p sdctl -p client -p lorem --bins" >&2; exit 1; }
 done
 command -v etcd >/dev/null || { echo "no etcd; run: apt-get install etcd-server etcd-client" >&2; exit 1; }
 
@@ -68,11 +70,26 @@ for n in $(seq 8); do
   echo "call $n: $(since "$start") s, exit $rc: $(echo "$out" | tail -1 | cut -c1-70)"
 done
 kill -CONT "${M[0]}"
+
+echo "== 2. lorem-client load --requests 10: 10 fresh processes, member 0 of 3 hung"
+L=$(port)
+"$BIN/lorem-server" --listen "127.0.0.1:$L" >"$DIR/lorem.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 100); do "$BIN/sdctl" ls lorem 2>/dev/null | grep -q ":$L" && break; sleep 0.1; done
+kill -STOP "${M[0]}"
+ok=0
+for n in $(seq 10); do
+  start=$(now)
+  if "$BIN/lorem-client" load --requests 10 >"$DIR/load.out" 2>&1; then ok=$((ok + 1)); rc=0; else rc=$?; fi
+  echo "load $n: $(since "$start") s, exit $rc"
+done
+echo "load runs that succeeded: $ok of 10"
+kill -CONT "${M[0]}"
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
 wait 2>/dev/null
 PIDS=()
 
-echo "== 2. gateway GET /instances while a single etcd is hung for 17 s (REGISTRY_TTL=${REGISTRY_TTL:-default})"
+echo "== 3. gateway GET /instances while a single etcd is hung for 17 s (REGISTRY_TTL=${REGISTRY_TTL:-default})"
 C1=$(port); P1=$(port); G=$(port)
 etcd_member single "$C1" "$P1" "single=http://127.0.0.1:$P1"
 E=$!; PIDS+=("$E")
