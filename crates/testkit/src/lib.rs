@@ -39,6 +39,11 @@
 //! - Every server and its watchdog run in a process group of their own, so
 //!   a Ctrl-C in the terminal reaches only the test or script, which stops
 //!   them in order (or dies, and the watchdog cleans up).
+//! - [`RegistryServer::pause`] (and `pause_member` on a cluster) SIGSTOPs
+//!   the process: it keeps its ports, and the kernel still accepts
+//!   connections, but it answers nothing, like a hung server;
+//!   [`RegistryServer::resume`] SIGCONTs it. Stopping or dropping a paused
+//!   server works too.
 //! - A small `sh` watchdog per server process SIGKILLs the server and removes
 //!   its temp dir if the test process dies without stopping it (killed by a
 //!   timeout, or a server kept in a `static` that is never dropped), so no
