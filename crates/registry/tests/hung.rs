@@ -33,8 +33,9 @@ use common::{await_ids, blocking, init_tracing, instance};
 const ANSWERED_WITHIN: Duration = Duration::from_secs(2);
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// Settings for `endpoints` with the given TTL, and the default timeout.
-fn settings(endpoints: &[String], ttl: Duration) -> (EtcdConfig, Settings) {
+/// Connects to `endpoints` with the given TTL and the default timeout (the
+/// one place that knows how this crate's settings are spelled).
+async fn connect(endpoints: &[String], ttl: Duration) -> registry::Result<EtcdRegistry> {
     let config = EtcdConfig {
         addr: endpoints.to_vec(),
         prefix: "/services".to_owned(),
@@ -44,7 +45,7 @@ fn settings(endpoints: &[String], ttl: Duration) -> (EtcdConfig, Settings) {
         ttl,
         timeout: DEFAULT_TIMEOUT,
     };
-    (config, settings)
+    EtcdRegistry::connect(&config, &settings).await
 }
 
 /// Prints a measurement and keeps it for the end of `scripts/test.sh`.
@@ -95,18 +96,17 @@ async fn one_hung_member_of_three_costs_each_call_under_two_seconds() -> Result<
     init_tracing("warn");
     let mut cluster = blocking(|| EtcdCluster::start(3))?;
     let endpoints = cluster.endpoints();
-    let (config, settings) = settings(&endpoints, DEFAULT_TTL);
     // A connection made before the hang, which may be using the member
     // that hangs.
-    let before = EtcdRegistry::connect(&config, &settings).await?;
+    let before = connect(&endpoints, DEFAULT_TTL).await?;
     before.instances("lorem").await?;
 
     // The first member is the one a naive client tries first.
     blocking(|| cluster.pause_member(0))?;
     let mut registrations = Vec::new();
     for round in 0..3 {
-        let (registry, connect) =
-            answered("a fresh connect", EtcdRegistry::connect(&config, &settings)).await;
+        let (registry, connect_took) =
+            answered("a fresh connect", connect(&endpoints, DEFAULT_TTL)).await;
         let registry = registry?;
         let (read, read_took) = answered("instances()", registry.instances("lorem")).await;
         let before_round = read?.len();
@@ -127,7 +127,7 @@ async fn one_hung_member_of_three_costs_each_call_under_two_seconds() -> Result<
             "the registration of {id} is visible"
         );
         report(format!(
-            "hung etcd member 1 of 3, round {round}: connect {connect:?}, instances {read_took:?}, \
+            "hung etcd member 1 of 3, round {round}: connect {connect_took:?}, instances {read_took:?}, \
              register {register_took:?}, instances on an older connection {old_took:?}"
         ));
     }
@@ -149,8 +149,7 @@ async fn a_watch_whose_member_hangs_moves_on_without_an_error_or_a_change() -> R
             &String::from_utf8_lossy(&instance("quiet", id, 9100).to_json()),
         )?;
     }
-    let (config, settings) = settings(&endpoints, ttl);
-    let registry = EtcdRegistry::connect(&config, &settings).await?;
+    let registry = connect(&endpoints, ttl).await?;
     let mut watch = registry.watch("quiet");
     await_ids(&mut watch, Duration::from_secs(5), &["a", "b"]).await;
 
