@@ -154,9 +154,15 @@ impl SnapshotSink {
 
     /// Reports a failure of the watch, which keeps retrying behind it: the
     /// first one of an outage is sent as an `Err` item, later ones until the
-    /// next snapshot are only logged. Returns false once the stream has been
-    /// dropped.
+    /// next snapshot are only logged. An invalid service name is no outage:
+    /// it is sent as is (the stream then ends). Returns false once the
+    /// stream has been dropped.
     pub(crate) async fn error(&mut self, error: Error) -> bool {
+        if matches!(error, Error::InvalidInstance(_)) {
+            // Not an outage: a service name that can never be watched (the
+            // stream ends right after; see `WatchStream`).
+            return self.tx.send(Err(error)).await.is_ok();
+        }
         if self.outage.failed() {
             tracing::warn!(backend = self.backend, service = %self.service, %error,
                 "watch failed; serving nothing new until it recovers (retrying; further failures of this outage are logged at debug)");
