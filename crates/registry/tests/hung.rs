@@ -7,6 +7,11 @@
 //!   issue's 2 s (asserted with a margin: 3 s), with the default settings.
 //! - etcd, a watch whose member hangs (each member in turn): it moves to
 //!   another member with no `Err` item and no change of the set.
+//! - ZooKeeper, an ensemble of 3 whose followers hang in turn: the watch's
+//!   session moves to another server, with no `Err` item and no change of
+//!   the set. (A hung *leader* stops the whole ensemble until the others
+//!   elect a new one, `syncLimit` ticks later; that is an outage, and is
+//!   reported as one when it outlasts the silence limit.)
 //!
 //! A single server (etcd, ZooKeeper, Consul agent) that hangs, where no
 //! member answers, is the conformance suite's `outage` behaviour: one `Err`
@@ -21,9 +26,10 @@ use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use registry::{
     BackendConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, EtcdConfig, Registrar, Settings, Watcher,
-    etcd::EtcdRegistry,
+    ZookeeperConfig, ZookeeperRegistry, etcd::EtcdRegistry,
 };
-use testkit::EtcdCluster;
+use testkit::{EtcdCluster, ZkEnsemble};
+use zookeeper_client as zk;
 
 mod common;
 use common::{await_ids, blocking, init_tracing, instance};
@@ -46,6 +52,40 @@ async fn connect(endpoints: &[String], ttl: Duration) -> registry::Result<EtcdRe
         timeout: DEFAULT_TIMEOUT,
     };
     EtcdRegistry::connect(&config, &settings).await
+}
+
+/// Connects a ZooKeeper registry to `addr` with the given TTL and the
+/// default timeout.
+async fn connect_zk(addr: &str, ttl: Duration) -> registry::Result<ZookeeperRegistry> {
+    let config = ZookeeperConfig {
+        addr: vec![addr.to_owned()],
+        ..ZookeeperConfig::default()
+    };
+    let settings = Settings {
+        backend: BackendConfig::Zookeeper(config.clone()),
+        ttl,
+        timeout: DEFAULT_TIMEOUT,
+    };
+    ZookeeperRegistry::connect(&config, &settings).await
+}
+
+/// Creates the persistent node `path` holding `data` with a session of its
+/// own (another tool's record, which no registrar keeps or loses), and its
+/// parents.
+async fn zk_put(addr: &str, path: &str, data: &[u8]) -> Result<()> {
+    let client = zk::Client::connect(addr).await?;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let mut parent = String::new();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        parent = format!("{parent}/{part}");
+        let value: &[u8] = if i + 1 == parts.len() { data } else { b"" };
+        match client.create(&parent, value, &persistent).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(error) => return Err(error).with_context(|| format!("create {parent}")),
+        }
+    }
+    Ok(())
 }
 
 /// Prints a measurement and keeps it for the end of `scripts/test.sh`.
@@ -177,6 +217,53 @@ async fn a_watch_whose_member_hangs_moves_on_without_an_error_or_a_change() -> R
         await_ids(&mut watch, Duration::from_secs(5), &want).await;
         report(format!(
             "hung etcd member {member} of 3 under a watch: no item for {quiet_for:?}, then a change arrived"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zookeeper_watch_whose_server_hangs_moves_on_without_an_error_or_a_change() -> Result<()>
+{
+    init_tracing("warn");
+    let mut ensemble = blocking(|| ZkEnsemble::start(3))?;
+    let addr = ensemble.connect_string();
+    let ttl = Duration::from_secs(2);
+    let silence = (ttl * 2).max(Duration::from_secs(5));
+    zk_put(
+        &addr,
+        "/services/zquiet/a",
+        &instance("zquiet", "a", 9200).to_json(),
+    )
+    .await?;
+    let registry = connect_zk(&addr, ttl).await?;
+    let mut watch = registry.watch("zquiet");
+    await_ids(&mut watch, Duration::from_secs(5), &["a"]).await;
+
+    let mut want = vec!["a".to_owned()];
+    for member in 0..3 {
+        if ensemble.member_mode(member).as_deref() != Some("follower") {
+            continue;
+        }
+        blocking(|| ensemble.pause_member(member))?;
+        let quiet_for = silence + Duration::from_secs(2);
+        let item = tokio::time::timeout(quiet_for, watch.next()).await;
+        blocking(|| ensemble.resume_member(member))?;
+        if let Ok(item) = item {
+            panic!("the watch sent {item:?} while follower {member} of 3 hung");
+        }
+        let id = format!("c{member}");
+        zk_put(
+            &addr,
+            &format!("/services/zquiet/{id}"),
+            &instance("zquiet", &id, 9201).to_json(),
+        )
+        .await?;
+        want.push(id);
+        let want_refs: Vec<&str> = want.iter().map(String::as_str).collect();
+        await_ids(&mut watch, Duration::from_secs(10), &want_refs).await;
+        report(format!(
+            "hung ZooKeeper follower {member} of 3 under a watch: no item for {quiet_for:?}, then a change arrived"
         ));
     }
     Ok(())

@@ -79,10 +79,15 @@
 //! sink): one `Err` item per outage, however many retries follow, and the
 //! next snapshot always sent. zookeeper-client notices a server that went
 //! silent (a hung process keeps its connections open) after 2/5 of the
-//! session timeout without a reply, and tries the other servers; a watch
-//! that is still disconnected once max(2 x TTL, 5 s) has passed since the
-//! last reply (never more than `REGISTRY_TIMEOUT` after the disconnection)
-//! sends its `Err`. A reconnection before that is no outage.
+//! session timeout without a reply, and tries the servers in turn, each
+//! attempt bounded by that same 2/5. A watch that is still disconnected
+//! once max(2 x TTL, 5 s) has passed since the last reply sends its `Err`,
+//! but gives the reconnection at least one such attempt (a hung server
+//! tried first costs one), and never waits more than `REGISTRY_TIMEOUT`
+//! after the disconnection: with the 6 s session of a 2 s TTL, a hung
+//! standalone server is reported about 5.4 s after it stopped answering.
+//! A reconnection before that is no outage: a watch whose ensemble member
+//! hangs moves to another with no `Err` and no change of the set.
 //!
 //! After a reconnect that keeps the session, zookeeper-client leaves two
 //! things to us: events that happened while disconnected are lost

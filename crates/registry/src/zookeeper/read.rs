@@ -371,17 +371,19 @@ async fn watch_one_session(
 ///
 /// zookeeper-client declares a connection lost after 2/5 of the granted
 /// session timeout without any reply, checked every 1/20 of it (it pings
-/// every 3/20), then tries the next server of the ensemble: an outage is
-/// reported once the [`silence_limit`] has passed since the last reply,
-/// and never later than `REGISTRY_TIMEOUT` after the disconnection. A
-/// reconnection to another server before that is no outage.
+/// every 3/20), then tries the servers of the ensemble in turn, each
+/// attempt bounded by that same 2/5 (a hung server accepts the connection
+/// and never answers). An outage is reported once the [`silence_limit`]
+/// has passed since the last reply, but never before one such attempt
+/// could have failed and another succeeded, and never later than
+/// `REGISTRY_TIMEOUT` after the disconnection. A reconnection to another
+/// server before that is no outage.
 fn report_after(params: &Params, client: &zk::Client) -> Duration {
     let session = client.session_timeout();
     let noticed_after = session * 2 / 5 + session / 20;
-    let limit = silence_limit(params.ttl);
-    limit
+    silence_limit(params.ttl)
         .saturating_sub(noticed_after)
-        .max(limit / 4)
+        .max(noticed_after)
         .min(params.timeout)
 }
 
