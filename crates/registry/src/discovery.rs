@@ -11,10 +11,30 @@ use crate::model::Instance;
 
 /// A stream of full snapshots of a service's live instances.
 ///
-/// The first item comes at once; after that one item per change. An `Err`
-/// item reports a problem (backend down, garbage skipped...) without ending
-/// the stream: the watch keeps retrying behind it, and the next `Ok` is again
-/// a full snapshot. Snapshots are sorted by instance id.
+/// The first item comes at once; after that one item per change.
+/// Snapshots are sorted by instance id.
+///
+/// # Errors: one `Err` per outage
+///
+/// Every backend keeps the same contract when its registry cannot be read
+/// (it is down, partitioned, or hung: accepting connections but never
+/// answering):
+///
+/// - **one `Err` item when an outage starts**, not one per retry: the
+///   watch keeps retrying behind it, and the stream does not end;
+/// - **the next `Ok` item ends the outage**: a full snapshot, sent even if
+///   it equals the last one before the outage, so that a consumer can tell
+///   that the set is fresh again;
+/// - a registry that stops answering is noticed within about
+///   max(2 x TTL, 5 s), even when no connection breaks (a hung etcd
+///   member or Consul agent, a ZooKeeper server that went silent);
+/// - while another member of a cluster answers there is no outage: a watch
+///   whose member hangs moves to another one without an `Err` item and
+///   without any change of the set.
+///
+/// A consumer can therefore treat an `Err` as "the set may be stale from
+/// now on" and the next `Ok` as "fresh again", which is what the client's
+/// balancer reports as `stale` and `last_error`.
 ///
 /// The one exception: a service name that breaks the naming rules can never
 /// be watched, so its stream yields a single

@@ -7,9 +7,9 @@
 //!
 //! Behaviours a backend cannot offer are listed in [`NOT_APPLICABLE`], with
 //! the reason, and the test says so in its output instead of skipping silently:
-//! - memory has no separate server process to restart (8) or to point at a
-//!   wrong address (9: it has no address), and nothing but our own code can
-//!   write into it, so there is no garbage to skip (7).
+//! - memory has no separate server process to restart (8), to point at a
+//!   wrong address (9: it has no address) or to lose (10), and nothing but
+//!   our own code can write into it, so there is no garbage to skip (7).
 //!
 //! Timings (how long a crash took to be noticed, how long a restart took to
 //! heal) are printed, never asserted beyond generous deadlines.
@@ -50,6 +50,11 @@ const NOT_APPLICABLE: &[(&str, &str, &str)] = &[
         "memory",
         "unreachable",
         "the memory registry has no address to get wrong",
+    ),
+    (
+        "memory",
+        "outage",
+        "the memory registry has no server to lose: it answers as long as the process lives",
     ),
     (
         "memory",
@@ -844,6 +849,81 @@ async fn unreachable(h: Harness) {
     );
 }
 
+// 10. An outage, the watch error contract of `WatchStream`: the registry
+// stops answering (SIGSTOP: it keeps its ports and accepts connections but
+// answers nothing, like a hung process). The watch sends exactly one `Err`
+// within about max(2 x TTL, 5 s), nothing more while the outage lasts, and
+// the first item after it ends is an `Ok` (a full snapshot).
+async fn outage(mut h: Harness) {
+    if not_applicable(h.backend, "outage") {
+        return;
+    }
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let _a = registrar
+        .register(instance("svc10", "a", 9020))
+        .await
+        .unwrap();
+    let mut watch = watcher.watch("svc10");
+    await_snapshot(&mut watch, TIMEOUT, "a before the outage", |s| {
+        ids(s) == ["a"]
+    })
+    .await;
+    // The bound, and a margin for a loaded two-core machine.
+    let limit = (TTL * 2).max(Duration::from_secs(5));
+    let margin = Duration::from_secs(3);
+    let paused = Instant::now();
+    tokio::task::block_in_place(|| h.server().pause()).expect("pause the server");
+    let noticed = match tokio::time::timeout(limit + margin, watch.next()).await {
+        Ok(Some(Err(error))) => {
+            report(format!(
+                "conformance {} outage: registry paused, one Err after {:?}: {error}",
+                h.backend,
+                paused.elapsed()
+            ));
+            paused.elapsed()
+        }
+        Ok(Some(Ok(snapshot))) => {
+            let _ = h.server().resume();
+            panic!("a snapshot while the registry was paused: {snapshot:?}")
+        }
+        Ok(None) => panic!("the watch stream ended"),
+        Err(_) => {
+            let _ = h.server().resume();
+            panic!(
+                "no Err item within {:?} of pausing the registry",
+                limit + margin
+            )
+        }
+    };
+    // The watch keeps retrying behind the Err: no second one for the same
+    // outage.
+    if let Ok(item) = tokio::time::timeout(limit, watch.next()).await {
+        let _ = h.server().resume();
+        panic!("a second item during one outage: {item:?}");
+    }
+    tokio::task::block_in_place(|| h.server().resume()).expect("resume the server");
+    let resumed = Instant::now();
+    let first = match tokio::time::timeout(TIMEOUT * 6, watch.next()).await {
+        Ok(Some(Ok(snapshot))) => snapshot,
+        other => panic!("the first item after the outage must be an Ok snapshot, got {other:?}"),
+    };
+    report(format!(
+        "conformance {} outage: noticed after {noticed:?}; first Ok {:?} after the resume: [{}]",
+        h.backend,
+        resumed.elapsed(),
+        ids(&first).join(",")
+    ));
+    // A registration may have lapsed meanwhile (a ZooKeeper session, a
+    // Consul check): the registrar puts it back.
+    if ids(&first) != ["a"] {
+        await_snapshot(&mut watch, TIMEOUT * 6, "a back after the outage", |s| {
+            ids(s) == ["a"]
+        })
+        .await;
+    }
+}
+
 /// Awaits `fut`, failing the test if it has not finished within `bound`.
 async fn bounded<T>(what: &str, bound: Duration, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(bound, fut)
@@ -907,4 +987,5 @@ conformance!(
     garbage,
     restart,
     unreachable,
+    outage,
 );

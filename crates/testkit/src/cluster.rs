@@ -172,6 +172,11 @@ impl Members {
         .map_err(StartFailure::into_error)
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) member `i`.
+    pub(crate) fn pause_member(&mut self, i: usize, paused: bool) -> Result<()> {
+        self.member(i)?.proc.set_paused(paused)
+    }
+
     /// The PID of member `i` while it runs.
     pub(crate) fn member_pid(&self, i: usize) -> Option<u32> {
         self.members.get(i).and_then(|m| m.proc.pid())

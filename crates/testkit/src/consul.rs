@@ -209,6 +209,14 @@ impl RegistryServer for ConsulAgent {
         self.proc.stop()
     }
 
+    fn pause(&mut self) -> Result<()> {
+        self.proc.set_paused(true)
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.proc.set_paused(false)
+    }
+
     fn start(&mut self) -> Result<()> {
         if self.proc.is_running() {
             return Ok(());

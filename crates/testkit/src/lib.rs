@@ -39,6 +39,11 @@
 //! - Every server and its watchdog run in a process group of their own, so
 //!   a Ctrl-C in the terminal reaches only the test or script, which stops
 //!   them in order (or dies, and the watchdog cleans up).
+//! - [`RegistryServer::pause`] (and `pause_member` on a cluster) SIGSTOPs
+//!   the process: it keeps its ports, and the kernel still accepts
+//!   connections, but it answers nothing, like a hung server;
+//!   [`RegistryServer::resume`] SIGCONTs it. Stopping or dropping a paused
+//!   server works too.
 //! - A small `sh` watchdog per server process SIGKILLs the server and removes
 //!   its temp dir if the test process dies without stopping it (killed by a
 //!   timeout, or a server kept in a `static` that is never dropped), so no
@@ -98,6 +103,24 @@ pub trait RegistryServer: Send {
     /// If a process exits or is not ready within the deadline; the message
     /// quotes its log.
     fn start(&mut self) -> anyhow::Result<()>;
+
+    /// Pauses every process with SIGSTOP: the server keeps its ports, and
+    /// the kernel still accepts connections on them, but it answers
+    /// nothing, like a hung process or a frozen VM. Undo with
+    /// [`resume`](Self::resume); stopping or dropping a paused server works
+    /// too.
+    ///
+    /// # Errors
+    ///
+    /// If a process is not running.
+    fn pause(&mut self) -> anyhow::Result<()>;
+
+    /// Resumes every process paused by [`pause`](Self::pause) (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// If a process is not running.
+    fn resume(&mut self) -> anyhow::Result<()>;
 
     /// [`stop`](Self::stop), then [`start`](Self::start).
     ///

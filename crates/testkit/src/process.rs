@@ -185,10 +185,28 @@ impl Proc {
         }
     }
 
-    /// Sends SIGTERM (no wait). Does nothing if the process is not running.
+    /// Sends SIGTERM (no wait), and SIGCONT so that a paused process gets
+    /// to act on it. Does nothing if the process is not running.
     pub(crate) fn send_term(&mut self) {
         if let Some(pid) = self.pid() {
             send_signal(pid, "TERM");
+            send_signal(pid, "CONT");
+        }
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the process: see
+    /// [`pause_or_resume`].
+    ///
+    /// # Errors
+    /// If the process is not running.
+    pub(crate) fn set_paused(&mut self, paused: bool) -> Result<()> {
+        match self.pid() {
+            Some(pid) if self.is_running() => {
+                pause_or_resume(pid, paused);
+                debug!(server = %self.spec.label, pid, paused, "paused or resumed");
+                Ok(())
+            }
+            _ => Err(anyhow!("{} is not running", self.spec.label)),
         }
     }
 
@@ -321,6 +339,15 @@ fi"#;
         }
         let _ = self.child.wait();
     }
+}
+
+/// Pauses a server by PID with SIGSTOP (`paused`), or resumes it with
+/// SIGCONT: a paused server keeps its sockets, and the kernel still accepts
+/// TCP connections for it, but it answers nothing, like a hung process or a
+/// frozen VM. Dropping or stopping a paused server still works (SIGKILL
+/// needs no cooperation; [`Proc::send_term`] resumes it).
+pub(crate) fn pause_or_resume(pid: u32, paused: bool) {
+    send_signal(pid, if paused { "STOP" } else { "CONT" });
 }
 
 /// Sends a signal by PID with the `kill` command (our code forbids `unsafe`,

@@ -216,6 +216,25 @@ impl ZkEnsemble {
         self.members.start_member(i)
     }
 
+    /// Pauses member `i` with SIGSTOP: it keeps its ports and connections
+    /// but answers nothing (a hung member), until [`Self::resume_member`].
+    ///
+    /// # Errors
+    ///
+    /// If `i` is out of range or the member is not running.
+    pub fn pause_member(&mut self, i: usize) -> Result<()> {
+        self.members.pause_member(i, true)
+    }
+
+    /// Resumes member `i` after [`Self::pause_member`] (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::pause_member`].
+    pub fn resume_member(&mut self, i: usize) -> Result<()> {
+        self.members.pause_member(i, false)
+    }
+
     /// The PID of member `i` while it runs.
     pub fn member_pid(&self, i: usize) -> Option<u32> {
         self.members.member_pid(i)
@@ -254,6 +273,20 @@ impl RegistryServer for ZkEnsemble {
 
     fn start(&mut self) -> Result<()> {
         self.members.start_all()
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        for i in 0..self.members.addrs().len() {
+            self.members.pause_member(i, true)?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        for i in 0..self.members.addrs().len() {
+            self.members.pause_member(i, false)?;
+        }
+        Ok(())
     }
 }
 
@@ -329,5 +362,13 @@ impl RegistryServer for ZkServer {
 
     fn start(&mut self) -> Result<()> {
         self.inner.start_member(0)
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        self.inner.pause_member(0)
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.inner.resume_member(0)
     }
 }

@@ -180,6 +180,31 @@ impl Api {
         })
     }
 
+    /// Whether the agent answers at all within `within`: `GET
+    /// /v1/status/leader`, the cheapest call there is (no ACL, a few bytes).
+    /// Any HTTP answer counts, even an error status: the agent is alive.
+    /// A watch runs this beside its long blocking query, which would
+    /// otherwise wait for a hung agent (one that accepts connections and
+    /// never answers) for the whole `wait`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming the agent if it did not answer in time
+    /// or could not be reached.
+    pub(super) async fn answers(&self, within: Duration) -> Result<()> {
+        let url = format!("{}/v1/status/leader", self.base);
+        match self.send("watch", self.http.get(url), within).await {
+            Ok(_) => Ok(()),
+            Err(Error::Timeout { .. }) => Err(Error::unavailable(
+                BACKEND,
+                self.addr.clone(),
+                format!(
+                    "the agent did not answer within {within:?}; it may be hung (the last snapshot may be stale)"
+                ),
+            )),
+            Err(error) => Err(error),
+        }
+    }
+
     /// `GET /v1/agent/health/service/id/<id>`: what this agent has under
     /// `id`, if anything (service ids are unique per agent, across
     /// services), and whether its TTL check has expired. The agent answers

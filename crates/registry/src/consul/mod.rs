@@ -12,7 +12,7 @@
 //! | abandon      | stop heartbeating; the check goes critical after the TTL, so the instance leaves the passing set, and the agent reaps it after `DeregisterCriticalServiceAfter` |
 //! | instances    | `GET /v1/health/service/<name>?passing=true`                                |
 //! | services     | `GET /v1/catalog/services`, then the health query above for each name (without Consul's own `consul`) |
-//! | watch        | the health query as a blocking query: `&index=N&wait=60000ms`               |
+//! | watch        | the health query as a blocking query: `&index=N&wait=60000ms`, and beside it `GET /v1/status/leader` every third of max(2 x TTL, 5 s) to notice a hung agent |
 //!
 //! Field mapping: `id` -> `ID`, `service` -> `Name` (`Service` when read),
 //! `address` -> `Address` (an empty one reads as the node's address),
@@ -59,6 +59,21 @@
 //!   delayed but a hot loop is bounded). A blocking request's timeout is
 //!   `wait + wait/16 (Consul's jitter) + REGISTRY_TIMEOUT`; every other call
 //!   is bounded by `REGISTRY_TIMEOUT`.
+//!
+//! # Recovery
+//!
+//! - A watch follows the contract of [`WatchStream`] (kept by the shared
+//!   sink): one `Err` item when the agent cannot be read, however many
+//!   retries follow (with backoff, from index 0), and the next answer is
+//!   sent as a full snapshot even if unchanged.
+//! - A hung agent (it accepts connections but answers nothing) would hold a
+//!   blocking query for its whole wait, a minute or more. While the query
+//!   waits, the watch asks the agent for `/v1/status/leader` (a few bytes,
+//!   no ACL) every third of max(2 x TTL, 5 s), each with that deadline; any
+//!   HTTP answer will do. When one goes unanswered the query is dropped and
+//!   the `Err` sent, so a hung agent is reported within about
+//!   max(2 x TTL, 5 s). A cheap probe rather than a shorter `wait`, which
+//!   would make every idle watch re-read its whole service that often.
 //!
 //! Conventions of Consul's own tools are honoured: `CONSUL_HTTP_ADDR` when no
 //! address is configured (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`
@@ -135,7 +150,7 @@ use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
 use crate::timing::Timing;
-use crate::util::{Backoff, SnapshotSink, spawn_watch};
+use crate::util::{Backoff, SnapshotSink, silence_limit, spawn_watch_of};
 
 /// The agent address used when none is configured.
 const DEFAULT_ADDR: &str = "127.0.0.1:8500";
@@ -161,6 +176,9 @@ const SERVICES_CONCURRENCY: usize = 8;
 pub struct ConsulRegistry {
     api: Api,
     registrar: crate::registrar::Registrar<Agent>,
+    /// `REGISTRY_TTL`: besides the checks, it sets how soon a watch notices
+    /// a hung agent ([`silence_limit`]).
+    ttl: Duration,
 }
 
 impl ConsulRegistry {
@@ -253,7 +271,11 @@ impl ConsulRegistry {
             owner = registrar.owner(),
             "registrar ready"
         );
-        Ok(ConsulRegistry { api, registrar })
+        Ok(ConsulRegistry {
+            api,
+            registrar,
+            ttl: timing.ttl,
+        })
     }
 }
 
@@ -367,8 +389,11 @@ impl Watcher for ConsulRegistry {
 
     fn watch(&self, service: &str) -> WatchStream {
         let api = self.api.clone();
-        let service = service.to_owned();
-        spawn_watch(move |sink| watch_loop(api, service, sink))
+        let ttl = self.ttl;
+        let name = service.to_owned();
+        spawn_watch_of(BACKEND, service, move |sink| {
+            watch_loop(api, name, ttl, sink)
+        })
     }
 }
 
@@ -434,24 +459,33 @@ impl RateLimit {
 }
 
 /// One watch: blocking health queries, one full snapshot per answer.
-async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
+///
+/// While a blocking query waits (up to [`WATCH_WAIT`]), [`Api::answers`]
+/// checks every third of the [`silence_limit`] that the agent still
+/// answers, so that a hung agent is reported (one `Err` item, through the
+/// sink) within that limit rather than after the whole wait; the query is
+/// then dropped and the loop retries with backoff.
+async fn watch_loop(api: Api, service: String, ttl: Duration, mut sink: SnapshotSink) {
     if let Err(error) = validate_service(&service) {
-        sink.error(error).await;
+        sink.fatal(error).await;
         return;
     }
+    let probe_every = silence_limit(ttl) / 3;
     let mut index = 0u64;
     let mut backoff = Backoff::reconnect();
-    let mut failing = false;
     let mut limiter = RateLimit::new(WATCH_BURST, WATCH_MIN_INTERVAL);
     loop {
         limiter.acquire().await;
-        let blocking = (index > 0).then_some((index, WATCH_WAIT));
-        match api.healthy(&service, blocking).await {
+        let answer = if index > 0 {
+            tokio::select! {
+                answer = api.healthy(&service, Some((index, WATCH_WAIT))) => answer,
+                error = hung(&api, probe_every) => Err(error),
+            }
+        } else {
+            api.healthy(&service, None).await
+        };
+        match answer {
             Ok((instances, answer)) => {
-                if failing {
-                    tracing::info!(backend = BACKEND, %service, "watch recovered");
-                    failing = false;
-                }
                 backoff.reset();
                 tracing::debug!(backend = BACKEND, %service, index, answer, instances = instances.len(), "watch answer");
                 index = next_index(index, answer);
@@ -460,12 +494,6 @@ async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
                 }
             }
             Err(error) => {
-                if failing {
-                    tracing::debug!(backend = BACKEND, %service, %error, "watch failed again");
-                } else {
-                    tracing::warn!(backend = BACKEND, %service, %error, "watch failed; retrying with backoff");
-                }
-                failing = true;
                 if !sink.error(error).await {
                     return;
                 }
@@ -476,6 +504,17 @@ async fn watch_loop(api: Api, service: String, mut sink: SnapshotSink) {
         }
         if sink.is_closed() {
             return;
+        }
+    }
+}
+
+/// Resolves once the agent stops answering: probes it every `every`, each
+/// probe with a deadline of `every`.
+async fn hung(api: &Api, every: Duration) -> Error {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(error) = api.answers(every).await {
+            return error;
         }
     }
 }

@@ -26,15 +26,23 @@ const GETS_PER_TXN: usize = 64;
 /// before giving up on one request.
 const MAX_RACES: usize = 5;
 
+/// An open keep-alive stream.
+struct KeepAliveStream {
+    lease: i64,
+    /// Which member it goes to (see `Members`).
+    member: usize,
+    keeper: LeaseKeeper,
+    replies: LeaseKeepAliveStream,
+}
+
 /// The etcd [`Backend`]: leases, and keys on them.
 pub(super) struct Leases {
     ctx: Ctx,
-    /// The open keep-alive stream and the lease it renews. Taken out for the
-    /// duration of a renewal and put back only after a good answer, so that
-    /// a renewal cut short by its deadline leaves no half-read stream behind:
-    /// the next one opens a fresh stream (on another member, if that one
-    /// hung).
-    keep_alive: Mutex<Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// The open keep-alive stream, the lease it renews and the member it
+    /// goes to. Taken out for the duration of a renewal and put back only
+    /// after a good answer, so that a renewal cut short by its deadline
+    /// leaves no half-read stream behind: the next one opens a fresh stream.
+    keep_alive: Mutex<Option<KeepAliveStream>>,
 }
 
 impl Leases {
@@ -53,8 +61,8 @@ impl Leases {
             .max(1);
         let granted = self
             .ctx
-            .call(operation, || {
-                let mut lease = self.ctx.lease.clone();
+            .call(operation, |member| {
+                let mut lease = member.lease.clone();
                 async move { lease.grant(seconds, None).await }
             })
             .await?;
@@ -64,52 +72,84 @@ impl Leases {
 
     async fn txn(&self, operation: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
         self.ctx
-            .call(operation, || {
-                let mut kv = self.ctx.kv.clone();
+            .call(operation, |member| {
+                let mut kv = member.kv.clone();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
             .await
     }
 
-    /// One renewal over the keep-alive stream (opened first if needed);
-    /// the TTL etcd has left for the lease.
+    /// How long one renewal attempt may wait for a member: half of the
+    /// core's renewal deadline (min(`REGISTRY_TIMEOUT`, TTL/3)), so that a
+    /// member that hangs costs one attempt and the same renewal still
+    /// reaches another member in time.
+    fn attempt(&self) -> Duration {
+        (self.ctx.timeout.min(self.ctx.ttl / 3) / 2).max(Duration::from_millis(25))
+    }
+
+    /// One renewal over the keep-alive stream (opened first if needed, on
+    /// the member calls start at); the TTL etcd has left for the lease. A
+    /// stream whose member does not answer within [`Leases::attempt`] is
+    /// dropped, that member skipped, and a new stream opened on the next.
     async fn renew_once(&self, lease: i64) -> Result<i64> {
         let mut slot = self.keep_alive.lock().await;
-        let open = slot.take().filter(|(id, _, _)| *id == lease);
-        let (mut keeper, mut replies) = match open {
-            Some((_, keeper, replies)) => (keeper, replies),
-            None => {
-                // Opening the stream renews the lease once, and fails with
-                // "lease not found" for a lease etcd no longer knows.
-                let (keeper, replies) = self
-                    .ctx
-                    .call("keep-alive", || {
-                        let mut client = self.ctx.lease.clone();
-                        async move { client.keep_alive(lease).await }
-                    })
-                    .await?;
-                *slot = Some((lease, keeper, replies));
-                return Ok(1);
+        if let Some(mut open) = slot.take().filter(|open| open.lease == lease) {
+            let renewal = tokio::time::timeout(self.attempt(), async {
+                open.keeper
+                    .keep_alive()
+                    .await
+                    .map_err(|e| self.ctx.error("keep-alive", e))?;
+                match open.replies.message().await {
+                    Ok(Some(reply)) => Ok(reply.ttl()),
+                    Ok(None) => Err(Error::unavailable(
+                        BACKEND,
+                        &*self.ctx.addr,
+                        "the keep-alive stream was closed by the server",
+                    )),
+                    Err(e) => Err(self.ctx.error("keep-alive", e)),
+                }
+            })
+            .await;
+            match renewal {
+                Ok(Ok(left)) => {
+                    *slot = Some(open);
+                    return Ok(left);
+                }
+                Ok(Err(error @ Error::LeaseLost { .. })) => return Err(error),
+                Ok(Err(error)) => {
+                    tracing::debug!(backend = BACKEND, %error, "keep-alive stream failed; opening another");
+                    self.ctx.members.skip(open.member);
+                }
+                Err(_) => {
+                    tracing::debug!(backend = BACKEND, attempt = ?self.attempt(),
+                        "keep-alive got no answer in time; opening a stream on another member");
+                    self.ctx.members.skip(open.member);
+                }
             }
-        };
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| self.ctx.error("keep-alive", e))?;
-        let left = match replies.message().await {
-            Ok(Some(reply)) => reply.ttl(),
-            Ok(None) => {
-                return Err(Error::unavailable(
-                    BACKEND,
-                    &*self.ctx.addr,
-                    "the keep-alive stream was closed by the server",
-                ));
-            }
-            Err(e) => return Err(self.ctx.error("keep-alive", e)),
-        };
-        *slot = Some((lease, keeper, replies));
-        Ok(left)
+        }
+        // Opening the stream renews the lease once, and fails with "lease
+        // not found" for a lease etcd no longer knows.
+        let (member, keeper, replies) = self
+            .ctx
+            .call_within("keep-alive", self.attempt(), |member| {
+                let mut client = member.lease.clone();
+                let index = member.index;
+                async move {
+                    client
+                        .keep_alive(lease)
+                        .await
+                        .map(|(keeper, replies)| (index, keeper, replies))
+                }
+            })
+            .await?;
+        *slot = Some(KeepAliveStream {
+            lease,
+            member,
+            keeper,
+            replies,
+        });
+        Ok(1)
     }
 }
 
@@ -271,8 +311,8 @@ impl Backend for Leases {
     async fn close(&self, lease: i64) {
         let revoked = self
             .ctx
-            .call("revoke lease", || {
-                let mut client = self.ctx.lease.clone();
+            .call("revoke lease", |member| {
+                let mut client = member.lease.clone();
                 async move { client.revoke(lease).await }
             })
             .await;

@@ -2,7 +2,8 @@
 //!
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
-//! | connect     | gRPC channel to every endpoint, checked with a `Range` (count only)          |
+//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at     |
+//! |             | once: the first to answer is enough, and is where calls start                |
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar), then             |
 //! |             | `Txn { if version(key) == 0 then Put key lease=L else Get key }`: a taken  |
 //! |             | id's holder is read in the same round trip (refused if another owner's)    |
@@ -18,7 +19,8 @@
 //! |             | live owner puts it back at its next check (about one TTL)                    |
 //! | instances   | `Range <prefix>/<service>/` page by page, all pages at one revision          |
 //! | services    | `Range <prefix>/` page by page, skipping past each service once it is found  |
-//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1           |
+//! | watch       | `Range` at revision R, then `Watch <prefix>/<service>/` from R + 1; a        |
+//! |             | `WatchProgressRequest` whenever the stream is quiet, to notice a hung member |
 //!
 //! # Storage layout
 //!
@@ -52,10 +54,27 @@
 //!   fresh snapshot and watches again from its revision; it emits the fresh
 //!   snapshot only if it differs, and never an empty set in between.
 //! - A watch that cannot read sends one `Err` item per outage and keeps
-//!   retrying with backoff; the next `Ok` is a full snapshot.
-//! - Every request is retried on transport errors until `REGISTRY_TIMEOUT`:
-//!   the gRPC channel balances over all endpoints and keeps trying a stopped
-//!   member's, so with one member of three down a retry reaches a live one.
+//!   retrying with backoff; the next `Ok` is a full snapshot, sent even if
+//!   unchanged (the contract of [`WatchStream`], kept by the shared sink).
+//! - Every request goes to one member at a time, each member through a
+//!   channel of its own, starting with the member that answered last. An
+//!   attempt that fails with a transport error (or "no leader"), or that
+//!   gets no answer within 1 s (a hung member: it accepts connections and
+//!   never answers), moves on to the next member at once; after every
+//!   member has been tried the loop backs off and doubles the per-attempt
+//!   deadline, until `REGISTRY_TIMEOUT`. With one member of three hung, a
+//!   call is answered within about 1 s, and the calls after it at once.
+//!   With a single endpoint an attempt may use the whole timeout.
+//! - `connect` asks every member at once and succeeds as soon as one
+//!   answers, so a hung member cannot hold it up.
+//! - A watch asks for a progress report whenever its stream has been quiet
+//!   for a quarter of max(2 x TTL, 5 s), and gives the answer as long
+//!   again. If nothing comes back the member is taken as hung: the watch
+//!   reads again from another member and continues from that read's
+//!   revision, with no `Err` item and, if nothing changed meanwhile, no
+//!   snapshot. If no member answers that read within the other half of the
+//!   limit, the watch sends its one `Err`: a hung registry is reported
+//!   within about max(2 x TTL, 5 s).
 //! - A key deleted or overwritten by another client while our lease lives
 //!   (`etcdctl del /services/lorem/x`, a put without our lease) is noticed by
 //!   the check that follows every third renewal, about once per TTL: it
@@ -75,10 +94,13 @@ mod read;
 pub use self::config::{Builder, Config};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
 use crate::endpoint::endpoints_or_default;
@@ -86,7 +108,7 @@ use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
-use crate::util::{Backoff, spawn_watch};
+use crate::util::{Backoff, spawn_watch_of};
 
 const BACKEND: &str = "etcd";
 const DEFAULT_ADDR: &str = "127.0.0.1:2379";
@@ -95,13 +117,20 @@ const DEFAULT_ADDR: &str = "127.0.0.1:2379";
 const DEFAULT_PAGE_SIZE: usize = 128;
 /// gRPC decoding limit for range replies (tonic's default is 4 MiB).
 const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
+/// The deadline of one attempt on one member when the cluster has another
+/// member to try: short enough that a call whose first member hangs is
+/// answered by another within about 2 s, long enough for any of our
+/// requests on a loaded machine (the deadline doubles after every round of
+/// members, so a slow cluster still answers).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// HTTP/2 ping interval; etcd refuses pings more often than every 5 s.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A registrar and watcher over an etcd cluster.
 ///
-/// Cheap to clone: clones share one gRPC channel and one registrar task, which
-/// holds ONE lease for all the registrations made through any of them.
+/// Cheap to clone: clones share one gRPC channel per member and one
+/// registrar task, which holds ONE lease for all the registrations made
+/// through any of them.
 #[derive(Clone)]
 pub struct EtcdRegistry {
     ctx: Ctx,
@@ -120,18 +149,67 @@ impl std::fmt::Debug for EtcdRegistry {
     }
 }
 
-/// What every etcd call needs: the clients, where the keys live, the limits.
+/// One etcd member: a gRPC channel to its endpoint alone, and the clients
+/// over it. A request sent through these goes to this member and no other,
+/// so that a member that hangs (accepts TCP, never answers) costs one short
+/// attempt and the next attempt goes elsewhere; a channel balanced over
+/// every endpoint would keep picking the hung one.
+#[derive(Clone)]
+pub(super) struct Member {
+    /// Which member of [`Members`] this is.
+    pub(super) index: usize,
+    /// `http://host:port`, for logs and errors.
+    pub(super) endpoint: Arc<str>,
+    /// Reads, writes and transactions.
+    pub(super) kv: KvClient,
+    /// Lease grants, keep-alives and revokes.
+    pub(super) lease: LeaseClient,
+    /// Watch streams.
+    pub(super) watch: WatchClient,
+}
+
+/// Every member of the cluster, and the one to try first.
+struct Members {
+    list: Vec<Member>,
+    /// The member that answered last: calls start there, so that once a
+    /// member hangs only the first call after it pays for the failover.
+    preferred: AtomicUsize,
+}
+
+impl Members {
+    /// The index of the member to try first.
+    fn preferred(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.list.len()
+    }
+
+    /// `index` answered: start there next time.
+    fn answered(&self, index: usize) {
+        self.preferred.store(index, Ordering::Relaxed);
+    }
+
+    /// `index` stopped answering (a watch noticed): if calls still start
+    /// there, start at the next member instead.
+    fn skip(&self, index: usize) {
+        let next = (index + 1) % self.list.len();
+        let _ = self
+            .preferred
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// What every etcd call needs: the members, where the keys live, the limits.
 #[derive(Clone)]
 struct Ctx {
-    kv: KvClient,
-    watch: WatchClient,
-    lease: LeaseClient,
+    members: Arc<Members>,
     /// `REGISTRY_PREFIX`, without a trailing slash.
     prefix: Arc<str>,
     /// The endpoints, comma-separated, for error messages.
     addr: Arc<str>,
     ttl: Duration,
     timeout: Duration,
+    /// The deadline of one attempt on one member, when there is another
+    /// member to try: see [`ATTEMPT_TIMEOUT`].
+    attempt: Duration,
     page_size: usize,
     /// Test knob: a pause between a watch's snapshot and its watch request.
     watch_start_delay: Duration,
@@ -153,38 +231,93 @@ impl Ctx {
         map_error(&self.addr, operation, error)
     }
 
-    /// Runs one etcd request under `REGISTRY_TIMEOUT`, retrying transport
-    /// failures (a stopped cluster member, a leader election) with a short
-    /// backoff while time remains. The channel balances over every endpoint
-    /// and keeps trying a stopped member's, so a retry usually reaches a
-    /// live one. Every request we make is idempotent or harmless to repeat.
-    async fn call<T, F, Fut>(&self, operation: &'static str, mut request: F) -> Result<T>
+    /// Runs one etcd request with the default per-attempt deadline: see
+    /// [`Ctx::call_within`].
+    async fn call<T, F, Fut>(&self, operation: &'static str, request: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(&Member) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.call_within(operation, self.attempt, request).await
+    }
+
+    /// Runs one etcd request under `REGISTRY_TIMEOUT`, member by member.
+    ///
+    /// `request` is given the member to send it to. The first attempt goes
+    /// to the member that answered last; an attempt that fails with a
+    /// transport error, "no leader" or the like, or that gets no answer
+    /// within `attempt` (a hung member: it accepts the connection and never
+    /// answers), moves on to the next member at once. After every member
+    /// has been tried the loop backs off a little and doubles `attempt`, so
+    /// that a cluster that is merely slow still gets to answer, until the
+    /// whole call reaches `REGISTRY_TIMEOUT`. With a single member there is
+    /// nowhere else to go, and its attempts may use the whole timeout.
+    ///
+    /// The registrar's lease keep-alive calls this with
+    /// `min(REGISTRY_TIMEOUT, TTL/3)`: a renewal must reach a live member
+    /// well within the lease's TTL. Every request we make is idempotent or
+    /// harmless to repeat.
+    async fn call_within<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        attempt: Duration,
+        mut request: F,
+    ) -> Result<T>
+    where
+        F: FnMut(&Member) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let members = &self.members.list;
+        let n = members.len();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+        let mut attempt = if n == 1 {
+            self.timeout
+        } else {
+            attempt.clamp(Duration::from_millis(1), self.timeout)
+        };
+        let mut index = self.members.preferred();
+        let mut tried = 0;
+        let mut last = None;
         loop {
-            let error = match tokio::time::timeout_at(deadline, request()).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => error,
+            let member = &members[index];
+            let until = (tokio::time::Instant::now() + attempt).min(deadline);
+            match tokio::time::timeout_at(until, request(member)).await {
+                Ok(Ok(value)) => {
+                    self.members.answered(index);
+                    return Ok(value);
+                }
+                Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
+                    return Err(self.error(operation, error));
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(backend = BACKEND, operation, member = %member.endpoint, %error,
+                        "etcd request failed; trying the next member");
+                    last = Some(error);
+                }
                 Err(_) => {
-                    return Err(Error::Timeout {
+                    tracing::debug!(backend = BACKEND, operation, member = %member.endpoint, ?attempt,
+                        "etcd member did not answer in time; trying the next member");
+                }
+            }
+            index = (index + 1) % n;
+            tried += 1;
+            let mut next = tokio::time::Instant::now();
+            if tried % n == 0 {
+                attempt = (attempt * 2).min(self.timeout);
+                next += backoff.next_delay();
+            }
+            if next >= deadline {
+                return Err(match last {
+                    Some(error) => self.error(operation, error),
+                    None => Error::Timeout {
                         backend: BACKEND,
                         operation,
                         after: self.timeout,
-                    });
-                }
-            };
-            let delay = backoff.next_delay();
-            if kind_of(&error) != Kind::Unavailable
-                || tokio::time::Instant::now() + delay >= deadline
-            {
-                return Err(self.error(operation, error));
+                    },
+                });
             }
-            tracing::debug!(backend = BACKEND, operation, %error, "etcd request failed; retrying");
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 
@@ -271,6 +404,81 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
     }
 }
 
+/// Proves, within `REGISTRY_TIMEOUT`, that at least one member answers: one
+/// count-only `Range` on every member at once, each retried on transport
+/// errors; the first answer wins (and that member is tried first by the
+/// calls that follow), so a hung member cannot hold up `connect`.
+///
+/// # Errors
+/// The first refusal (`Rejected`: authentication is not supported...) if a
+/// member refused; otherwise [`Error::Unavailable`] naming every endpoint
+/// and what each one did.
+async fn probe(ctx: &Ctx) -> Result<()> {
+    let root = format!("{}/", ctx.prefix);
+    let deadline = tokio::time::Instant::now() + ctx.timeout;
+    let mut probes: FuturesUnordered<_> = ctx
+        .members
+        .list
+        .iter()
+        .map(|member| {
+            let root = root.clone();
+            async move {
+                let mut backoff =
+                    Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+                let outcome = loop {
+                    let mut kv = member.kv.clone();
+                    let read = kv.get(
+                        root.clone(),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    );
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Ok(Ok(_)) => break Ok(()),
+                        Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
+                            break Err(Some(error));
+                        }
+                        Ok(Err(error)) => {
+                            let delay = backoff.next_delay();
+                            if tokio::time::Instant::now() + delay >= deadline {
+                                break Err(Some(error));
+                            }
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(_) => break Err(None),
+                    }
+                };
+                (member, outcome)
+            }
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut refused = None;
+    while let Some((member, outcome)) = probes.next().await {
+        match outcome {
+            Ok(()) => {
+                ctx.members.answered(member.index);
+                return Ok(());
+            }
+            Err(Some(error)) if kind_of(&error) != Kind::Unavailable => {
+                refused.get_or_insert_with(|| map_error(&member.endpoint, "connect", error));
+            }
+            Err(Some(error)) => failures.push(format!("{}: {error}", member.endpoint)),
+            Err(None) => failures.push(format!("{}: no answer", member.endpoint)),
+        }
+    }
+    if let Some(error) = refused {
+        return Err(error);
+    }
+    Err(Error::unavailable(
+        BACKEND,
+        &*ctx.addr,
+        format!(
+            "no member answered within {:?} (REGISTRY_TIMEOUT); is etcd running there? ({})",
+            ctx.timeout,
+            failures.join("; ")
+        ),
+    ))
+}
+
 impl EtcdRegistry {
     /// A builder that checks its settings as [`connect`](crate::connect)
     /// does, for a direct user who does not go through
@@ -311,55 +519,39 @@ impl EtcdRegistry {
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
 
-        let unreachable = |addr: &str| {
-            Error::unavailable(
-                BACKEND,
-                addr,
-                format!("no answer within {timeout:?} (REGISTRY_TIMEOUT); is etcd running there?"),
-            )
-        };
-        let client =
-            match tokio::time::timeout(timeout, Client::connect(&urls, Some(options))).await {
-                Ok(Ok(client)) => client,
-                Ok(Err(error)) => return Err(map_error(&addr, "connect", error)),
-                Err(_) => return Err(unreachable(&addr)),
-            };
+        // One client (one gRPC channel) per member: see `Member`. The
+        // channels connect lazily, so this does not wait for any member.
+        let mut list = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let client = Client::connect([url], Some(options.clone()))
+                .await
+                .map_err(|error| map_error(url, "connect", error))?;
+            list.push(Member {
+                index,
+                endpoint: url.as_str().into(),
+                kv: client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_DECODING_BYTES),
+                watch: client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_DECODING_BYTES),
+                lease: client.lease_client(),
+            });
+        }
         let ctx = Ctx {
-            kv: client
-                .kv_client()
-                .max_decoding_message_size(MAX_DECODING_BYTES),
-            watch: client
-                .watch_client()
-                .max_decoding_message_size(MAX_DECODING_BYTES),
-            lease: client.lease_client(),
+            members: Arc::new(Members {
+                list,
+                preferred: AtomicUsize::new(0),
+            }),
             prefix: config.prefix.trim_end_matches('/').into(),
             addr: addr.clone(),
             ttl: timing.ttl,
             timeout,
+            attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
         };
-
-        // The channel connects lazily: one read proves the endpoints answer.
-        let root = format!("{}/", ctx.prefix);
-        let probe = ctx
-            .call("connect", || {
-                let mut kv = ctx.kv.clone();
-                let root = root.clone();
-                async move {
-                    kv.get(
-                        root,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-                }
-            })
-            .await;
-        match probe {
-            Ok(_) => {}
-            Err(Error::Timeout { .. }) => return Err(unreachable(&addr)),
-            Err(error) => return Err(error),
-        }
+        probe(&ctx).await?;
         tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, "connected to etcd");
 
         let registrar = Core::new(lease::Leases::new(ctx.clone()), ctx.ttl, ctx.timeout);
@@ -415,8 +607,8 @@ impl EtcdRegistry {
         let key = format!("{}/{service}/{id}", self.ctx.prefix);
         let reply = self
             .ctx
-            .call("deregister", || {
-                let mut kv = self.ctx.kv.clone();
+            .call("deregister", |member| {
+                let mut kv = member.kv.clone();
                 let key = key.clone();
                 async move { kv.delete(key, None).await }
             })
@@ -446,9 +638,9 @@ impl Watcher for EtcdRegistry {
     fn watch(&self, service: &str) -> WatchStream {
         let ctx = self.ctx.clone();
         let service = service.to_owned();
-        spawn_watch(move |mut sink| async move {
+        spawn_watch_of(BACKEND, service.clone(), move |mut sink| async move {
             if let Err(error) = validate_name("service", &service) {
-                sink.error(error).await;
+                sink.fatal(error).await;
                 return;
             }
             read::watch(ctx, service, sink).await;
@@ -459,6 +651,112 @@ impl Watcher for EtcdRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A context over `n` members whose channels never connect (nothing is
+    /// sent through them: the requests below are fakes that only look at
+    /// which member they were given).
+    async fn fake_ctx(n: usize, timeout: Duration) -> Ctx {
+        let mut list = Vec::new();
+        for index in 0..n {
+            let client = Client::connect(["http://127.0.0.1:1"], None)
+                .await
+                .expect("a lazy channel");
+            list.push(Member {
+                index,
+                endpoint: format!("http://member-{index}").into(),
+                kv: client.kv_client(),
+                lease: client.lease_client(),
+                watch: client.watch_client(),
+            });
+        }
+        Ctx {
+            members: Arc::new(Members {
+                list,
+                preferred: AtomicUsize::new(0),
+            }),
+            prefix: "/services".into(),
+            addr: "fake".into(),
+            ttl: Duration::from_secs(10),
+            timeout,
+            attempt: ATTEMPT_TIMEOUT.min(timeout),
+            page_size: DEFAULT_PAGE_SIZE,
+            watch_start_delay: Duration::ZERO,
+        }
+    }
+
+    /// A request that hangs on the members in `hung` and answers with the
+    /// member's index on the others.
+    fn answer_unless(
+        hung: &'static [usize],
+    ) -> impl FnMut(&Member) -> futures::future::BoxFuture<'static, Result<usize, etcd_client::Error>>
+    {
+        move |member| {
+            let index = member.index;
+            Box::pin(async move {
+                if hung.contains(&index) {
+                    std::future::pending().await
+                } else {
+                    Ok(index)
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_member_costs_one_short_attempt_and_is_then_avoided() {
+        let ctx = fake_ctx(3, Duration::from_secs(5)).await;
+        let started = tokio::time::Instant::now();
+        let answered = ctx.call("read", answer_unless(&[0])).await.unwrap();
+        assert_eq!(answered, 1, "the next member answers");
+        assert_eq!(
+            started.elapsed(),
+            ATTEMPT_TIMEOUT,
+            "after one short attempt"
+        );
+
+        let started = tokio::time::Instant::now();
+        assert_eq!(ctx.call("read", answer_unless(&[0])).await.unwrap(), 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the member that answered is tried first"
+        );
+
+        // The keep-alive's own per-attempt deadline.
+        ctx.members.answered(0);
+        let started = tokio::time::Instant::now();
+        let attempt = Duration::from_millis(300);
+        let answered = ctx.call_within("keep-alive", attempt, answer_unless(&[0, 1]));
+        assert_eq!(answered.await.unwrap(), 2);
+        assert_eq!(started.elapsed(), attempt * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_where_no_member_answers_gives_up_at_the_timeout() {
+        let timeout = Duration::from_secs(5);
+        let ctx = fake_ctx(3, timeout).await;
+        let started = tokio::time::Instant::now();
+        let error = ctx
+            .call("read", answer_unless(&[0, 1, 2]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Timeout { after, .. } if after == timeout),
+            "{error:?}"
+        );
+        assert!(started.elapsed() <= timeout, "{:?}", started.elapsed());
+
+        // With a single member there is nowhere else to go: one attempt may
+        // use the whole timeout.
+        let ctx = fake_ctx(1, timeout).await;
+        let slow = |_: &Member| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, etcd_client::Error>(())
+        };
+        let started = tokio::time::Instant::now();
+        ctx.call("read", slow).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
 
     #[test]
     fn grpc_statuses_are_classified() {

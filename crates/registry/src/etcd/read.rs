@@ -1,13 +1,15 @@
 //! Paged reads at one revision, and the watch that continues from them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use etcd_client::{GetOptions, KeyValue, WatchOptions};
+use tokio::time::Instant;
 
 use super::{BACKEND, Ctx, Kind, kind_of};
 use crate::error::{Error, Result};
 use crate::model::Instance;
-use crate::util::{Backoff, SnapshotSink, decode_record};
+use crate::util::{Backoff, SnapshotSink, decode_record, silence_limit};
 
 /// How many times a paged read starts over when the revision it started at
 /// is compacted between two pages.
@@ -51,8 +53,8 @@ async fn page(ctx: &Ctx, start: Vec<u8>, end: Vec<u8>, revision: i64) -> Result<
         options = options.with_revision(revision);
     }
     let response = ctx
-        .call("read", || {
-            let mut kv = ctx.kv.clone();
+        .call("read", |member| {
+            let mut kv = member.kv.clone();
             let (start, options) = (start.clone(), options.clone());
             async move {
                 match kv.get(start, Some(options)).await {
@@ -210,21 +212,37 @@ enum End {
     Closed,
     /// The history the watch needed was compacted: read a fresh snapshot.
     Compacted,
-    /// The snapshot or the watch request failed.
+    /// The snapshot or the watch request failed on every member.
     Failed(Error),
     /// The watch stream broke after it had started.
     Broken(Error),
+    /// The watch's member stopped answering (no reply to a progress
+    /// request): read again, from another member if one answers.
+    Silent {
+        /// The member that went silent.
+        member: usize,
+        /// What happened, for the log.
+        error: Error,
+    },
 }
 
 /// Feeds `sink` with full snapshots of `service` until the consumer leaves.
+///
+/// Outages are reported through the sink's contract (one `Err` item per
+/// outage, the next snapshot always sent); a member that hangs or breaks
+/// is not an outage while another answers: the watch reads again from
+/// that one, and the sink drops the snapshot if nothing changed.
 pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
     let mut backoff = Backoff::reconnect();
-    // Errors reported to the consumer since the last good snapshot; one Err
-    // item per outage is enough, later failures are only logged.
-    let mut reported = false;
     let mut compactions_in_a_row = 0u32;
+    // The deadline of the next snapshot read: REGISTRY_TIMEOUT, but after a
+    // member went silent only what is left of the silence limit, so that a
+    // registry where no member answers is reported within that limit.
+    let mut read_within = ctx.timeout;
     loop {
-        match watch_round(&ctx, &service, &mut sink, &mut backoff, &mut reported).await {
+        let end = watch_round(&ctx, &service, &mut sink, &mut backoff, read_within).await;
+        read_within = ctx.timeout;
+        match end {
             End::Closed => return,
             End::Compacted => {
                 compactions_in_a_row += 1;
@@ -240,21 +258,35 @@ pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
                     "watch stream broke; reading a fresh snapshot");
                 backoff.wait().await;
             }
+            End::Silent { member, error } => {
+                compactions_in_a_row = 0;
+                tracing::warn!(backend = BACKEND, service = %service, %error,
+                    "watch's etcd member stopped answering; reading again from another member");
+                ctx.members.skip(member);
+                read_within = ctx.timeout.min(silence_limit(ctx.ttl) / 2);
+            }
             End::Failed(error) => {
                 compactions_in_a_row = 0;
-                if reported {
-                    tracing::debug!(backend = BACKEND, service = %service, %error, "watch still failing; retrying");
-                } else {
-                    tracing::warn!(backend = BACKEND, service = %service, %error, "watch failed; retrying");
-                    reported = true;
-                    if !sink.error(error).await {
-                        return;
-                    }
+                if !sink.error(error).await {
+                    return;
                 }
                 backoff.wait().await;
             }
         }
     }
+}
+
+/// How long a watch stream may stay quiet before we ask for a progress
+/// report, and how long the answer may take: a quarter of the silence
+/// limit each, so that a silent member is noticed within half of it and
+/// the read that follows has the other half.
+///
+/// etcd 3.4 answers a progress request at once. From 3.5 on a member
+/// answers only once every watcher of the stream has caught up with it; a
+/// member that lags that much is worth leaving too, and the read that
+/// follows (from another member) loses nothing.
+fn progress_interval(ctx: &Ctx) -> Duration {
+    silence_limit(ctx.ttl) / 4
 }
 
 /// One snapshot, then one watch from the snapshot's revision, until
@@ -264,54 +296,90 @@ async fn watch_round(
     service: &str,
     sink: &mut SnapshotSink,
     backoff: &mut Backoff,
-    reported: &mut bool,
+    read_within: Duration,
 ) -> End {
-    let (mut instances, revision) = match ctx.deadline("read", snapshot(ctx, service)).await {
-        Ok(read) => read,
-        Err(error) => return End::Failed(error),
+    let read = tokio::time::timeout(read_within, snapshot(ctx, service)).await;
+    let (mut instances, revision) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) => return End::Failed(error),
+        Err(_) => {
+            return End::Failed(Error::unavailable(
+                BACKEND,
+                &*ctx.addr,
+                format!(
+                    "no etcd member answered a read of {service} within {read_within:?}; the last snapshot may be stale"
+                ),
+            ));
+        }
     };
     if !sink.snapshot(instances.values().cloned().collect()).await {
         return End::Closed;
-    }
-    if *reported {
-        tracing::info!(
-            backend = BACKEND,
-            service,
-            instances = instances.len(),
-            "watch recovered"
-        );
-        *reported = false;
     }
     if !ctx.watch_start_delay.is_zero() {
         tokio::time::sleep(ctx.watch_start_delay).await;
     }
 
     // Starting right after the snapshot's revision, no change can fall
-    // between the read and the watch.
+    // between the read and the watch, whichever member serves the watch.
     let prefix = ctx.service_prefix(service);
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut stream = match ctx
-        .call("watch", || {
-            let mut watch = ctx.watch.clone();
+    let (member, endpoint, mut stream) = match ctx
+        .call("watch", |member| {
+            let mut watch = member.watch.clone();
+            let (index, endpoint) = (member.index, member.endpoint.clone());
             let (prefix, options) = (prefix.clone(), options.clone());
-            async move { watch.watch(prefix, Some(options)).await }
+            async move {
+                let stream = watch.watch(prefix, Some(options)).await?;
+                Ok((index, endpoint, stream))
+            }
         })
         .await
     {
-        Ok(stream) => stream,
+        Ok(opened) => opened,
         Err(error) => return End::Failed(error),
     };
-    tracing::debug!(backend = BACKEND, service, revision, "watching");
+    tracing::debug!(backend = BACKEND, service, revision, member = %endpoint, "watching");
 
+    // A hung member breaks no connection: ask for a progress report
+    // whenever the stream has been quiet for a while, and give up on the
+    // member if nothing at all comes back in time.
+    let interval = progress_interval(ctx);
+    let mut heard = Instant::now();
+    let mut asked: Option<Instant> = None;
     loop {
-        let response = match stream.message().await {
+        let check_at = match asked {
+            Some(at) => at + interval,
+            None => heard + interval,
+        };
+        let message = tokio::select! {
+            message = stream.message() => message,
+            () = tokio::time::sleep_until(check_at) => {
+                if asked.is_some() {
+                    return End::Silent {
+                        member,
+                        error: Error::unavailable(BACKEND, &*endpoint, format!(
+                            "no answer on the watch stream for {:?}, progress request included",
+                            heard.elapsed()
+                        )),
+                    };
+                }
+                if let Err(error) = stream.request_progress().await {
+                    return End::Broken(ctx.error("watch", error));
+                }
+                asked = Some(Instant::now());
+                continue;
+            }
+        };
+        heard = Instant::now();
+        asked = None;
+        let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => {
                 return End::Broken(Error::unavailable(
                     BACKEND,
-                    &*ctx.addr,
+                    &*endpoint,
                     "the watch stream was closed by the server",
                 ));
             }
@@ -330,7 +398,7 @@ async fn watch_round(
         if response.canceled() {
             return End::Broken(Error::unavailable(
                 BACKEND,
-                &*ctx.addr,
+                &*endpoint,
                 format!(
                     "the server cancelled the watch: {}",
                     response.cancel_reason()
@@ -340,6 +408,8 @@ async fn watch_round(
         if response.created() {
             backoff.reset();
         }
+        // A progress report carries no events: it only proved the member
+        // alive.
         let mut changed = false;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };

@@ -78,6 +78,22 @@
 //! found holding another's token is given up), so two registrars never
 //! fight over an id.
 //!
+//! # Outages
+//!
+//! A watch follows the contract of [`WatchStream`] (kept by the shared
+//! sink): one `Err` item per outage, however many retries follow, and the
+//! next snapshot always sent. zookeeper-client notices a server that went
+//! silent (a hung process keeps its connections open) after 2/5 of the
+//! session timeout without a reply, and tries the servers in turn, each
+//! attempt bounded by that same 2/5. A watch that is still disconnected
+//! once max(2 x TTL, 5 s) has passed since the last reply sends its `Err`,
+//! but gives the reconnection at least one such attempt (a hung server
+//! tried first costs one), and never waits more than `REGISTRY_TIMEOUT`
+//! after the disconnection: with the 6 s session of a 2 s TTL, a hung
+//! standalone server is reported about 5.4 s after it stopped answering.
+//! A reconnection before that is no outage: a watch whose ensemble member
+//! hangs moves to another with no `Err` and no change of the set.
+//!
 //! After a reconnect that keeps the session, zookeeper-client leaves two
 //! things to us: events that happened while disconnected are lost
 //! (ZOOKEEPER-4698), hence a full re-read; and version 0.11.2 does not
@@ -158,6 +174,9 @@ struct Params {
     timeout: Duration,
     /// The session timeout we ask for.
     session_timeout: Duration,
+    /// `REGISTRY_TTL`: sets how soon a watch reports a server that went
+    /// silent ([`silence_limit`](crate::util::silence_limit)).
+    ttl: Duration,
 }
 
 impl Params {
@@ -276,6 +295,7 @@ impl ZookeeperRegistry {
             prefix: config.prefix.clone(),
             timeout: timing.timeout,
             session_timeout: config.effective_session_timeout(timing.ttl),
+            ttl: timing.ttl,
         };
         let client = session::open_session(&params).await?;
         tracing::info!(

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -13,7 +14,7 @@ use super::{BACKEND, Params, Shared, validate_node_name};
 use crate::discovery::WatchStream;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
-use crate::util::{Backoff, SnapshotSink, decode_record, spawn_watch};
+use crate::util::{Backoff, SnapshotSink, decode_record, silence_limit, spawn_watch_of};
 
 /// How many reads go in one multi-read request (keeps replies well under
 /// ZooKeeper's 1 MB packet limit).
@@ -194,9 +195,9 @@ enum Stopped {
 /// Pushes full snapshots of `service`'s live instances; see
 /// [`Watcher::watch`](crate::Watcher::watch).
 pub(super) fn watch(shared: Arc<Shared>, service: String) -> WatchStream {
-    spawn_watch(move |mut sink| async move {
+    spawn_watch_of(BACKEND, service.clone(), move |mut sink| async move {
         if let Err(error) = validate_node_name("service", &service) {
-            sink.error(error).await;
+            sink.fatal(error).await;
             return;
         }
         let mut backoff = Backoff::reconnect();
@@ -209,12 +210,12 @@ pub(super) fn watch(shared: Arc<Shared>, service: String) -> WatchStream {
                     tracing::debug!(backend = BACKEND, %service, "watch: session ended; waiting for the next one");
                 }
                 Stopped::Failed(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(backend = BACKEND, %service, %error, retry_in = ?delay, "watch failed; retrying");
+                    // The sink reports the first failure of an outage and
+                    // logs the others.
                     if !sink.error(error).await {
                         return;
                     }
-                    tokio::time::sleep(delay).await;
+                    backoff.wait().await;
                 }
             }
         }
@@ -264,17 +265,18 @@ async fn watch_one_session(
     }
     backoff.reset();
     let mut reported = false;
+    let report_after = report_after(params, &client);
 
     loop {
         let report_at = disconnected_since
             .filter(|_| !reported)
-            .map(|since| since + timeout);
+            .map(|since| since + report_after);
         let event = tokio::select! {
             event = next_event(&mut watcher) => event,
             () = sleep_until(report_at) => {
                 reported = true;
                 let error = Error::unavailable(BACKEND, params.connect_string.clone(),
-                    format!("disconnected from zookeeper for {timeout:?}; the last snapshot may be stale"));
+                    format!("disconnected from zookeeper for {report_after:?} (no server answered); the last snapshot may be stale"));
                 if !sink.error(error).await {
                     return Stopped::Closed;
                 }
@@ -363,6 +365,26 @@ async fn watch_one_session(
         }
         tracing::debug!(backend = BACKEND, %service, instances = current.len(), "watch updated");
     }
+}
+
+/// How long a watch stays disconnected before it reports an outage.
+///
+/// zookeeper-client declares a connection lost after 2/5 of the granted
+/// session timeout without any reply, checked every 1/20 of it (it pings
+/// every 3/20), then tries the servers of the ensemble in turn, each
+/// attempt bounded by that same 2/5 (a hung server accepts the connection
+/// and never answers). An outage is reported once the [`silence_limit`]
+/// has passed since the last reply, but never before one such attempt
+/// could have failed and another succeeded, and never later than
+/// `REGISTRY_TIMEOUT` after the disconnection. A reconnection to another
+/// server before that is no outage.
+fn report_after(params: &Params, client: &zk::Client) -> Duration {
+    let session = client.session_timeout();
+    let noticed_after = session * 2 / 5 + session / 20;
+    silence_limit(params.ttl)
+        .saturating_sub(noticed_after)
+        .max(noticed_after)
+        .min(params.timeout)
 }
 
 /// Adds a persistent recursive watch on `base` (which may not exist yet).
