@@ -1020,7 +1020,9 @@ async fn register_during_reconnect(h: Harness) {
 // issued back to back end in the order issued, for many ids at once; the
 // final state is the last call's. The deregister is issued both ways: an
 // explicit `deregister()` polled just before the next register, and a
-// dropped handle (whose deregistration runs in the background).
+// dropped handle (whose deregistration runs in the background); then two
+// registers issued back to back (the last replaces the other, whose handle
+// is then dropped).
 async fn per_id_order(h: Harness) {
     const N: u16 = 20;
     let registrar = h.connect().await;
@@ -1043,12 +1045,18 @@ async fn per_id_order(h: Harness) {
             );
             gone.map_err(|e| fail("the deregister", e))?;
             let second = second.map_err(|e| fail("the second register", e))?;
-            // Dropping the handle issues its deregistration; then register.
+            // Dropping the handle issues its deregistration; then two
+            // registers of the id, the second issued just after the first.
             drop(second);
-            registrar
-                .register(instance("svcr2", &id, port(i, 2)).with_tag("last"))
-                .await
-                .map_err(|e| fail("the last register", e))
+            let (older, last) = futures::join!(
+                registrar.register(instance("svcr2", &id, port(i, 2))),
+                registrar.register(instance("svcr2", &id, port(i, 3)).with_tag("last"))
+            );
+            let older = older.map_err(|e| fail("the third register", e))?;
+            let last = last.map_err(|e| fail("the last register", e))?;
+            // The replaced registration's handle goes: the last one stays.
+            drop(older);
+            Ok::<_, String>(last)
         }
     }))
     .await;
@@ -1063,10 +1071,10 @@ async fn per_id_order(h: Harness) {
                 let id = format!("o{i:02}");
                 match s.iter().find(|x| x.id == id) {
                     None => Some(format!("{id} missing")),
-                    Some(x) if x.port != port(i, 2) || x.tags != ["last"] => Some(format!(
+                    Some(x) if x.port != port(i, 3) || x.tags != ["last"] => Some(format!(
                         "{id} at port {} (last call: {})",
                         x.port,
-                        port(i, 2)
+                        port(i, 3)
                     )),
                     Some(_) => None,
                 }
@@ -1099,8 +1107,8 @@ async fn per_id_order(h: Harness) {
         );
     }
     report(format!(
-        "conformance {} per-id order: {N} ids x (register, deregister, register, drop, register) \
-         in {issued:?}; final state held after {:?}",
+        "conformance {} per-id order: {N} ids x (register, deregister + register, drop + \
+         register + register, drop) in {issued:?}; final state held after {:?}",
         h.backend,
         started.elapsed()
     ));
