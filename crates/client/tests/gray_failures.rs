@@ -184,7 +184,10 @@ impl Server {
     async fn stop(self) {
         let id = self.id.clone();
         let status = self.guard.terminate().await;
-        assert!(status.success(), "lorem-server {id} exits 0 on SIGTERM: {status}");
+        assert!(
+            status.success(),
+            "lorem-server {id} exits 0 on SIGTERM: {status}"
+        );
     }
 }
 
@@ -244,7 +247,10 @@ impl Gateway {
             .map(|i| {
                 (
                     i["id"].as_str().unwrap_or_default().to_owned(),
-                    i["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                    i["port"]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or(0),
                 )
             })
             .collect()
@@ -477,11 +483,15 @@ mod leader_stopped {
         // Both servers get requests before the fault.
         let started = Instant::now();
         while a.served(&http).await == 0 || b.served(&http).await == 0 {
-            assert!(started.elapsed() < PATIENCE, "the load never reached both servers");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the load never reached both servers"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut watch = checker.watch("lorem");
-        let expected: Vec<(String, u16)> = both.iter().map(|(i, p)| ((*i).to_owned(), *p)).collect();
+        let expected: Vec<(String, u16)> =
+            both.iter().map(|(i, p)| ((*i).to_owned(), *p)).collect();
         let fault_ms = unix_ms();
         let frozen = Frozen::stop(pid, "the etcd leader");
         // Every snapshot the watcher delivers while the leader hangs (and a
@@ -490,8 +500,12 @@ mod leader_stopped {
         seen.observe(&mut watch, Instant::now() + FROZEN, &expected)
             .await;
         let frozen_for = frozen.thaw();
-        seen.observe(&mut watch, Instant::now() + Duration::from_secs(1), &expected)
-            .await;
+        seen.observe(
+            &mut watch,
+            Instant::now() + Duration::from_secs(1),
+            &expected,
+        )
+        .await;
         let Observed {
             changes,
             errors,
@@ -576,7 +590,13 @@ mod member_stopped {
             .collect();
         let stay = Server::start(backend, registry, "stay");
         let checker = connect(&settings_on(backend, registry, &addrs[1..])).await;
-        await_live(&*checker, &[("stay", stay.port)], PATIENCE, "the first server").await;
+        await_live(
+            &*checker,
+            &[("stay", stay.port)],
+            PATIENCE,
+            "the first server",
+        )
+        .await;
 
         let frozen = Frozen::stop(pid, &format!("{backend} member 0"));
         // The others serve without it before any fresh process starts: the
@@ -646,9 +666,10 @@ mod member_stopped {
             ls_max.as_millis(),
             runs.iter().map(|r| r.took.as_millis()).collect::<Vec<_>>(),
             load.took.as_millis(),
-            fresh_after.map_or_else(|| format!("never (> {bound:?} + {MARGIN:?})"), |d| {
-                format!("{} ms", d.as_millis())
-            }),
+            fresh_after.map_or_else(
+                || format!("never (> {bound:?} + {MARGIN:?})"),
+                |d| { format!("{} ms", d.as_millis()) }
+            ),
         ));
         for (i, run) in runs.iter().enumerate() {
             assert!(
@@ -656,7 +677,8 @@ mod member_stopped {
                 "fresh `sdctl ls lorem` #{} with {backend} member 0 hung must succeed and list \
                  the instance; it {} after {:?}; stdout: {}; stderr: {}",
                 i + 1,
-                run.status.map_or_else(|| "was killed".to_owned(), |s| format!("exited {s}")),
+                run.status
+                    .map_or_else(|| "was killed".to_owned(), |s| format!("exited {s}")),
                 run.took,
                 run.stdout.trim(),
                 run.stderr.trim()
@@ -670,10 +692,13 @@ mod member_stopped {
             );
         }
         assert!(
-            load.status.is_some_and(|s| s.success()) && load_failed == 0 && load_ok == LOAD_REQUESTS,
+            load.status.is_some_and(|s| s.success())
+                && load_failed == 0
+                && load_ok == LOAD_REQUESTS,
             "a fresh `lorem-client load` of {LOAD_REQUESTS} with {backend} member 0 hung must \
              have 0 failures; it {} after {:?}: {}; stderr: {}",
-            load.status.map_or_else(|| "was killed".to_owned(), |s| format!("exited {s}")),
+            load.status
+                .map_or_else(|| "was killed".to_owned(), |s| format!("exited {s}")),
             load.took,
             load.stdout.trim(),
             load.stderr.lines().take(5).collect::<Vec<_>>().join(" | ")
@@ -682,7 +707,13 @@ mod member_stopped {
             fresh_after.is_some(),
             "a fresh lorem-server with {backend} member 0 hung must register within {bound:?} \
              (+ {MARGIN:?}); the healthy members never listed it. Its log: {}",
-            fresh.logs().lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            fresh
+                .logs()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         fresh.stop().await;
         stay.stop().await;
@@ -704,8 +735,11 @@ mod member_stopped {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn zookeeper() {
         let _serial = SERIAL.lock().await;
-        let ensemble = blocking(|| ZkEnsemble::start(3)).expect("start a 3-member ZooKeeper ensemble");
-        let role = ensemble.member_mode(0).unwrap_or_else(|| "unknown".to_owned());
+        let ensemble =
+            blocking(|| ZkEnsemble::start(3)).expect("start a 3-member ZooKeeper ensemble");
+        let role = ensemble
+            .member_mode(0)
+            .unwrap_or_else(|| "unknown".to_owned());
         let pid = ensemble.member_pid(0).expect("member 0 runs");
         scenario("zookeeper", &ensemble, pid, role, || {
             ensemble.member_mode(1).is_some() && ensemble.member_mode(2).is_some()
@@ -782,7 +816,10 @@ mod stale {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let last_error = stale_body["last_error"].as_str().unwrap_or_default().to_owned();
+        let last_error = stale_body["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         record(format!(
             "gray {backend} | registry SIGSTOP {} ms, gateway running | stale after {} (bound \
              {bound:?}) | requests while hung: ok {ok} failed {} | fresh again {} after SIGCONT | \
@@ -860,11 +897,20 @@ mod duplicate_id {
         let http = http();
         let checker = connect(&settings(backend, registry)).await;
         let first = Server::start(backend, registry, "dup");
-        await_live(&*checker, &[("dup", first.port)], PATIENCE, "the first server").await;
+        await_live(
+            &*checker,
+            &[("dup", first.port)],
+            PATIENCE,
+            "the first server",
+        )
+        .await;
         let gateway = Gateway::start(backend, registry, &http).await;
         let started = Instant::now();
         while gateway.live(&http).await != [("dup".to_owned(), first.port)] {
-            assert!(started.elapsed() < PATIENCE, "the gateway never listed the first server");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the gateway never listed the first server"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let second = Server::start(backend, registry, "dup");
@@ -939,10 +985,15 @@ mod duplicate_id {
             watched.elapsed().as_secs(),
             failed.len(),
             records.len(),
-            taken_after.map_or_else(|| "never".to_owned(), |d| format!("after {} ms", d.as_millis())),
+            taken_after.map_or_else(
+                || "never".to_owned(),
+                |d| format!("after {} ms", d.as_millis())
+            ),
             expiry(backend),
-            second_answers_after
-                .map_or_else(|| "never".to_owned(), |d| format!("after {} ms", d.as_millis())),
+            second_answers_after.map_or_else(
+                || "never".to_owned(),
+                |d| format!("after {} ms", d.as_millis())
+            ),
         ));
         assert!(
             records.is_empty(),
@@ -963,7 +1014,13 @@ mod duplicate_id {
             "duplicate id on {backend}: the second lorem-server's log must name the holder \
              (owner token starting with pid {holder}) and say it keeps retrying; its log ends: \
              {}",
-            second.logs().lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            second
+                .logs()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         assert!(
             taken_after.is_some(),

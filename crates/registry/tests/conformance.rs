@@ -182,7 +182,12 @@ impl Harness {
             token: None,
         };
         let pid = server.pid();
-        Harness::real("consul", Box::new(server), pid, BackendConfig::Consul(config))
+        Harness::real(
+            "consul",
+            Box::new(server),
+            pid,
+            BackendConfig::Consul(config),
+        )
     }
 
     fn real(
@@ -960,11 +965,8 @@ async fn register_during_reconnect(h: Harness) {
     let frozen = Frozen::stop(pid, &what);
     tokio::time::sleep(lost_after).await;
     let started = tokio::time::Instant::now();
-    let outcome = tokio::time::timeout(
-        bound,
-        registrar.register(instance("svcr1", "late", 9042)),
-    )
-    .await;
+    let outcome =
+        tokio::time::timeout(bound, registrar.register(instance("svcr1", "late", 9042))).await;
     let failed_after = started.elapsed();
     frozen.thaw();
     let error = match outcome {
@@ -1139,7 +1141,13 @@ async fn duplicate_id(h: Harness) {
         .register(instance("svcr3", "dup", 9050))
         .await
         .unwrap();
-    await_snapshot(&mut watch, TIMEOUT, "the first registrar's record", at(9050)).await;
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the first registrar's record",
+        at(9050),
+    )
+    .await;
 
     // Refused, naming the holder.
     let check_refusal = |outcome: registry::Result<registry::Registration>, attempt: &str| {
@@ -1156,7 +1164,10 @@ async fn duplicate_id(h: Harness) {
         };
         match &error {
             Error::AlreadyRegistered {
-                service, id, holder, ..
+                service,
+                id,
+                holder,
+                ..
             } => {
                 assert_eq!((service.as_str(), id.as_str()), ("svcr3", "dup"), "{error}");
                 assert!(
@@ -1204,7 +1215,10 @@ async fn duplicate_id(h: Harness) {
         "a change",
         |item| {
             if let Ok(s) = item {
-                changes.push(format!("{:?}", s.iter().map(|i| (&i.id, i.port)).collect::<Vec<_>>()));
+                changes.push(format!(
+                    "{:?}",
+                    s.iter().map(|i| (&i.id, i.port)).collect::<Vec<_>>()
+                ));
             }
         },
         |s| !at(9050)(s),
@@ -1239,7 +1253,13 @@ async fn duplicate_id(h: Harness) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let got_in = started.elapsed();
-    await_snapshot(&mut watch, TIMEOUT, "the second registrar's record", at(9051)).await;
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the second registrar's record",
+        at(9051),
+    )
+    .await;
     report(format!(
         "conformance {} duplicate id: refused ({} retries over {quiet:?}, no change seen): {error}; \
          after abandon the retry got in after {got_in:?} (expiry {:?})",
@@ -1265,9 +1285,7 @@ async fn duplicate_id(h: Harness) {
         .register(instance("svcr3", "dup", 9052))
         .await
         .unwrap_or_else(|e| {
-            panic!(
-                "re-registering an id through the registrar that holds it replaces it; got {e}"
-            )
+            panic!("re-registering an id through the registrar that holds it replaces it; got {e}")
         });
     await_snapshot(
         &mut watch,

@@ -85,7 +85,10 @@ fn signal(name: &str, pid: u32, what: &str) {
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap_or_else(|e| panic!("cannot run kill -{name} {pid} ({what}): {e}"));
-    assert!(status.success(), "kill -{name} {pid} ({what}) failed: {status}");
+    assert!(
+        status.success(),
+        "kill -{name} {pid} ({what}) failed: {status}"
+    );
 }
 
 /// The state letter of `pid` from `/proc/PID/stat` (`T` once stopped).
