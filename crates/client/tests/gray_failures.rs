@@ -127,7 +127,8 @@ async fn await_live(
     }
 }
 
-/// A file under the target's temp dir for one process's stderr.
+/// A file under the target's temp dir for one process's stderr; removed
+/// when the process stops cleanly, kept for a look after a failure.
 fn log_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gray-failures");
     std::fs::create_dir_all(&dir).expect("create the log dir");
@@ -182,12 +183,14 @@ impl Server {
     }
 
     async fn stop(self) {
-        let id = self.id.clone();
-        let status = self.guard.terminate().await;
+        let Server { id, guard, log, .. } = self;
+        let status = guard.terminate().await;
         assert!(
             status.success(),
-            "lorem-server {id} exits 0 on SIGTERM: {status}"
+            "lorem-server {id} exits 0 on SIGTERM: {status} (log: {})",
+            log.display()
         );
+        let _ = std::fs::remove_file(log);
     }
 }
 
@@ -195,21 +198,24 @@ impl Server {
 struct Gateway {
     url: String,
     guard: Guard,
+    log: PathBuf,
 }
 
 impl Gateway {
     async fn start(backend: &str, registry: &dyn RegistryServer, http: &reqwest::Client) -> Self {
         let port = testkit::free_port();
+        let log = log_path("gateway");
         let mut command = Command::new(env!("CARGO_BIN_EXE_lorem-client"));
         env_for(&mut command, backend, registry);
         command
             .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log_path("gateway")).expect("create the gateway's log"));
+            .stderr(std::fs::File::create(&log).expect("create the gateway's log"));
         let gateway = Gateway {
             url: format!("http://127.0.0.1:{port}"),
             guard: Guard(Some(command.spawn().expect("spawn lorem-client gateway"))),
+            log,
         };
         let started = Instant::now();
         while !http
@@ -283,7 +289,12 @@ impl Gateway {
 
     async fn stop(self) {
         let status = self.guard.terminate().await;
-        assert!(status.success(), "the gateway exits 0 on SIGTERM: {status}");
+        assert!(
+            status.success(),
+            "the gateway exits 0 on SIGTERM: {status} (log: {})",
+            self.log.display()
+        );
+        let _ = std::fs::remove_file(self.log);
     }
 }
 
@@ -291,11 +302,13 @@ impl Gateway {
 struct Load {
     guard: Guard,
     stdout: std::process::ChildStdout,
+    log: PathBuf,
 }
 
 impl Load {
     /// 100 requests/s, 4 in flight, the client's default retries.
     fn start(backend: &str, registry: &dyn RegistryServer) -> Load {
+        let log = log_path("load");
         let mut command = Command::new(env!("CARGO_BIN_EXE_lorem-client"));
         env_for(&mut command, backend, registry);
         command
@@ -303,12 +316,13 @@ impl Load {
             .args(["--concurrency", "4", "--rate", "100", "--json"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log_path("load")).expect("create the load's log"));
+            .stderr(std::fs::File::create(&log).expect("create the load's log"));
         let mut child = command.spawn().expect("spawn lorem-client load");
         let stdout = child.stdout.take().expect("piped stdout");
         Load {
             guard: Guard(Some(child)),
             stdout,
+            log,
         }
     }
 
@@ -322,6 +336,9 @@ impl Load {
         let report: Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("load must print one JSON object ({e}): {stdout}"));
         println!("  load exited {status}: {report}");
+        if status.success() {
+            let _ = std::fs::remove_file(self.log);
+        }
         report
     }
 }
@@ -397,6 +414,85 @@ async fn etcd_leader(cluster: &EtcdCluster, http: &reqwest::Client) -> usize {
     }
 }
 
+/// Lease keep-alive streams open on the etcd member at `endpoint` (gRPC
+/// streams started minus those handled, from its metrics).
+async fn keepalive_streams(http: &reqwest::Client, endpoint: &str) -> u64 {
+    let Ok(response) = http.get(format!("http://{endpoint}/metrics")).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    let sum = |metric: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains("grpc_method=\"LeaseKeepAlive\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (sum("grpc_server_started_total{") - sum("grpc_server_handled_total{")).max(0.0) as u64
+}
+
+/// Makes the etcd member that carries the most lease keep-alive streams
+/// the leader (`etcdctl move-leader`) and returns its index, the streams
+/// per member, and the former leader if leadership moved.
+async fn lead_where_keepalives_are(
+    cluster: &EtcdCluster,
+    http: &reqwest::Client,
+) -> (usize, Vec<u64>, Option<usize>) {
+    let endpoints = cluster.endpoints();
+    let mut streams = Vec::new();
+    for endpoint in &endpoints {
+        streams.push(keepalive_streams(http, endpoint).await);
+    }
+    let leader = etcd_leader(cluster, http).await;
+    let target = (0..endpoints.len())
+        .max_by_key(|&i| (streams[i], i == leader))
+        .unwrap_or(leader);
+    if target == leader {
+        return (leader, streams, None);
+    }
+    let etcdctl = testkit::etcdctl_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let run = |args: &[&str]| {
+        let output = blocking(|| {
+            Command::new(&etcdctl)
+                .args(args)
+                .env("ETCDCTL_API", "3")
+                .output()
+                .expect("run etcdctl")
+        });
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let status: Value = serde_json::from_str(&run(&[
+        "--endpoints",
+        &endpoints[target],
+        "endpoint",
+        "status",
+        "--write-out=json",
+    ]))
+    .expect("etcdctl endpoint status prints JSON");
+    let id = status[0]["Status"]["header"]["member_id"]
+        .as_u64()
+        .expect("a member id");
+    run(&[
+        "--endpoints",
+        &endpoints[leader],
+        "move-leader",
+        &format!("{id:x}"),
+    ]);
+    let started = Instant::now();
+    while etcd_leader(cluster, http).await != target {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "etcd member m{target} never became leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (target, streams, Some(leader))
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -466,7 +562,13 @@ mod leader_stopped {
         let cluster = blocking(|| EtcdCluster::start(3)).expect("start a 3-member etcd cluster");
         let a = Server::start("etcd", &cluster, "lead-a");
         let b = Server::start("etcd", &cluster, "lead-b");
-        let leader = etcd_leader(&cluster, &http).await;
+        let both = [("lead-a", a.port), ("lead-b", b.port)];
+        let all = connect(&settings("etcd", &cluster)).await;
+        await_live(&*all, &both, PATIENCE, "both servers registered").await;
+        drop(all);
+        // The worst case, made deterministic: the leader is the member that
+        // carries the servers' lease keep-alive streams.
+        let (leader, streams, moved_from) = lead_where_keepalives_are(&cluster, &http).await;
         let pid = cluster.member_pid(leader).expect("the leader runs");
         // The checker reaches the two followers only, so that it reports what
         // the cluster holds whatever the leader does.
@@ -477,7 +579,6 @@ mod leader_stopped {
             .filter_map(|(i, e)| (i != leader).then_some(e))
             .collect();
         let checker = connect(&settings_on("etcd", &cluster, &followers)).await;
-        let both = [("lead-a", a.port), ("lead-b", b.port)];
         await_live(&*checker, &both, PATIENCE, "both servers registered").await;
         let load = Load::start("etcd", &cluster);
         // Both servers get requests before the fault.
@@ -522,9 +623,16 @@ mod leader_stopped {
             .map(|c| ids_of(&c["instances"]))
             .collect();
         record(format!(
-            "gray etcd | leader (member m{leader}) SIGSTOP {} ms under load | requests {} | \
+            "gray etcd | leader (member m{leader}, holding {} of the {} lease keep-alive \
+             streams {streams:?}, {}) SIGSTOP {} ms under load | requests {} | \
              failed {} | retries {} | registry set changes {} | client set changes {} | \
              watch snapshots {snapshots}, errors {errors}",
+            streams[leader],
+            streams.iter().sum::<u64>(),
+            moved_from.map_or_else(
+                || "already leader".to_owned(),
+                |from| format!("leadership moved from m{from}")
+            ),
             frozen_for.as_millis(),
             count("ok") + count("failed"),
             count("failed"),
