@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use registry::{BackendConfig, EtcdConfig, Settings, Watcher};
+use registry::{BackendConfig, Settings, Watcher, etcd};
 use testkit::{EtcdServer, RegistryServer};
 
 #[derive(Clone, Copy)]
@@ -235,9 +235,9 @@ async fn main() -> Result<()> {
         addrs.push(format!("127.0.0.1:{port}"));
     }
     let watcher = registry::connect(&Settings {
-        backend: BackendConfig::Etcd(EtcdConfig {
+        backend: BackendConfig::Etcd(etcd::Config {
             addr: vec![etcd_addr.clone()],
-            ..EtcdConfig::default()
+            ..etcd::Config::default()
         }),
         ..Settings::default()
     })

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use registry::{DynRegistry, Instance, Registrar, Registration, Settings};
+use registry::{DynRegistry, Instance, Registrar, Registration, RegistrationState, Settings};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, oneshot};
@@ -508,45 +508,72 @@ async fn keep_registered<R: Registrar>(
     let id = instance.id.clone();
     let mut backoff = Backoff::new(REGISTER_BACKOFF_BASE, REGISTER_BACKOFF_MAX);
     let mut attempt: u32 = 0;
-    let registration: Registration = loop {
-        attempt = attempt.saturating_add(1);
-        let result = tokio::select! {
-            stop = &mut stop => {
-                finish_unregistered(&id, stop.ok());
-                return;
-            }
-            result = registrar.register(instance.clone()) => result,
-        };
-        match result {
-            Ok(registration) => break registration,
-            Err(registry::Error::InvalidInstance(reason)) => {
-                tracing::error!(%id, %reason, "the registry refused this instance; not retrying");
-                let stop = (&mut stop).await.ok();
-                finish_unregistered(&id, stop);
-                return;
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%id, %error, attempt, retry_in = ?delay, "registration failed; retrying");
-                tokio::select! {
-                    stop = &mut stop => {
-                        finish_unregistered(&id, stop.ok());
-                        return;
+    // Registered, then held until told what to do, or until another
+    // registrar takes the id over (ours had gone in the meantime): then
+    // back to registering, which waits until the other one goes.
+    let (registration, stop) = 'register: loop {
+        let registration: Registration = loop {
+            attempt = attempt.saturating_add(1);
+            let result = tokio::select! {
+                stop = &mut stop => {
+                    finish_unregistered(&id, stop.ok());
+                    return;
+                }
+                result = registrar.register(instance.clone()) => result,
+            };
+            match result {
+                Ok(registration) => break registration,
+                Err(registry::Error::InvalidInstance(reason)) => {
+                    tracing::error!(%id, %reason, "the registry refused this instance; not retrying");
+                    let stop = (&mut stop).await.ok();
+                    finish_unregistered(&id, stop);
+                    return;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%id, %error, attempt, retry_in = ?delay, "registration failed; retrying");
+                    tokio::select! {
+                        stop = &mut stop => {
+                            finish_unregistered(&id, stop.ok());
+                            return;
+                        }
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        };
+        registered.store(true, Ordering::SeqCst);
+        tracing::info!(
+            %id,
+            service = %instance.service,
+            address = %instance.authority(),
+            attempts = attempt,
+            "registered"
+        );
+        let mut state = registration.state();
+        loop {
+            tokio::select! {
+                stop = &mut stop => break 'register (registration, stop),
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        // The registrar is gone: nothing more will change.
+                        let stop = (&mut stop).await;
+                        break 'register (registration, stop);
+                    }
+                    let now = state.borrow_and_update().clone();
+                    registered.store(now == RegistrationState::Registered, Ordering::SeqCst);
+                    if let RegistrationState::Displaced { holder } = now {
+                        tracing::error!(%id, %holder,
+                            "another registrar took this instance id over after our record had gone; registering again once it is free");
+                        drop(registration);
+                        attempt = 0;
+                        continue 'register;
+                    }
                 }
             }
         }
     };
-    registered.store(true, Ordering::SeqCst);
-    tracing::info!(
-        %id,
-        service = %instance.service,
-        address = %instance.authority(),
-        attempts = attempt,
-        "registered"
-    );
-    match stop.await {
+    match stop {
         Ok(Stop::Deregister(reply)) => {
             registered.store(false, Ordering::SeqCst);
             let result = registration.deregister().await;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::model::Instance;
@@ -137,6 +138,36 @@ pub trait KeepAlive: Send + 'static {
     /// it expires after the TTL or session timeout, exactly as if the process
     /// had crashed.
     fn abandon(self: Box<Self>);
+
+    /// The registration's state, as the registrar keeps it. The provided
+    /// implementation always says [`RegistrationState::Registered`].
+    fn state(&self) -> watch::Receiver<RegistrationState> {
+        watch::channel(RegistrationState::Registered).1
+    }
+}
+
+/// Where a [`Registration`] stands: what a readiness check or an operator
+/// wants to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationState {
+    /// The record is in the registry and kept alive.
+    Registered,
+    /// The record is being put back: the lease or session was lost, or the
+    /// registry forgot or lost the record; the registrar retries with
+    /// backoff.
+    Restoring,
+    /// Another registrar registered the same id after ours had gone (it
+    /// expired during a partition, or was removed): ours gave way and is no
+    /// longer kept alive. Deregister it and register under another id, or
+    /// wait for the other one to go.
+    Displaced {
+        /// The other registrar's owner token (`pid<process id>-<random>`).
+        holder: String,
+    },
+    /// Deregistered, abandoned or replaced by a newer registration of the
+    /// same id through the same registrar.
+    Ended,
 }
 
 /// A live registration. It keeps its instance registered until
@@ -160,8 +191,9 @@ impl std::fmt::Debug for Registration {
 }
 
 impl Registration {
-    /// Wraps a backend's keep-alive for `instance`. For backend authors.
-    pub fn new(instance: Instance, keeper: Box<dyn KeepAlive>) -> Self {
+    /// Wraps a backend's keep-alive for `instance` (backend authors:
+    /// [`backend::registration`](crate::backend::registration)).
+    pub(crate) fn new(instance: Instance, keeper: Box<dyn KeepAlive>) -> Self {
         Registration {
             instance,
             keeper: Some(keeper),
@@ -171,6 +203,16 @@ impl Registration {
     /// The registered instance.
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// The registration's state now, and its changes (`changed().await`):
+    /// whether the record is in the registry, being put back, or displaced
+    /// by another registrar. Readiness checks use it.
+    pub fn state(&self) -> watch::Receiver<RegistrationState> {
+        match &self.keeper {
+            Some(keeper) => keeper.state(),
+            None => watch::channel(RegistrationState::Ended).1,
+        }
     }
 
     /// Removes the instance from the registry and stops its keep-alive.

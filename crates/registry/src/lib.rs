@@ -8,9 +8,16 @@
 //!   a [`Registration`] handle; [`Watcher`] reads them and pushes full
 //!   snapshots of the live set ([`WatchStream`]) (`discovery`).
 //! - [`Settings`] and [`connect`]: the backend is chosen at run time from
-//!   `REGISTRY` / `REGISTRY_CONFIG` (`config`).
+//!   `REGISTRY` / `REGISTRY_CONFIG` (`settings`); [`Timing`] (TTL and call
+//!   deadline, `timing`) and [`Endpoint`] (address parsing, `endpoint`) are
+//!   what every backend shares.
 //! - One module per backend: [`memory`], [`consul`], [`etcd`], [`zookeeper`],
-//!   each opening with a table that maps our operations to the backend's.
+//!   each opening with a table that maps our operations to the backend's,
+//!   and each owning its `Config` and a validating `Builder`. They depend on
+//!   the shared pieces, never on `settings` (which depends on them).
+//! - `registrar`: the one registration state machine every backend runs on
+//!   (keep-alive, re-registration after a loss, undo, the duplicate-id
+//!   rule); [`backend`]: what a backend author outside this crate needs.
 //! - [`ServiceDiscover`]: a service's watch as a tower `Discover` stream,
 //!   for `tower::balance::p2c` and any tower, hyper or tonic stack
 //!   (`discover`).
@@ -48,26 +55,26 @@
 
 #![forbid(unsafe_code)]
 
-mod config;
 mod discover;
 mod discovery;
+mod endpoint;
 mod error;
 mod model;
+mod registrar;
+mod settings;
+mod timing;
 mod util;
 
+pub mod backend;
 pub mod consul;
 pub mod etcd;
 pub mod memory;
 pub mod zookeeper;
 
-pub use config::{
-    BACKEND_NAMES, BackendConfig, ConsulConfig, DEFAULT_TIMEOUT, DEFAULT_TTL, DynRegistry,
-    Endpoint, EtcdConfig, MAX_DURATION, MIN_DEFAULT_ZK_SESSION, MemoryConfig, Settings,
-    ZookeeperConfig, connect,
-};
 pub use consul::ConsulRegistry;
 pub use discover::ServiceDiscover;
-pub use discovery::{KeepAlive, Registrar, Registration, Registry, WatchStream, Watcher};
+pub use discovery::{Registrar, Registration, RegistrationState, Registry, WatchStream, Watcher};
+pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result};
 pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
@@ -75,4 +82,6 @@ pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
     MAX_TAG_LEN, MAX_TAGS, validate_name,
 };
+pub use settings::{BACKEND_NAMES, BackendConfig, DynRegistry, Settings, connect};
+pub use timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_DURATION, Timing};
 pub use zookeeper::ZookeeperRegistry;

@@ -28,6 +28,11 @@ use crate::error::Result;
 use crate::model::{Instance, validate_name};
 use crate::util::spawn_watch;
 
+/// Settings of the in-process backend: none besides the shared TTL (it has
+/// no address); kept as a type so that every backend has one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Config {}
+
 /// An in-process registry. Cheap to clone; clones share the same store.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {

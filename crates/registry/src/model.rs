@@ -173,6 +173,25 @@ fn invalid(message: String) -> Error {
     Error::InvalidInstance(message)
 }
 
+/// Checks a key prefix or ZooKeeper root (`REGISTRY_PREFIX`): it starts
+/// with `/`, does not end with one, and has no empty segment.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming the prefix.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
+    let ok = prefix.starts_with('/')
+        && prefix.len() > 1
+        && !prefix.ends_with('/')
+        && !prefix.contains("//");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "prefix {prefix:?} must start with '/' and not end with '/' (for example /services)"
+        )))
+    }
+}
+
 /// Checks an id or a service name: `[A-Za-z0-9._-]{1,128}`.
 ///
 /// # Errors

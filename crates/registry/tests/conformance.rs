@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use registry::{
-    BackendConfig, ConsulConfig, DynRegistry, Error, EtcdConfig, Instance, MemoryRegistry,
-    Registrar, Settings, Watcher, ZookeeperConfig,
+    BackendConfig, DynRegistry, Error, Instance, MemoryRegistry, Registrar, Settings, Watcher,
+    consul, etcd, zookeeper,
 };
 use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
 
@@ -150,9 +150,9 @@ impl Harness {
 
     fn etcd() -> Harness {
         let server = EtcdServer::start().expect("start etcd (see testkit for how to install it)");
-        let config = EtcdConfig {
+        let config = etcd::Config {
             addr: vec![server.registry_addr()],
-            ..EtcdConfig::default()
+            ..etcd::Config::default()
         };
         let pid = server.pid();
         Harness::real("etcd", Box::new(server), pid, BackendConfig::Etcd(config))
@@ -161,9 +161,9 @@ impl Harness {
     fn zookeeper() -> Harness {
         let server =
             ZkServer::start().expect("start ZooKeeper (see testkit for how to install it)");
-        let config = ZookeeperConfig {
+        let config = zookeeper::Config {
             addr: vec![server.registry_addr()],
-            ..ZookeeperConfig::default()
+            ..zookeeper::Config::default()
         };
         let pid = server.pid();
         Harness::real(
@@ -177,7 +177,7 @@ impl Harness {
     fn consul() -> Harness {
         let server =
             ConsulAgent::start().expect("start Consul (run scripts/build-consul.sh to build it)");
-        let config = ConsulConfig {
+        let config = consul::Config {
             addr: vec![server.registry_addr()],
             token: None,
         };

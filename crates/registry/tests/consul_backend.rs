@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use registry::consul::ConsulRegistry;
-use registry::{BackendConfig, ConsulConfig, Error, Instance, Registrar, Settings, Watcher};
+use registry::{BackendConfig, Error, Instance, Registrar, Settings, Watcher, consul};
 use serde_json::{Value, json};
 use testkit::{ConsulAgent, RegistryServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,8 +36,8 @@ async fn start_agent() -> Result<ConsulAgent> {
         .context("cannot start a Consul dev agent (install it with scripts/build-consul.sh, or set CONSUL_BIN)")
 }
 
-fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (ConsulConfig, Settings) {
-    let config = ConsulConfig {
+fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (consul::Config, Settings) {
+    let config = consul::Config {
         addr: vec![addr.to_owned()],
         token: token.map(str::to_owned),
     };
@@ -51,7 +51,7 @@ fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (ConsulConfig, Se
 
 async fn connect(addr: &str, ttl: Duration) -> Result<ConsulRegistry> {
     let (config, settings) = settings(addr, ttl, None);
-    Ok(ConsulRegistry::connect(&config, &settings).await?)
+    Ok(ConsulRegistry::connect(&config, settings.timing()).await?)
 }
 
 /// A plain HTTP call to the agent, as another client (curl) would make it.
@@ -584,7 +584,7 @@ async fn an_idle_watch_does_not_busy_loop_and_the_token_is_sent() -> Result<()> 
     let agent = start_agent().await?;
     let proxy = Proxy::start(agent.http_addr()).await?;
     let (config, settings) = settings(&proxy.addr, Duration::from_secs(3), Some("s3cr3t-token"));
-    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let registry = ConsulRegistry::connect(&config, settings.timing()).await?;
     let a = registry.register(lorem("a")).await?;
     let mut watch = registry.watch("lorem");
     await_snapshot(&mut watch, PATIENCE, "a", |s| ids(s) == ["a"]).await;
@@ -624,7 +624,7 @@ async fn an_agent_that_never_answers_is_unavailable_within_the_timeout() -> Resu
     let (config, mut settings) = settings(&addr, Duration::from_secs(3), None);
     settings.timeout = Duration::from_millis(500);
     let started = Instant::now();
-    let err = ConsulRegistry::connect(&config, &settings)
+    let err = ConsulRegistry::connect(&config, settings.timing())
         .await
         .expect_err("nothing answers");
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
@@ -643,7 +643,7 @@ async fn registrations_do_not_wait_for_a_stalled_heartbeat_round() -> Result<()>
     // client waits for it) far longer than the registrations below take.
     let (config, mut settings) = settings(&proxy.addr, Duration::from_secs(3), None);
     settings.timeout = Duration::from_secs(20);
-    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let registry = ConsulRegistry::connect(&config, settings.timing()).await?;
     let a = registry.register(lorem("a")).await?;
 
     // The first heartbeat round (one TTL/3 after the registration) hangs on
@@ -761,7 +761,7 @@ async fn a_replacement_whose_caller_gives_up_leaves_the_replaced_record() -> Res
     let ttl = Duration::from_secs(3);
     let (config, mut settings) = settings(&proxy.addr, ttl, None);
     settings.timeout = Duration::from_secs(20);
-    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let registry = ConsulRegistry::connect(&config, settings.timing()).await?;
     let old = lorem("a").with_tag("old");
     let a = registry.register(old.clone()).await?;
     ensure!(proxy.count(REGISTER_PUT) == 1, "one registration so far");
@@ -821,7 +821,7 @@ async fn a_replacement_that_timed_out_after_the_agent_took_it_leaves_the_replace
     let ttl = Duration::from_secs(3);
     let (config, mut settings) = settings(&proxy.addr, ttl, None);
     settings.timeout = Duration::from_secs(2);
-    let registry = ConsulRegistry::connect(&config, &settings).await?;
+    let registry = ConsulRegistry::connect(&config, settings.timing()).await?;
     let old = lorem("a").with_tag("old");
     let a = registry.register(old.clone()).await?;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use futures::StreamExt;
 use registry::{
-    BackendConfig, Error, EtcdConfig, Instance, Registrar, Settings, WatchStream, Watcher,
+    BackendConfig, Error, Instance, Registrar, Settings, WatchStream, Watcher, etcd,
     etcd::EtcdRegistry,
 };
 use testkit::{EtcdCluster, EtcdServer, RegistryServer};
@@ -27,8 +27,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any expected change may take to show up.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn settings(addr: &str) -> (EtcdConfig, Settings) {
-    let config = EtcdConfig {
+fn settings(addr: &str) -> (etcd::Config, Settings) {
+    let config = etcd::Config {
         addr: addr.split(',').map(str::to_owned).collect(),
         prefix: "/services".to_owned(),
     };
@@ -42,7 +42,7 @@ fn settings(addr: &str) -> (EtcdConfig, Settings) {
 
 async fn connect(addr: &str) -> Result<EtcdRegistry> {
     let (config, settings) = settings(addr);
-    Ok(EtcdRegistry::connect(&config, &settings).await?)
+    Ok(EtcdRegistry::connect(&config, settings.timing()).await?)
 }
 
 /// Starts a single etcd server and connects a registry to it; returns the
@@ -156,10 +156,7 @@ async fn layout_is_what_etcdctl_shows_and_etcdctl_writes_are_discovered() -> Res
     println!("$ etcdctl get --prefix /services/lorem/\n{shown}");
     assert_eq!(
         shown,
-        format!(
-            "/services/lorem/a\n{}\n",
-            String::from_utf8(a.to_json()).unwrap()
-        )
+        format!("/services/lorem/a\n{}\n", stored(&a, registry.owner()))
     );
 
     // Another tool registers in our layout, without a lease: discovered.
@@ -259,9 +256,22 @@ async fn a_revoked_lease_is_replaced_and_the_instances_come_back() -> Result<()>
     Ok(())
 }
 
+/// The value our registrar stores for `instance`: its JSON and our owner
+/// token.
+fn stored(instance: &Instance, owner: &str) -> String {
+    let json = String::from_utf8(instance.to_json()).unwrap();
+    format!("{},\"owner\":\"{owner}\"}}", json.trim_end_matches('}'))
+}
+
 /// Polls etcdctl until `key` holds `instance` on `lease`.
-async fn wait_restored(ep: &str, key: &str, instance: &Instance, lease: &str) -> Result<()> {
-    let want = String::from_utf8(instance.to_json())?;
+async fn wait_restored(
+    ep: &str,
+    key: &str,
+    instance: &Instance,
+    owner: &str,
+    lease: &str,
+) -> Result<()> {
+    let want = stored(instance, owner);
     let what = format!("{key} restored to {want} on lease {lease}");
     eventually(PATIENCE, &what, || async {
         let value = etcdctl(ep, &["get", key, "--print-value-only"])
@@ -287,7 +297,7 @@ async fn a_key_deleted_or_overwritten_by_another_client_is_restored() -> Result<
 
     let deleted = Instant::now();
     etcdctl(&ep, &["del", "/services/lorem/a"])?;
-    wait_restored(&ep, "/services/lorem/a", &a, &lease).await?;
+    wait_restored(&ep, "/services/lorem/a", &a, registry.owner(), &lease).await?;
     println!(
         "etcd: key deleted with etcdctl -> restored after {:?} (TTL {TTL:?})",
         deleted.elapsed()
@@ -296,13 +306,37 @@ async fn a_key_deleted_or_overwritten_by_another_client_is_restored() -> Result<
     // Overwritten without a lease, then with garbage: put back each time.
     let stranger = String::from_utf8(lorem("a").to_json())?;
     etcdctl(&ep, &["put", "/services/lorem/a", &stranger])?;
-    wait_restored(&ep, "/services/lorem/a", &a, &lease).await?;
+    wait_restored(&ep, "/services/lorem/a", &a, registry.owner(), &lease).await?;
     etcdctl(&ep, &["put", "/services/lorem/a", "garbage"])?;
-    wait_restored(&ep, "/services/lorem/a", &a, &lease).await?;
+    wait_restored(&ep, "/services/lorem/a", &a, registry.owner(), &lease).await?;
 
     // The lease and the other instance were never touched.
     assert_eq!(lease_of(&ep, "/services/lorem/b")?, lease);
     assert_eq!(ids(&registry.instances("lorem").await?), ["a", "b"]);
+
+    // Another registrar's record (its owner token) is not ours to restore:
+    // we give way instead of fighting over the key.
+    let mut state = _a.state();
+    let theirs = stored(&lorem("a"), "pid1-another");
+    etcdctl(&ep, &["put", "/services/lorem/a", &theirs])?;
+    let displaced = tokio::time::timeout(
+        PATIENCE,
+        state.wait_for(|s| *s != registry::RegistrationState::Registered),
+    )
+    .await?
+    .map(|s| s.clone())?;
+    assert_eq!(
+        displaced,
+        registry::RegistrationState::Displaced {
+            holder: "pid1-another".into()
+        }
+    );
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(
+        etcdctl(&ep, &["get", "/services/lorem/a", "--print-value-only"])?.trim_end(),
+        theirs,
+        "theirs stays"
+    );
     Ok(())
 }
 

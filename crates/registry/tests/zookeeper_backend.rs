@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use registry::zookeeper::ZookeeperRegistry;
-use registry::{BackendConfig, Error, Instance, Registrar, Settings, Watcher, ZookeeperConfig};
+use registry::{BackendConfig, Error, Instance, Registrar, Settings, Watcher, zookeeper};
 use testkit::{RegistryServer, ZkEnsemble, ZkServer};
 use zookeeper_client as zk;
 
@@ -35,11 +35,11 @@ fn start_server() -> ZkServer {
     ZkServer::start().unwrap_or_else(|e| panic!("cannot start ZooKeeper: {e:#}\n({INSTALL})"))
 }
 
-fn settings(addr: &str, session_timeout: Option<Duration>) -> (ZookeeperConfig, Settings) {
-    let config = ZookeeperConfig {
+fn settings(addr: &str, session_timeout: Option<Duration>) -> (zookeeper::Config, Settings) {
+    let config = zookeeper::Config {
         addr: vec![addr.to_owned()],
         session_timeout,
-        ..ZookeeperConfig::default()
+        ..zookeeper::Config::default()
     };
     let settings = Settings {
         backend: BackendConfig::Zookeeper(config.clone()),
@@ -51,7 +51,7 @@ fn settings(addr: &str, session_timeout: Option<Duration>) -> (ZookeeperConfig, 
 
 async fn connect(addr: &str, session_timeout: Option<Duration>) -> ZookeeperRegistry {
     let (config, settings) = settings(addr, session_timeout);
-    ZookeeperRegistry::connect(&config, &settings)
+    ZookeeperRegistry::connect(&config, settings.timing())
         .await
         .unwrap_or_else(|e| panic!("connect to ZooKeeper at {addr}: {e}"))
 }
@@ -595,7 +595,13 @@ async fn layout_matches_zkcli() {
     assert!(ls.lines().any(|l| l.trim() == "[a, b]"), "{ls}");
     let get = zkcli("get /services/lorem/a").await;
     println!("zkCli get /services/lorem/a:\n{get}");
+    // The instance's JSON, plus the owner token of the registrar.
     let json = String::from_utf8(a.to_json()).unwrap();
+    let json = format!(
+        "{},\"owner\":\"{}\"}}",
+        json.trim_end_matches('}'),
+        registry.owner()
+    );
     assert!(get.lines().any(|l| l.trim() == json), "{get}");
     let stat = zkcli("stat /services/lorem/a").await;
     assert!(

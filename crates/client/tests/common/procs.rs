@@ -5,7 +5,7 @@
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use registry::{BackendConfig, ConsulConfig, EtcdConfig, Settings, ZookeeperConfig};
+use registry::{BackendConfig, Settings, consul, etcd, zookeeper};
 use testkit::RegistryServer;
 
 /// The TTL every process of these tests registers with.
@@ -86,15 +86,15 @@ pub fn settings(backend: &str, server: &dyn RegistryServer) -> Settings {
         .collect();
     Settings {
         backend: match backend {
-            "etcd" => BackendConfig::Etcd(EtcdConfig {
+            "etcd" => BackendConfig::Etcd(etcd::Config {
                 addr,
-                ..EtcdConfig::default()
+                ..etcd::Config::default()
             }),
-            "zookeeper" => BackendConfig::Zookeeper(ZookeeperConfig {
+            "zookeeper" => BackendConfig::Zookeeper(zookeeper::Config {
                 addr,
-                ..ZookeeperConfig::default()
+                ..zookeeper::Config::default()
             }),
-            _ => BackendConfig::Consul(ConsulConfig { addr, token: None }),
+            _ => BackendConfig::Consul(consul::Config { addr, token: None }),
         },
         ttl: humantime::parse_duration(TTL).expect("a duration"),
         timeout: Duration::from_secs(5),

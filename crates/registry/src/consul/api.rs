@@ -145,7 +145,7 @@ impl Api {
                 backend: BACKEND,
                 operation,
                 reason: format!(
-                    "HTTP {status}: {body} (check the ACL token: ConsulConfig::token or CONSUL_HTTP_TOKEN)"
+                    "HTTP {status}: {body} (check the ACL token: consul::Config::token or CONSUL_HTTP_TOKEN)"
                 ),
             },
             StatusCode::BAD_REQUEST

@@ -17,7 +17,7 @@
 //! `address` -> `Address` (an empty one reads as the node's address),
 //! `port` -> `Port`, `tags` -> `Tags`, `metadata` -> `Meta`, `weight` ->
 //! `Weights.Passing` (`Weights.Warning` is 1). The TTL check has the id
-//! `service:<id>`, the TTL of [`Settings::ttl`], and
+//! `service:<id>`, the TTL of [`Timing::ttl`], and
 //! `DeregisterCriticalServiceAfter` = max(1 minute, 10 x TTL).
 //!
 //! Concurrency: the calls of one registrar run side by side (up to 32
@@ -98,7 +98,10 @@
 //! ```
 
 mod api;
+mod config;
 mod keeper;
+
+pub use self::config::{Builder, Config};
 
 use std::time::Duration;
 
@@ -110,10 +113,11 @@ use tokio::time::Instant;
 
 use self::api::{Api, BACKEND, validate_service};
 use self::keeper::{Command, Keeper};
-use crate::config::{ConsulConfig, Endpoint, Settings, endpoints_or_default};
 use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
+use crate::timing::Timing;
 use crate::util::{Backoff, SnapshotSink, spawn_watch};
 
 /// The agent address used when none is configured.
@@ -141,17 +145,26 @@ pub struct ConsulRegistry {
 }
 
 impl ConsulRegistry {
+    /// A builder that checks its settings as [`connect`](crate::connect)
+    /// does, for a direct user who does not go through
+    /// [`Settings`](crate::Settings).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Connects to the agent named by `config.addr` (else `CONSUL_HTTP_ADDR`,
     /// else `127.0.0.1:8500`) and checks that it answers within
-    /// `settings.timeout`. Registrations made through the result use
-    /// `settings.ttl` as their check TTL.
+    /// `timing.timeout`. Registrations made through the result use
+    /// `timing.ttl` as their check TTL.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unusable address (more than one, an
     /// `https://` one, a malformed one) or token; [`Error::Unavailable`]
     /// naming the address if the agent cannot be reached or does not answer
     /// within the timeout.
-    pub async fn connect(config: &ConsulConfig, settings: &Settings) -> Result<Self> {
+    pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
+        config.validate()?;
+        timing.validate()?;
         let endpoint = agent_endpoint(config)?;
         if endpoint.scheme.as_deref() == Some("https") {
             return Err(Error::InvalidConfig(format!(
@@ -171,7 +184,7 @@ impl ConsulRegistry {
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(token.trim()).map_err(|_| {
                 Error::InvalidConfig(
-                    "the Consul ACL token (ConsulConfig::token or CONSUL_HTTP_TOKEN) contains \
+                    "the Consul ACL token (consul::Config::token or CONSUL_HTTP_TOKEN) contains \
                      characters not allowed in an HTTP header"
                         .to_owned(),
                 )
@@ -181,12 +194,12 @@ impl ConsulRegistry {
         }
         let http = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(settings.timeout)
+            .connect_timeout(timing.timeout)
             .build()
             .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
-        let api = Api::new(http, endpoint.url("http"), addr.clone(), settings.timeout);
+        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout);
 
-        let leader = tokio::time::timeout(settings.timeout, api.leader())
+        let leader = tokio::time::timeout(timing.timeout, api.leader())
             .await
             .map_err(|_| {
                 Error::unavailable(
@@ -194,7 +207,7 @@ impl ConsulRegistry {
                     addr.clone(),
                     format!(
                         "the agent did not answer within {:?} (REGISTRY_TIMEOUT)",
-                        settings.timeout
+                        timing.timeout
                     ),
                 )
             })?
@@ -210,8 +223,8 @@ impl ConsulRegistry {
             tracing::warn!(backend = BACKEND, %addr,
                 "the Consul cluster has no leader yet; reads fail until it elects one");
         }
-        tracing::info!(backend = BACKEND, %addr, ttl = ?settings.ttl, "connected to the Consul agent");
-        let commands = Keeper::spawn(api.clone(), settings.ttl);
+        tracing::info!(backend = BACKEND, %addr, ttl = ?timing.ttl, "connected to the Consul agent");
+        let commands = Keeper::spawn(api.clone(), timing.ttl);
         Ok(ConsulRegistry { api, commands })
     }
 
@@ -247,7 +260,7 @@ async fn ask<T>(
 
 /// The one agent address: `config.addr`, else `CONSUL_HTTP_ADDR`, else the
 /// default (logged).
-fn agent_endpoint(config: &ConsulConfig) -> Result<Endpoint> {
+fn agent_endpoint(config: &Config) -> Result<Endpoint> {
     let endpoints = if config.addr.is_empty() {
         match std::env::var("CONSUL_HTTP_ADDR")
             .ok()
@@ -551,13 +564,13 @@ mod tests {
 
     #[test]
     fn one_agent_address_only_and_no_https() {
-        let two = ConsulConfig {
+        let two = Config {
             addr: vec!["127.0.0.1:8500".into(), "127.0.0.1:8501".into()],
             token: None,
         };
         let err = agent_endpoint(&two).unwrap_err().to_string();
         assert!(err.contains("exactly one agent address"), "{err}");
-        let one = ConsulConfig {
+        let one = Config {
             addr: vec!["http://127.0.0.1:8500/".into()],
             token: None,
         };
@@ -569,11 +582,11 @@ mod tests {
 
     #[tokio::test]
     async fn https_is_refused_clearly() {
-        let config = ConsulConfig {
+        let config = Config {
             addr: vec!["https://127.0.0.1:8501".into()],
             token: None,
         };
-        let err = ConsulRegistry::connect(&config, &Settings::default())
+        let err = ConsulRegistry::connect(&config, Timing::default())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
@@ -587,17 +600,15 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let config = ConsulConfig {
+        let config = Config {
             addr: vec![format!("127.0.0.1:{port}")],
             token: None,
         };
-        let settings = Settings {
+        let timing = Timing {
             timeout: Duration::from_secs(2),
-            ..Settings::default()
+            ..Timing::default()
         };
-        let err = ConsulRegistry::connect(&config, &settings)
-            .await
-            .unwrap_err();
+        let err = ConsulRegistry::connect(&config, timing).await.unwrap_err();
         assert!(matches!(err, Error::Unavailable { .. }), "{err}");
         assert!(
             err.to_string().contains(&format!("127.0.0.1:{port}")),

@@ -3,11 +3,14 @@
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
 //! | connect     | gRPC channel to every endpoint, checked with a `Range` (count only)          |
-//! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar) + `Put key lease=L`  |
+//! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar), then             |
+//! |             | `Txn { if version(key) == 0 then Put key lease=L else Get key }`: a taken  |
+//! |             | id's holder is read in the same round trip (refused if another owner's)    |
 //! | keep alive  | `LeaseKeepAlive` every granted TTL / 3 on one stream; a reply with TTL 0     |
 //! |             | means the lease is gone: grant a new one and `Put` every live key again     |
 //! | check       | every 3rd renewal (about once per TTL): `Txn { Get key... }` over our keys; |
-//! |             | `Put key lease=L` again for each one missing, on another lease or changed    |
+//! |             | put back each one missing, on another lease or changed without another       |
+//! |             | registrar's owner token; give way (stop renewing it) if another owns it      |
 //! | deregister  | `Txn { if lease(key) == L then Delete key }`                                  |
 //! | abandon     | `LeaseGrant` (never kept alive) + `Txn { if lease(key) == L then Put key     |
 //! |             | lease=new }`: the key expires one TTL later, as after a crash                |
@@ -21,16 +24,16 @@
 //!
 //! Each instance is one key, `<prefix>/<service>/<id>` (the prefix is
 //! `REGISTRY_PREFIX`, `/services` by default), whose value is the instance's
-//! JSON ([`Instance::to_json`]) and which is attached to its registrar's
-//! lease, so it disappears by itself one TTL after its process stops
-//! renewing that lease:
+//! JSON ([`Instance::to_json`]) plus the `owner` token of the registrar that
+//! wrote it, and which is attached to its registrar's lease, so it
+//! disappears by itself one TTL after its process stops renewing that lease:
 //!
 //! ```text
 //! $ etcdctl get --prefix /services/lorem/
 //! /services/lorem/lorem-1
-//! {"id":"lorem-1","service":"lorem","address":"127.0.0.1","port":8081,"tags":["v1"],"metadata":{},"weight":1}
+//! {"id":"lorem-1","service":"lorem","address":"127.0.0.1","port":8081,"tags":["v1"],"metadata":{},"weight":1,"owner":"pid4242-5f0c2a9e1b7d"}
 //! /services/lorem/lorem-2
-//! {"id":"lorem-2","service":"lorem","address":"127.0.0.1","port":8082,"tags":[],"metadata":{"zone":"eu"},"weight":2}
+//! {"id":"lorem-2","service":"lorem","address":"127.0.0.1","port":8082,"tags":[],"metadata":{"zone":"eu"},"weight":2,"owner":"pid4243-07aa31c94e20"}
 //! ```
 //!
 //! Any tool can register an instance by writing that JSON under that key
@@ -58,27 +61,32 @@
 //!   the check that follows every third renewal, about once per TTL: it
 //!   reads our own keys (one `Txn` of `Get`s per 64 keys, never the whole
 //!   prefix) and puts back, with a warning, each one that is missing, on
-//!   another lease or holding other data. Ids must therefore be unique
-//!   within a service: two registrars registering the same id take the key
-//!   from each other at every check, with a warning each time.
+//!   another lease or holding other data without an owner token.
+//! - Ids are unique within a service: registering an id whose key holds
+//!   another registrar's owner token is refused with
+//!   [`Error::AlreadyRegistered`] (see `crate::registrar` for the rule and
+//!   why), and a key of ours later found holding another registrar's token
+//!   is given up, never fought over.
 
+mod config;
 mod lease;
 mod read;
+
+pub use self::config::{Builder, Config};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{EtcdConfig, Settings, endpoints_or_default};
-use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::endpoint::endpoints_or_default;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
+use crate::registrar::Registrar as Core;
+use crate::timing::Timing;
 use crate::util::{Backoff, spawn_watch};
-
-use self::lease::Command;
 
 const BACKEND: &str = "etcd";
 const DEFAULT_ADDR: &str = "127.0.0.1:2379";
@@ -97,7 +105,7 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct EtcdRegistry {
     ctx: Ctx,
-    commands: mpsc::UnboundedSender<Command>,
+    registrar: Core<lease::Leases>,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -107,6 +115,7 @@ impl std::fmt::Debug for EtcdRegistry {
             .field("prefix", &self.ctx.prefix)
             .field("ttl", &self.ctx.ttl)
             .field("timeout", &self.ctx.timeout)
+            .field("owner", &self.registrar.owner())
             .finish_non_exhaustive()
     }
 }
@@ -263,8 +272,15 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
 }
 
 impl EtcdRegistry {
+    /// A builder that checks its settings as [`connect`](crate::connect)
+    /// does, for a direct user who does not go through
+    /// [`Settings`](crate::Settings).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Connects to the etcd endpoints of `config` (default `127.0.0.1:2379`)
-    /// and checks, within `settings.timeout`, that they answer.
+    /// and checks, within `timing.timeout`, that they answer.
     ///
     /// No lease is taken until the first registration.
     ///
@@ -273,7 +289,9 @@ impl EtcdRegistry {
     /// supported: this build has no TLS); [`Error::Unavailable`] naming the
     /// endpoints if none answered within the timeout; `Rejected` if etcd
     /// refused the read (authentication is not supported).
-    pub async fn connect(config: &EtcdConfig, settings: &Settings) -> Result<Self> {
+    pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
+        config.validate()?;
+        timing.validate()?;
         let endpoints = endpoints_or_default(BACKEND, &config.addr, DEFAULT_ADDR)?;
         if let Some(tls) = endpoints
             .iter()
@@ -286,7 +304,7 @@ impl EtcdRegistry {
         }
         let urls: Vec<String> = endpoints.iter().map(|e| e.url("http")).collect();
         let addr: Arc<str> = urls.join(",").into();
-        let timeout = settings.timeout;
+        let timeout = timing.timeout;
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(HTTP2_PING_INTERVAL, timeout)
@@ -316,7 +334,7 @@ impl EtcdRegistry {
             lease: client.lease_client(),
             prefix: config.prefix.trim_end_matches('/').into(),
             addr: addr.clone(),
-            ttl: settings.ttl,
+            ttl: timing.ttl,
             timeout,
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
@@ -344,8 +362,15 @@ impl EtcdRegistry {
         }
         tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, "connected to etcd");
 
-        let commands = lease::spawn(ctx.clone());
-        Ok(EtcdRegistry { ctx, commands })
+        let registrar = Core::new(lease::Leases::new(ctx.clone()), ctx.ttl, ctx.timeout);
+        Ok(EtcdRegistry { ctx, registrar })
+    }
+
+    /// This registrar's owner token: the `owner` field of every record it
+    /// writes (`pid<process id>-<random>`), and what another registrar's
+    /// refusal of the same id names as the holder.
+    pub fn owner(&self) -> &str {
+        self.registrar.owner()
     }
 
     /// Testing knob: how many keys each `Range` request reads (default 128).
@@ -368,35 +393,13 @@ impl EtcdRegistry {
 impl Registrar for EtcdRegistry {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         instance.validate()?;
-        let key = self.ctx.instance_key(&instance);
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Register {
-                instance: instance.clone(),
-                reply,
-            })
-            .map_err(|_| Error::Closed { backend: BACKEND })?;
-        // If the deadline passes, `answer` is dropped and the registrar
-        // undoes the registration once it gets to it, putting back the
-        // registration of the same id it replaced, if any.
-        let token = self
-            .ctx
-            .deadline("register", async {
-                answer
-                    .await
-                    .map_err(|_| Error::Closed { backend: BACKEND })?
-            })
-            .await?;
-        tracing::info!(backend = BACKEND, service = %instance.service, id = %instance.id, key, "registered");
-        Ok(Registration::new(
-            instance,
-            Box::new(EtcdKeepAlive {
-                commands: self.commands.clone(),
-                key,
-                token,
-                timeout: self.ctx.timeout,
-            }),
-        ))
+        let registration = self.registrar.register(instance).await?;
+        tracing::debug!(
+            backend = BACKEND,
+            key = self.ctx.instance_key(registration.instance()),
+            "registered"
+        );
+        Ok(registration)
     }
 
     async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
@@ -421,47 +424,6 @@ impl EtcdRegistry {
         let removed = reply.deleted() > 0;
         tracing::info!(backend = BACKEND, key, removed, "operator deregistration");
         Ok(removed)
-    }
-}
-
-/// The keep-alive of one registration: a ticket with the registrar task.
-struct EtcdKeepAlive {
-    commands: mpsc::UnboundedSender<Command>,
-    key: String,
-    /// Which registration of `key` this is, so that an old handle never
-    /// removes a newer registration of the same id.
-    token: u64,
-    timeout: Duration,
-}
-
-#[async_trait]
-impl KeepAlive for EtcdKeepAlive {
-    async fn deregister(self: Box<Self>) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Deregister {
-                key: self.key.clone(),
-                token: self.token,
-                reply,
-            })
-            .map_err(|_| Error::Closed { backend: BACKEND })?;
-        with_deadline(BACKEND, "deregister", self.timeout, async {
-            answer
-                .await
-                .map_err(|_| Error::Closed { backend: BACKEND })?
-        })
-        .await?;
-        tracing::info!(backend = BACKEND, key = %self.key, "deregistered");
-        Ok(())
-    }
-
-    fn abandon(self: Box<Self>) {
-        // Fails only if the registrar is gone, and then nothing keeps the
-        // key alive anyway.
-        let _ = self.commands.send(Command::Abandon {
-            key: self.key.clone(),
-            token: self.token,
-        });
     }
 }
 

@@ -4,14 +4,15 @@
 //! | operation    | ZooKeeper                                                                  |
 //! |--------------|----------------------------------------------------------------------------|
 //! | connect      | open a session (timeout below); retried with backoff until `REGISTRY_TIMEOUT` |
-//! | register     | `mkdir -p <prefix>/<service>` (persistent), then `create -e <prefix>/<service>/<id>` holding [`Instance::to_json`] |
+//! | register     | `mkdir -p <prefix>/<service>` (persistent), then `create -e <prefix>/<service>/<id>` holding [`Instance::to_json`] plus our `owner` token; if the node exists, its data (read then) names its owner: another registrar's token is a refusal ([`Error::AlreadyRegistered`]) |
 //! | keep alive   | the session itself: zookeeper-client pings every third of the session timeout |
-//! | replace      | our own node: `set`; another session's node: one `multi { delete; create -e }` |
+//! | replace      | our own node: `set`; a node of ours left by an earlier session, or one without an owner token (a tool's): one `multi { delete; create -e }` |
 //! | deregister   | `delete` the node, if our session owns it                                  |
 //! | deregister_instance | `delete` the node whichever session owns it (or none); a live owner creates it again at its next check (one session timeout) |
 //! | abandon      | one `multi { delete; create -e }` moves the node to a throwaway session, which is then dropped without `CloseSession`: the server expires it after the session timeout, exactly as after a crash |
 //! | session lost | open a new session and create every live node again, with backoff          |
 //! | reconnected  | verify every node we own (events and requests may have been lost)          |
+//! | check        | every session timeout, one multi-read of our nodes: put back the missing or changed, give way where another registrar's token is found |
 //! | instances    | `ls <prefix>/<service>`, then one multi-read of every child's data         |
 //! | services     | `ls <prefix>`, then the above for every service                            |
 //! | watch        | `addWatch -m PERSISTENT_RECURSIVE <prefix>/<service>` (works before the node exists), one `get` per changed child; after every reconnect, `addWatch` again and a full re-read |
@@ -44,7 +45,7 @@
 //!
 //! # Session timeout
 //!
-//! The session timeout is [`ZookeeperConfig::effective_session_timeout`]:
+//! The session timeout is [`Config::effective_session_timeout`]:
 //! the `session_timeout` setting if given, else the TTL but never less than
 //! 6 s. An instance of a crashed process disappears one session timeout
 //! (plus up to one server `tickTime`) after its last ping. The 6 s floor is
@@ -57,9 +58,11 @@
 //!
 //! # One session per registry value
 //!
-//! [`ZookeeperRegistry::connect`] opens one session, owned by a background
-//! task (the registrar): it creates the nodes, notices `Disconnected`,
-//! `SyncConnected` and `Expired`, and re-establishes everything. Reads and
+//! [`ZookeeperRegistry::connect`] opens one session, kept by a background
+//! task that logs `Disconnected` and `SyncConnected`, and opens the next
+//! session when one ends (`Expired`, closed). The registrar (the core of
+//! `crate::registrar`, over this backend) uses that session as its lease:
+//! when it ends, every live node is created again on the next one. Reads and
 //! watches made through the same value (or its clones) use that same
 //! session rather than one of their own: a persistent watch is only
 //! server-side state of a session, so one session means one recovery path
@@ -70,8 +73,10 @@
 //! state. Besides the session events, the registrar checks every session
 //! timeout, in one multi-read, that its nodes are still there and its own
 //! (another client may have deleted one), and restores them if not. Ids
-//! must be unique within a service: two registrars registering the same id
-//! take the node from each other at every check, with a warning each time.
+//! are unique within a service: a node holding another registrar's owner
+//! token is never taken over (registering it is refused, and a node of ours
+//! found holding another's token is given up), so two registrars never
+//! fight over an id.
 //!
 //! After a reconnect that keeps the session, zookeeper-client leaves two
 //! things to us: events that happened while disconnected are lost
@@ -89,18 +94,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use crate::config::{Endpoint, Settings, ZookeeperConfig, endpoints_or_default};
-use crate::discovery::{KeepAlive, Registrar, Registration, WatchStream, Watcher};
+use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
+use crate::registrar::Registrar as Core;
+use crate::timing::Timing;
 
+mod config;
 mod read;
-mod registrar;
+mod session;
 
-use registrar::Command;
+pub use self::config::{Builder, Config, MIN_DEFAULT_SESSION};
 
 /// The backend's name in errors and logs.
 const BACKEND: &str = "zookeeper";
@@ -132,8 +140,8 @@ impl std::fmt::Debug for ZookeeperRegistry {
 #[derive(Debug)]
 struct Shared {
     params: Params,
-    /// The registrar task's mailbox; the task ends when every sender is gone.
-    commands: mpsc::UnboundedSender<Command>,
+    /// The registrar: its records are ephemeral nodes of the session.
+    registrar: Core<session::Sessions>,
     /// The current session; `None` while a lost one is being replaced.
     session: watch::Receiver<Option<zk::Client>>,
 }
@@ -222,6 +230,13 @@ fn validate_node_name(what: &str, value: &str) -> Result<()> {
 }
 
 impl ZookeeperRegistry {
+    /// A builder that checks its settings as [`connect`](crate::connect)
+    /// does, for a direct user who does not go through
+    /// [`Settings`](crate::Settings).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Opens a session to the ensemble in `config.addr` (default
     /// `127.0.0.1:2181`) and starts the task that keeps it, and every
     /// instance registered through it, alive.
@@ -229,8 +244,10 @@ impl ZookeeperRegistry {
     /// # Errors
     /// [`Error::InvalidConfig`] for an address with an `https://` scheme (TLS
     /// is not supported); [`Error::Unavailable`] naming the address(es) if
-    /// no session could be opened within `settings.timeout`.
-    pub async fn connect(config: &ZookeeperConfig, settings: &Settings) -> Result<Self> {
+    /// no session could be opened within `timing.timeout`.
+    pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
+        config.validate()?;
+        timing.validate()?;
         // Accept "a:1,b:2" in one entry too, as a ZooKeeper connect string.
         let addrs: Vec<String> = config
             .addr
@@ -257,10 +274,10 @@ impl ZookeeperRegistry {
                 .collect::<Vec<_>>()
                 .join(","),
             prefix: config.prefix.clone(),
-            timeout: settings.timeout,
-            session_timeout: config.effective_session_timeout(settings.ttl),
+            timeout: timing.timeout,
+            session_timeout: config.effective_session_timeout(timing.ttl),
         };
-        let client = registrar::open_session(&params).await?;
+        let client = session::open_session(&params).await?;
         tracing::info!(
             backend = BACKEND,
             addr = %params.connect_string,
@@ -269,36 +286,27 @@ impl ZookeeperRegistry {
             granted = ?client.session_timeout(),
             "zookeeper session opened"
         );
-        let (commands, mailbox) = mpsc::unbounded_channel();
         let (publish, session) = watch::channel(Some(client.clone()));
-        tokio::spawn(registrar::Registrar::new(params.clone(), client, publish, mailbox).run());
+        tokio::spawn(session::keep_sessions(params.clone(), publish, client));
+        let registrar = Core::new(
+            session::Sessions::new(params.clone(), session.clone()),
+            params.session_timeout,
+            params.timeout,
+        );
         Ok(ZookeeperRegistry {
             shared: Arc::new(Shared {
                 params,
-                commands,
+                registrar,
                 session,
             }),
         })
     }
 
-    /// Sends `command` to the registrar task and waits for its reply under
-    /// the deadline.
-    async fn ask<T>(
-        shared: &Shared,
-        operation: &'static str,
-        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        shared
-            .commands
-            .send(command(reply))
-            .map_err(|_| Error::Closed { backend: BACKEND })?;
-        with_deadline(BACKEND, operation, shared.params.timeout, async {
-            answer
-                .await
-                .map_err(|_| Error::Closed { backend: BACKEND })?
-        })
-        .await
+    /// This registrar's owner token: the `owner` field of every node it
+    /// writes (`pid<process id>-<random>`), and what another registrar's
+    /// refusal of the same id names as the holder.
+    pub fn owner(&self) -> &str {
+        self.shared.registrar.owner()
     }
 }
 
@@ -308,23 +316,7 @@ impl Registrar for ZookeeperRegistry {
         instance.validate()?;
         validate_node_name("service", &instance.service)?;
         validate_node_name("id", &instance.id)?;
-        let path = self
-            .shared
-            .params
-            .node_path(&instance.service, &instance.id);
-        let token = Self::ask(&self.shared, "register", |reply| Command::Register {
-            instance: instance.clone(),
-            reply,
-        })
-        .await?;
-        Ok(Registration::new(
-            instance,
-            Box::new(ZookeeperKeepAlive {
-                shared: self.shared.clone(),
-                path,
-                token,
-            }),
-        ))
+        self.shared.registrar.register(instance).await
     }
 
     async fn deregister_instance(&self, service: &str, id: &str) -> Result<bool> {
@@ -343,42 +335,6 @@ impl Registrar for ZookeeperRegistry {
         .await?;
         tracing::info!(backend = BACKEND, path, removed, "operator deregistration");
         Ok(removed)
-    }
-}
-
-/// Keeps one node registered: a handle on the registrar task.
-struct ZookeeperKeepAlive {
-    shared: Arc<Shared>,
-    path: String,
-    /// Which registration of the path this is, so that a stale handle never
-    /// removes a newer registration of the same id.
-    token: u64,
-}
-
-#[async_trait]
-impl KeepAlive for ZookeeperKeepAlive {
-    async fn deregister(self: Box<Self>) -> Result<()> {
-        let ZookeeperKeepAlive {
-            shared,
-            path,
-            token,
-        } = *self;
-        ZookeeperRegistry::ask(&shared, "deregister", |reply| Command::Deregister {
-            path,
-            token,
-            reply,
-        })
-        .await
-    }
-
-    fn abandon(self: Box<Self>) {
-        let command = Command::Abandon {
-            path: self.path.clone(),
-            token: self.token,
-        };
-        if self.shared.commands.send(command).is_err() {
-            tracing::debug!(backend = BACKEND, path = %self.path, "registrar already gone; nothing to abandon");
-        }
     }
 }
 

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::{
-    BackendConfig, ConsulConfig, DynRegistry, EtcdConfig, MemoryRegistry, Settings, ZookeeperConfig,
-};
+use registry::{BackendConfig, DynRegistry, MemoryRegistry, Settings, consul, etcd, zookeeper};
 use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
 
 use super::child::proc_status_mib;
@@ -72,15 +70,15 @@ impl Target {
             .map(str::to_owned)
             .collect();
         target.settings.backend = match backend {
-            Backend::Etcd => BackendConfig::Etcd(EtcdConfig {
+            Backend::Etcd => BackendConfig::Etcd(etcd::Config {
                 addr: addrs,
-                ..EtcdConfig::default()
+                ..etcd::Config::default()
             }),
-            Backend::Zookeeper => BackendConfig::Zookeeper(ZookeeperConfig {
+            Backend::Zookeeper => BackendConfig::Zookeeper(zookeeper::Config {
                 addr: addrs,
-                ..ZookeeperConfig::default()
+                ..zookeeper::Config::default()
             }),
-            Backend::Consul => BackendConfig::Consul(ConsulConfig {
+            Backend::Consul => BackendConfig::Consul(consul::Config {
                 addr: addrs,
                 token: None,
             }),

@@ -1,0 +1,131 @@
+//! The ZooKeeper backend's own settings, and the builder that checks them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ZookeeperRegistry;
+use crate::endpoint::{Endpoint, addrs};
+use crate::error::{Error, Result};
+use crate::model::validate_prefix;
+use crate::timing::{MAX_DURATION, Timing};
+
+/// The smallest ZooKeeper session timeout used unless one is set explicitly:
+/// zookeeper-client gives a session up about 1.4 x its timeout after the last
+/// reply, and a ZooKeeper restart takes 3-4 s, so shorter sessions would be
+/// lost across a restart.
+pub const MIN_DEFAULT_SESSION: Duration = Duration::from_secs(6);
+
+/// Where the ensemble is, where our nodes live, and the session timeout
+/// (`[backend]` with `type = "zookeeper"` in a settings file;
+/// `REGISTRY_ADDR`, `REGISTRY_PREFIX`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Ensemble members; default 127.0.0.1:2181. One entry may also be a
+    /// whole connect string (`a:2181,b:2181`).
+    #[serde(default, deserialize_with = "addrs")]
+    pub addr: Vec<String>,
+    /// Nodes are `<prefix>/<service>/<id>`; default `/services`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The session timeout. Default: the TTL, but never less than 6 s
+    /// ([`MIN_DEFAULT_SESSION`]) so sessions survive a server restart.
+    /// The server clamps it to 2-20 x its `tickTime`.
+    #[serde(default, with = "crate::timing::opt_duration")]
+    pub session_timeout: Option<Duration>,
+}
+
+fn default_prefix() -> String {
+    "/services".to_owned()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: Vec::new(),
+            prefix: default_prefix(),
+            session_timeout: None,
+        }
+    }
+}
+
+impl Config {
+    /// The session timeout to ask for, given the shared TTL.
+    pub fn effective_session_timeout(&self, ttl: Duration) -> Duration {
+        self.session_timeout
+            .unwrap_or_else(|| ttl.max(MIN_DEFAULT_SESSION))
+    }
+
+    /// Checks every address, the prefix and the session timeout.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        for entry in &self.addr {
+            for addr in entry.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                Endpoint::parse(addr)?;
+            }
+        }
+        validate_prefix(&self.prefix)?;
+        if let Some(session) = self.session_timeout {
+            if session < Duration::from_secs(1) || session > MAX_DURATION {
+                return Err(Error::InvalidConfig(format!(
+                    "ZooKeeper session_timeout {} must be between 1s and {}",
+                    humantime::format_duration(session),
+                    humantime::format_duration(MAX_DURATION)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`ZookeeperRegistry`] without going through
+/// [`Settings`](crate::Settings), with the same checks as
+/// [`connect`](crate::connect).
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+    timing: Timing,
+}
+
+impl Builder {
+    /// Adds an ensemble member (any number; default 127.0.0.1:2181).
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.config.addr.push(addr.into());
+        self
+    }
+
+    /// Sets the root of our nodes (default `/services`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the session timeout (default: the TTL, at least 6 s).
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.config.session_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the TTL (default 10 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.timing.ttl = ttl;
+        self
+    }
+
+    /// Sets the deadline of every call (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timing.timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and connects: see [`ZookeeperRegistry::connect`].
+    ///
+    /// # Errors
+    /// As [`ZookeeperRegistry::connect`].
+    pub async fn connect(self) -> Result<ZookeeperRegistry> {
+        ZookeeperRegistry::connect(&self.config, self.timing).await
+    }
+}
