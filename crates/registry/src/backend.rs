@@ -9,9 +9,9 @@
 //! machine (see the `registrar` module's docs for the rules a backend
 //! should follow: per-id ordering, owner tokens, the duplicate-id rule).
 
-pub use crate::discovery::KeepAlive;
-use crate::discovery::Registration;
 use crate::model::Instance;
+pub use crate::traits::KeepAlive;
+use crate::traits::Registration;
 
 /// Wraps a backend's keep-alive of `instance` in the handle users hold.
 pub fn registration(instance: Instance, keeper: Box<dyn KeepAlive>) -> Registration {

@@ -6,7 +6,7 @@
 //! - [`Instance`]: the record every backend stores (`model`).
 //! - [`Registrar`] puts instances in a registry and keeps them alive through
 //!   a [`Registration`] handle; [`Watcher`] reads them and pushes full
-//!   snapshots of the live set ([`WatchStream`]) (`discovery`).
+//!   snapshots of the live set ([`WatchStream`]) (`traits`).
 //! - [`Settings`] and [`connect`]: the backend is chosen at run time from
 //!   `REGISTRY` / `REGISTRY_CONFIG` (`settings`); [`Timing`] (TTL and call
 //!   deadline, `timing`) and [`Endpoint`] (address parsing, `endpoint`) are
@@ -18,9 +18,13 @@
 //! - `registrar`: the one registration state machine every backend runs on
 //!   (keep-alive, re-registration after a loss, undo, the duplicate-id
 //!   rule); [`backend`]: what a backend author outside this crate needs.
+//! - Shared plumbing: `record` (the stored JSON with the owner token, and
+//!   decoding what other tools wrote), `watch_sink` (the sending side of
+//!   every watch, which keeps the one error contract), `backoff` (retry
+//!   pacing, outages logged once).
 //! - [`ServiceDiscover`]: a service's watch as a tower `Discover` stream,
 //!   for `tower::balance::p2c` and any tower, hyper or tonic stack
-//!   (`discover`).
+//!   (`tower_discover`).
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -55,15 +59,17 @@
 
 #![forbid(unsafe_code)]
 
-mod discover;
-mod discovery;
+mod backoff;
 mod endpoint;
 mod error;
 mod model;
+mod record;
 mod registrar;
 mod settings;
 mod timing;
-mod util;
+mod tower_discover;
+mod traits;
+mod watch_sink;
 
 pub mod backend;
 pub mod consul;
@@ -72,8 +78,6 @@ pub mod memory;
 pub mod zookeeper;
 
 pub use consul::ConsulRegistry;
-pub use discover::ServiceDiscover;
-pub use discovery::{Registrar, Registration, RegistrationState, Registry, WatchStream, Watcher};
 pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result};
 pub use etcd::EtcdRegistry;
@@ -84,4 +88,6 @@ pub use model::{
 };
 pub use settings::{BACKEND_NAMES, BackendConfig, DynRegistry, Settings, connect};
 pub use timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_DURATION, Timing};
+pub use tower_discover::ServiceDiscover;
+pub use traits::{Registrar, Registration, RegistrationState, Registry, WatchStream, Watcher};
 pub use zookeeper::ZookeeperRegistry;

@@ -27,12 +27,12 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
 use crate::error::{Error, Result};
 use crate::model::{Instance, validate_name};
 use crate::registrar::{self, Backend, Found, Record, Renewal};
 use crate::timing::DEFAULT_TIMEOUT;
-use crate::util::spawn_watch;
+use crate::traits::{Registrar, Registration, WatchStream, Watcher};
+use crate::watch_sink::spawn_watch;
 
 /// The backend's name in errors and logs.
 const BACKEND: &str = "memory";

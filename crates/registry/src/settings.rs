@@ -28,9 +28,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::Registry;
 use crate::error::{Error, Result};
 use crate::timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, Timing};
+use crate::traits::Registry;
 use crate::{consul, etcd, memory, zookeeper};
 
 /// The accepted backend names, as listed in error messages.

@@ -10,6 +10,8 @@
 //! - memory has no separate server process to restart (8), to point at a
 //!   wrong address (9: it has no address) or to lose (10), and nothing but
 //!   our own code can write into it, so there is no garbage to skip (7).
+//! - memory has no server that can hang, so its registrar never has a
+//!   session to re-establish (R1).
 //!
 //! Timings (how long a crash took to be noticed, how long a restart took to
 //! heal) are printed, never asserted beyond generous deadlines.
@@ -27,7 +29,8 @@ use registry::{
 use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
 
 mod common;
-use common::{await_instances, await_snapshot, ids, instance};
+use common::freeze::Frozen;
+use common::{await_instances, await_snapshot, ids, instance, watch_until};
 
 /// The registration TTL every backend runs the suite with.
 const TTL: Duration = Duration::from_secs(2);
@@ -60,6 +63,11 @@ const NOT_APPLICABLE: &[(&str, &str, &str)] = &[
         "memory",
         "sigkill",
         "a killed process takes its memory registry with it; abandon() covers the crash",
+    ),
+    (
+        "memory",
+        "register_during_reconnect",
+        "the memory registry has no server that can hang, so there is never a session to re-establish",
     ),
 ];
 
@@ -130,6 +138,8 @@ struct Harness {
     /// Shared store for the memory backend, so that separate "connections"
     /// of one test see each other while tests stay isolated.
     memory: Option<MemoryRegistry>,
+    /// The server's PID, to freeze it (SIGSTOP) in place: a hung server.
+    pid: Option<u32>,
 }
 
 impl Harness {
@@ -139,6 +149,7 @@ impl Harness {
             server: None,
             settings: settings(BackendConfig::default()),
             memory: Some(MemoryRegistry::new(TTL)),
+            pid: None,
         }
     }
 
@@ -148,7 +159,8 @@ impl Harness {
             addr: vec![server.registry_addr()],
             ..etcd::Config::default()
         };
-        Harness::real("etcd", Box::new(server), BackendConfig::Etcd(config))
+        let pid = server.pid();
+        Harness::real("etcd", Box::new(server), pid, BackendConfig::Etcd(config))
     }
 
     fn zookeeper() -> Harness {
@@ -158,9 +170,11 @@ impl Harness {
             addr: vec![server.registry_addr()],
             ..zookeeper::Config::default()
         };
+        let pid = server.pid();
         Harness::real(
             "zookeeper",
             Box::new(server),
+            pid,
             BackendConfig::Zookeeper(config),
         )
     }
@@ -172,22 +186,35 @@ impl Harness {
             addr: vec![server.registry_addr()],
             token: None,
         };
-        Harness::real("consul", Box::new(server), BackendConfig::Consul(config))
+        let pid = server.pid();
+        Harness::real(
+            "consul",
+            Box::new(server),
+            pid,
+            BackendConfig::Consul(config),
+        )
     }
 
-    fn real(backend: &'static str, server: Box<dyn RegistryServer>, config: BackendConfig) -> Self {
+    fn real(
+        backend: &'static str,
+        server: Box<dyn RegistryServer>,
+        pid: Option<u32>,
+        config: BackendConfig,
+    ) -> Self {
         Harness {
             backend,
             server: Some(server),
             settings: settings(config),
             memory: None,
+            pid,
         }
     }
 
-    /// A new, separate connection to the backend.
+    /// A new, separate connection to the backend: a registrar of its own
+    /// (for memory, on the same store, as each `registry::connect` is).
     async fn connect(&self) -> DynRegistry {
         match &self.memory {
-            Some(memory) => Arc::new(memory.clone()),
+            Some(memory) => Arc::new(memory.with_ttl(self.settings.ttl)),
             None => registry::connect(&self.settings)
                 .await
                 .unwrap_or_else(|e| panic!("connect to {}: {e}", self.backend)),
@@ -940,6 +967,418 @@ fn set_addr(backend: &mut BackendConfig, addr: Vec<String>) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The registrar mechanism every backend shares (R1-R3): registering while the
+// lease or session is being re-established, per-id ordering, and the
+// duplicate-id rule between registrars.
+// ---------------------------------------------------------------------------
+
+/// Slack on top of a deadline the behaviour promises, for a loaded machine:
+/// it checks "bounded", not speed.
+const MARGIN: Duration = Duration::from_secs(3);
+
+// R1. A register issued while the registrar is re-establishing its lease or
+// session (its server hung) waits for it, bounded by REGISTRY_TIMEOUT: it
+// succeeds if the server is back within the timeout, and fails with a
+// transient error within the timeout (plus a margin) if it is not. A
+// register that returned an error leaves no record behind.
+async fn register_during_reconnect(h: Harness) {
+    if not_applicable(h.backend, "register_during_reconnect") {
+        return;
+    }
+    let pid = h.pid.expect("a real server has a PID");
+    let what = format!("the {} server", h.backend);
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let _held = registrar
+        .register(instance("svcr1", "held", 9040))
+        .await
+        .unwrap();
+    await_instances(&*watcher, "svcr1", TIMEOUT, "the held instance", |s| {
+        ids(s) == ["held"]
+    })
+    .await;
+    // Frozen this long, the lease or session is lost (etcd: its TTL, even
+    // counted from the thaw; ZooKeeper: the client gives up after about
+    // 1.4 x the session timeout; Consul: the TTL check fails): the
+    // registrar is re-establishing it when the register is issued.
+    let lost_after = h.expiry() * 3 / 2 + Duration::from_secs(1);
+    let back_after = TIMEOUT * 2 / 5;
+
+    // (a) The server is back within the timeout: the register succeeds.
+    let frozen = Frozen::stop(pid, &what);
+    tokio::time::sleep(lost_after).await;
+    let started = tokio::time::Instant::now();
+    let call = tokio::spawn({
+        let registrar = registrar.clone();
+        async move { registrar.register(instance("svcr1", "during", 9041)).await }
+    });
+    tokio::time::sleep(back_after).await;
+    frozen.thaw();
+    let bound = TIMEOUT + MARGIN;
+    let during = match tokio::time::timeout_at(started + bound, call).await {
+        Ok(Ok(Ok(registration))) => registration,
+        Ok(Ok(Err(error))) => panic!(
+            "register while the {} session/lease is re-established must wait for it (the server \
+             was back {back_after:?} after the call, within REGISTRY_TIMEOUT {TIMEOUT:?}); it \
+             failed after {:?}: {error}",
+            h.backend,
+            started.elapsed()
+        ),
+        Ok(Err(join)) => panic!("the register task failed: {join}"),
+        Err(_) => panic!(
+            "register while the {} session/lease is re-established hung past REGISTRY_TIMEOUT \
+             {TIMEOUT:?} + {MARGIN:?}, although the server was back {back_after:?} after the call",
+            h.backend
+        ),
+    };
+    let succeeded_after = started.elapsed();
+    await_instances(
+        &*watcher,
+        "svcr1",
+        h.expiry() * 3 + TIMEOUT,
+        "the registrar to hold both instances after the thaw",
+        |s| ids(s) == ["during", "held"],
+    )
+    .await;
+
+    // (b) The server stays down past the timeout: a transient error, in time.
+    let frozen = Frozen::stop(pid, &what);
+    tokio::time::sleep(lost_after).await;
+    let started = tokio::time::Instant::now();
+    let outcome =
+        tokio::time::timeout(bound, registrar.register(instance("svcr1", "late", 9042))).await;
+    let failed_after = started.elapsed();
+    frozen.thaw();
+    let error = match outcome {
+        Err(_) => panic!(
+            "register while the {} server is hung must give up within REGISTRY_TIMEOUT \
+             {TIMEOUT:?} + {MARGIN:?}; it was still waiting",
+            h.backend
+        ),
+        Ok(Ok(registration)) => {
+            registration.abandon();
+            panic!(
+                "register succeeded after {failed_after:?} although the {} server was hung the \
+                 whole time",
+                h.backend
+            )
+        }
+        Ok(Err(error)) => error,
+    };
+    report(format!(
+        "conformance {} register during reconnect: server back {back_after:?} after the call -> \
+         registered after {succeeded_after:?}; server hung past the timeout -> error after \
+         {failed_after:?}: {error}",
+        h.backend
+    ));
+    assert!(
+        error.is_transient(),
+        "register while the {} session/lease is re-established must fail with a transient error \
+         when the server stays down past REGISTRY_TIMEOUT; got {error:?}",
+        h.backend
+    );
+    assert!(
+        failed_after >= TIMEOUT / 2,
+        "register while the {} session/lease is re-established must wait for it (up to \
+         REGISTRY_TIMEOUT {TIMEOUT:?}), not fail at once; it failed after {failed_after:?}: {error}",
+        h.backend
+    );
+    // After the thaw the registrar holds what it held, and nothing of the
+    // call that failed (a record without a handle would be kept alive by
+    // nobody, or by the registrar forever).
+    await_instances(
+        &*watcher,
+        "svcr1",
+        h.expiry() * 3 + TIMEOUT,
+        "the registrar to hold exactly its two registrations after the second thaw \
+         (a register that returned an error must leave no record)",
+        |s| ids(s) == ["during", "held"],
+    )
+    .await;
+    during.deregister().await.unwrap();
+}
+
+// R2. Per-id ordering: a register, deregister, register of the same id
+// issued back to back end in the order issued, for many ids at once; the
+// final state is the last call's. The deregister is issued both ways: an
+// explicit `deregister()` polled just before the next register, and a
+// dropped handle (whose deregistration runs in the background); then two
+// registers issued back to back (the last replaces the other, whose handle
+// is then dropped).
+async fn per_id_order(h: Harness) {
+    const N: u16 = 20;
+    let registrar = h.connect().await;
+    let watcher = h.connect().await;
+    let port = |i: u16, step: u16| 11000 + i * 4 + step;
+    let started = Instant::now();
+    let outcomes = futures::future::join_all((0..N).map(|i| {
+        let registrar = registrar.clone();
+        async move {
+            let id = format!("o{i:02}");
+            let fail = |step: &str, e: Error| format!("{id}: {step} failed: {e}");
+            let first = registrar
+                .register(instance("svcr2", &id, port(i, 0)))
+                .await
+                .map_err(|e| fail("the first register", e))?;
+            // `join!` polls the deregister first: it is issued first.
+            let (gone, second) = futures::join!(
+                first.deregister(),
+                registrar.register(instance("svcr2", &id, port(i, 1)))
+            );
+            gone.map_err(|e| fail("the deregister", e))?;
+            let second = second.map_err(|e| fail("the second register", e))?;
+            // Dropping the handle issues its deregistration; then two
+            // registers of the id, the second issued just after the first.
+            drop(second);
+            let (older, last) = futures::join!(
+                registrar.register(instance("svcr2", &id, port(i, 2))),
+                registrar.register(instance("svcr2", &id, port(i, 3)).with_tag("last"))
+            );
+            let older = older.map_err(|e| fail("the third register", e))?;
+            let last = last.map_err(|e| fail("the last register", e))?;
+            // The replaced registration's handle goes: the last one stays.
+            drop(older);
+            Ok::<_, String>(last)
+        }
+    }))
+    .await;
+    let registrations: Vec<_> = outcomes
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("per-id order: {e}")))
+        .collect();
+    let issued = started.elapsed();
+    let last_state = |s: &[Instance]| -> Result<(), String> {
+        let wrong: Vec<String> = (0..N)
+            .filter_map(|i| {
+                let id = format!("o{i:02}");
+                match s.iter().find(|x| x.id == id) {
+                    None => Some(format!("{id} missing")),
+                    Some(x) if x.port != port(i, 3) || x.tags != ["last"] => Some(format!(
+                        "{id} at port {} (last call: {})",
+                        x.port,
+                        port(i, 3)
+                    )),
+                    Some(_) => None,
+                }
+            })
+            .collect();
+        if wrong.is_empty() && s.len() == usize::from(N) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {N} ids not in the last call's state: {wrong:?}",
+                wrong.len()
+            ))
+        }
+    };
+    let what = "per-id order: every id in the state of its last call (register, deregister, \
+                register issued back to back)";
+    await_instances(&*watcher, "svcr2", TIMEOUT * 2, what, |s| {
+        last_state(s).is_ok()
+    })
+    .await;
+    // Late effects of an earlier call (a background deregistration, a
+    // keep-alive check) must not undo the last one.
+    tokio::time::sleep(h.expiry() + Duration::from_secs(1)).await;
+    let later = watcher.instances("svcr2").await.unwrap();
+    if let Err(wrong) = last_state(&later) {
+        panic!(
+            "per-id order: {} after {:?} the final state is no longer the last call's: {wrong}",
+            h.backend,
+            h.expiry() + Duration::from_secs(1)
+        );
+    }
+    report(format!(
+        "conformance {} per-id order: {N} ids x (register, deregister + register, drop + \
+         register + register, drop) in {issued:?}; final state held after {:?}",
+        h.backend,
+        started.elapsed()
+    ));
+    for r in registrations {
+        r.abandon();
+    }
+}
+
+// R3. The duplicate-id rule: an id held by a live registrar is refused to
+// another registrar with `AlreadyRegistered` naming the holder; the first
+// record is never replaced and never flickers; once the holder is gone (a
+// crash: abandon) the other registrar's retry gets in after about one TTL
+// or session timeout. Registering an id again through the registrar that
+// holds it still replaces it.
+async fn duplicate_id(h: Harness) {
+    let first = h.connect().await;
+    let second = h.connect().await;
+    let watcher = h.connect().await;
+    let mut watch = watcher.watch("svcr3");
+    await_snapshot(&mut watch, TIMEOUT, "the first, empty snapshot", |s| {
+        s.is_empty()
+    })
+    .await;
+    fn at(port: u16) -> impl Fn(&[Instance]) -> bool {
+        move |s| s.len() == 1 && s[0].id == "dup" && s[0].port == port
+    }
+    let held = first
+        .register(instance("svcr3", "dup", 9050))
+        .await
+        .unwrap();
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the first registrar's record",
+        at(9050),
+    )
+    .await;
+
+    // Refused, naming the holder.
+    let check_refusal = |outcome: registry::Result<registry::Registration>, attempt: &str| {
+        let error = match outcome {
+            Ok(registration) => {
+                registration.abandon();
+                panic!(
+                    "duplicate-id rule ({}): {attempt} register of an id another live registrar \
+                     holds was accepted; it must be refused with Error::AlreadyRegistered",
+                    h.backend
+                )
+            }
+            Err(error) => error,
+        };
+        match &error {
+            Error::AlreadyRegistered {
+                service,
+                id,
+                holder,
+                ..
+            } => {
+                assert_eq!((service.as_str(), id.as_str()), ("svcr3", "dup"), "{error}");
+                assert!(
+                    holder.contains(&std::process::id().to_string()),
+                    "duplicate-id rule ({}): the refusal names the holder, whose owner token \
+                     starts with its process id ({}); got holder {holder:?}",
+                    h.backend,
+                    std::process::id()
+                );
+                assert!(error.is_transient(), "AlreadyRegistered is transient");
+            }
+            other => panic!(
+                "duplicate-id rule ({}): {attempt} register of an id another live registrar holds \
+                 must be refused with Error::AlreadyRegistered; got {other:?}",
+                h.backend
+            ),
+        }
+        error
+    };
+    let error = check_refusal(
+        second.register(instance("svcr3", "dup", 9051)).await,
+        "the first",
+    );
+
+    // The second registrar keeps retrying, as a server does, for 3 TTLs:
+    // every retry is refused, and the watch sees no change at all.
+    let quiet = TTL * 3;
+    let retry_loop = async {
+        let until = tokio::time::Instant::now() + quiet;
+        let mut refused = 0_u32;
+        while tokio::time::Instant::now() < until {
+            check_refusal(
+                second.register(instance("svcr3", "dup", 9051)).await,
+                "a retried",
+            );
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        refused
+    };
+    let mut changes = Vec::new();
+    let flicker = watch_until(
+        &mut watch,
+        quiet,
+        "a change",
+        |item| {
+            if let Ok(s) = item {
+                changes.push(format!(
+                    "{:?}",
+                    s.iter().map(|i| (&i.id, i.port)).collect::<Vec<_>>()
+                ));
+            }
+        },
+        |s| !at(9050)(s),
+    );
+    let (refused, flicker) = tokio::join!(retry_loop, flicker);
+    if let Ok(snapshot) = flicker {
+        panic!(
+            "duplicate-id rule ({}): the first record must never be replaced nor flicker while \
+             another registrar retries; the watch saw {:?} (snapshots: {changes:?})",
+            h.backend,
+            snapshot.iter().map(|i| (&i.id, i.port)).collect::<Vec<_>>()
+        );
+    }
+
+    // The holder crashes: the retry gets in after about one expiry.
+    held.abandon();
+    let started = Instant::now();
+    let bound = h.expiry() * 2 + TIMEOUT;
+    let taken = loop {
+        match second.register(instance("svcr3", "dup", 9051)).await {
+            Ok(registration) => break registration,
+            Err(Error::AlreadyRegistered { .. }) => {}
+            Err(other) => println!("  retry while the abandoned record expires: {other}"),
+        }
+        assert!(
+            started.elapsed() < bound,
+            "duplicate-id rule ({}): the second registrar's retry never got in within {bound:?} \
+             after the holder abandoned its registration (expiry {:?})",
+            h.backend,
+            h.expiry()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got_in = started.elapsed();
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the second registrar's record",
+        at(9051),
+    )
+    .await;
+    report(format!(
+        "conformance {} duplicate id: refused ({} retries over {quiet:?}, no change seen): {error}; \
+         after abandon the retry got in after {got_in:?} (expiry {:?})",
+        h.backend,
+        refused + 1,
+        h.expiry()
+    ));
+    assert!(
+        got_in <= h.expiry() + MARGIN,
+        "duplicate-id rule ({}): after the holder's crash the retry must get in after about one \
+         TTL/session timeout ({:?}); it took {got_in:?}",
+        h.backend,
+        h.expiry()
+    );
+
+    // Now the roles are swapped: the first registrar is refused...
+    check_refusal(
+        first.register(instance("svcr3", "dup", 9053)).await,
+        "the old holder's",
+    );
+    // ...and the holder replaces its own record (existing behaviour).
+    let replaced = second
+        .register(instance("svcr3", "dup", 9052))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("re-registering an id through the registrar that holds it replaces it; got {e}")
+        });
+    await_snapshot(
+        &mut watch,
+        TIMEOUT,
+        "the holder's re-registration to replace its record",
+        at(9052),
+    )
+    .await;
+    taken.abandon();
+    replaced.deregister().await.unwrap();
+}
+
 /// Generates one test per backend for a behaviour.
 macro_rules! conformance {
     ($($behaviour:ident),* $(,)?) => {
@@ -988,4 +1427,8 @@ conformance!(
     restart,
     unreachable,
     outage,
+    // The registrar mechanism (R1-R3).
+    register_during_reconnect,
+    per_id_order,
+    duplicate_id,
 );

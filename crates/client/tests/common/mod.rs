@@ -3,6 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+// One freeze helper (SIGSTOP with a SIGCONT guard) for the registry's and
+// the client's tests.
+#[path = "../../../registry/tests/common/freeze.rs"]
+pub mod freeze;
 pub mod procs;
 
 use std::future::Future;

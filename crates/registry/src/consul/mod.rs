@@ -145,12 +145,13 @@ use tokio::time::Instant;
 
 use self::agent::Agent;
 use self::api::{Api, BACKEND, validate_service};
-use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::backoff::Backoff;
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
 use crate::timing::Timing;
-use crate::util::{Backoff, SnapshotSink, silence_limit, spawn_watch_of};
+use crate::traits::{Registrar, Registration, WatchStream, Watcher};
+use crate::watch_sink::{SnapshotSink, silence_limit, spawn_watch_of};
 
 /// The agent address used when none is configured.
 const DEFAULT_ADDR: &str = "127.0.0.1:8500";

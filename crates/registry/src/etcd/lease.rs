@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::{BACKEND, Ctx};
 use crate::error::{Error, Result};
-use crate::registrar::record::owner_of;
+use crate::record::owner_of;
 use crate::registrar::{Backend, Found, Record, Renewal};
 
 /// Gets per transaction when checking our keys (etcd allows 128 operations

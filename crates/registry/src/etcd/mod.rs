@@ -102,13 +102,14 @@ use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, Wat
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
+use crate::backoff::Backoff;
 use crate::endpoint::endpoints_or_default;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
-use crate::util::{Backoff, spawn_watch_of};
+use crate::traits::{Registrar, Registration, WatchStream, Watcher};
+use crate::watch_sink::spawn_watch_of;
 
 const BACKEND: &str = "etcd";
 const DEFAULT_ADDR: &str = "127.0.0.1:2379";

@@ -7,9 +7,11 @@ use etcd_client::{GetOptions, KeyValue, WatchOptions};
 use tokio::time::Instant;
 
 use super::{BACKEND, Ctx, Kind, kind_of};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::model::Instance;
-use crate::util::{Backoff, SnapshotSink, decode_record, silence_limit};
+use crate::record::decode_record;
+use crate::watch_sink::{SnapshotSink, silence_limit};
 
 /// How many times a paged read starts over when the revision it started at
 /// is compacted between two pages.

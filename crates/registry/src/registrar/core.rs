@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Backend, CALL_CONCURRENCY, Found, LeaseEvent, Record, Renewal};
-use crate::discovery::RegistrationState;
+use crate::backoff::{Backoff, Outage};
 use crate::error::{Error, Result};
 use crate::model::Instance;
-use crate::util::{Backoff, Outage};
+use crate::traits::RegistrationState;
 
 /// `(service, id)`.
 pub(crate) type Key = (String, String);

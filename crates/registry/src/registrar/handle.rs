@@ -9,10 +9,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Backend;
 use super::core::{Command, Core, Key, Ticket, Timing};
-use super::record::new_owner;
-use crate::discovery::{KeepAlive, Registration, RegistrationState};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
+use crate::record::new_owner;
+use crate::traits::{KeepAlive, Registration, RegistrationState};
 
 /// A registrar over backend `B`: cheap to clone; clones share one task, one
 /// lease and one owner token.

@@ -68,7 +68,6 @@
 
 pub(crate) mod core;
 pub(crate) mod handle;
-pub(crate) mod record;
 
 #[cfg(test)]
 mod tests;
@@ -79,7 +78,7 @@ use futures::stream::BoxStream;
 use crate::error::Result;
 
 pub(crate) use self::handle::Registrar;
-pub(crate) use self::record::Record;
+pub(crate) use crate::record::Record;
 
 /// How many register, deregister, restore and undo calls of one registrar
 /// run at once (renewal rounds not included).

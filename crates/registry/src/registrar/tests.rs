@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use super::core::Key;
 use super::{Backend, Found, Record, Registrar, Renewal};
-use crate::discovery::RegistrationState;
 use crate::error::{Error, Result};
 use crate::model::Instance;
+use crate::traits::RegistrationState;
 
 const TTL: Duration = Duration::from_secs(3);
 const TIMEOUT: Duration = Duration::from_secs(5);

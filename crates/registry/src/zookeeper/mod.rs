@@ -113,12 +113,12 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use crate::discovery::{Registrar, Registration, WatchStream, Watcher};
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
+use crate::traits::{Registrar, Registration, WatchStream, Watcher};
 
 mod config;
 mod read;
@@ -175,7 +175,7 @@ struct Params {
     /// The session timeout we ask for.
     session_timeout: Duration,
     /// `REGISTRY_TTL`: sets how soon a watch reports a server that went
-    /// silent ([`silence_limit`](crate::util::silence_limit)).
+    /// silent ([`silence_limit`](crate::watch_sink::silence_limit)).
     ttl: Duration,
 }
 

@@ -11,10 +11,12 @@ use tokio::time::Instant;
 use zookeeper_client as zk;
 
 use super::{BACKEND, Params, Shared, validate_node_name};
-use crate::discovery::WatchStream;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
-use crate::util::{Backoff, SnapshotSink, decode_record, silence_limit, spawn_watch_of};
+use crate::record::decode_record;
+use crate::traits::WatchStream;
+use crate::watch_sink::{SnapshotSink, silence_limit, spawn_watch_of};
 
 /// How many reads go in one multi-read request (keeps replies well under
 /// ZooKeeper's 1 MB packet limit).

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use zookeeper_client as zk;
 
 use super::{BACKEND, Params};
+use crate::backoff::{Backoff, Outage};
 use crate::error::{Error, Result};
-use crate::registrar::record::owner_of;
+use crate::record::owner_of;
 use crate::registrar::{Backend, Found, LeaseEvent, Record, Renewal};
-use crate::util::{Backoff, Outage};
 
 /// Our nodes: ephemeral, readable and writable by anyone (like the parents),
 /// so that other tools can inspect and clean up the registry.
@@ -81,11 +81,26 @@ struct NoSession {
 async fn connect_once(params: &Params, detached: bool) -> Result<zk::Client, zk::Error> {
     let mut connector = zk::Client::connector()
         .with_session_timeout(params.session_timeout)
+        .with_connection_timeout(connection_timeout(params.session_timeout))
         .with_fail_eagerly();
     if detached {
         connector = connector.with_detached();
     }
     connector.connect(&params.connect_string).await
+}
+
+/// How long one server may stay silent before the client gives up on it
+/// and tries the next member of the ensemble: at most 1 s, and 2/5 of the
+/// session timeout for short sessions (zookeeper-client's own default is
+/// 2/5 of the session timeout, 2.4 s with the 6 s default session).
+///
+/// A member that hangs (it accepts connections and never answers) costs a
+/// new process that tries it first this much before another member answers,
+/// and a connected session this much before it moves on: short enough that
+/// every call is answered by the others within 2 s; long enough to ride out
+/// a busy server (the client pings every 3/8 of it).
+fn connection_timeout(session_timeout: Duration) -> Duration {
+    (session_timeout * 2 / 5).min(Duration::from_secs(1))
 }
 
 /// Keeps the registry's one session open for readers, watches and the

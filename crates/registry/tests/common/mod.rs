@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod freeze;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -1,4 +1,6 @@
-//! A record as a registrar stores it: the instance and its owner's token.
+//! The stored form of an instance: the JSON a registrar writes (the
+//! instance and its owner's token), and the decoding of records found in a
+//! registry, which other tools may have written.
 
 use std::sync::Arc;
 
@@ -72,6 +74,37 @@ pub(crate) fn owner_of(stored: &[u8]) -> Option<String> {
 pub(crate) fn new_owner() -> Arc<str> {
     let random: u64 = rand::thread_rng().r#gen::<u64>() & 0xffff_ffff_ffff;
     format!("pid{}-{random:012x}", std::process::id()).into()
+}
+
+/// Decodes one stored record found at `key`, which names `service` and `id`.
+///
+/// Garbage (not JSON, breaking a rule, or naming another service or id than
+/// its key) is logged as a warning and skipped: another tool may have written
+/// it, and one bad record must not hide the good ones.
+pub(crate) fn decode_record(
+    backend: &'static str,
+    key: &str,
+    service: &str,
+    id: &str,
+    bytes: &[u8],
+) -> Option<Instance> {
+    match Instance::from_json(bytes) {
+        Ok(instance) if instance.service == service && instance.id == id => Some(instance),
+        Ok(instance) => {
+            tracing::warn!(
+                backend,
+                key,
+                found_service = %instance.service,
+                found_id = %instance.id,
+                "skipping record whose service or id does not match its key"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(backend, key, %error, "skipping garbage under the registry prefix");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

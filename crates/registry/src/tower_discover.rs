@@ -49,12 +49,12 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
-use crate::discovery::{WatchStream, Watcher};
 use crate::error::Result;
 use crate::model::{Instance, validate_name};
+use crate::traits::{WatchStream, Watcher};
 
 /// The live instances of one service as a stream of tower
-/// [`Change`]s: see the [module docs](self). `make` turns an instance into
+/// [`Change`]s: see the [crate docs](crate). `make` turns an instance into
 /// the tower service that sends to it.
 pub struct ServiceDiscover<F, S> {
     service: String,
