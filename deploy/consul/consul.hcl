@@ -12,6 +12,11 @@
 log_level            = "warn"
 disable_update_check = true
 
+# Every agent is given the servers to join (-retry-join); retry every
+# second rather than every 30 s, so that agents started in any order (or
+# before the servers' names resolve) form the cluster within seconds.
+retry_interval = "1s"
+
 # Only the HTTP API is used: no DNS or gRPC listeners (on 127.0.0.1 every
 # agent would otherwise need ports of its own for them too).
 ports {
