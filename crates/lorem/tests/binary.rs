@@ -266,7 +266,11 @@ async fn a_real_registry_gets_no_memory_warning_and_an_outage_still_exits_0() {
     let live = healthcheck(&["--url", &format!("http://{addr}/health")], &[]);
     assert!(live.status.success(), "healthcheck --url /health: {live:?}");
     let ready = healthcheck(&[], &[("LOREM_LISTEN", &addr.to_string())]);
-    assert_eq!(ready.status.code(), Some(1), "healthcheck (/ready): {ready:?}");
+    assert_eq!(
+        ready.status.code(),
+        Some(1),
+        "healthcheck (/ready): {ready:?}"
+    );
     let stderr = String::from_utf8_lossy(&ready.stderr);
     assert!(
         stderr.contains("/ready") && stderr.contains("503") && stderr.contains("not registered"),
@@ -281,8 +285,7 @@ async fn a_real_registry_gets_no_memory_warning_and_an_outage_still_exits_0() {
 
 #[tokio::test]
 async fn healthcheck_flags_and_their_environment_variables() {
-    let (mut server, log, addr) =
-        spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "0s"]);
+    let (mut server, log, addr) = spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "0s"]);
     wait_healthy(addr, &mut server.0).await;
     // The default probe is /ready, which waits for the registration.
     wait_for_log(&log, "registered");

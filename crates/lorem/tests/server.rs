@@ -258,7 +258,11 @@ async fn shutdown_while_still_retrying_is_clean() {
     .await;
     assert!(!server.is_registered());
     assert!(health_ok(addr).await, "serving while the registry refuses");
-    assert_eq!(ready_status(addr).await, 503, "not ready while unregistered");
+    assert_eq!(
+        ready_status(addr).await,
+        503,
+        "not ready while unregistered"
+    );
     tokio::time::timeout(DEADLINE, server.shutdown())
         .await
         .expect("shutdown does not wait for the registry")

@@ -579,13 +579,18 @@ impl ConsulCluster {
         let node = self.node(i)?;
         node.proc.spawn()?;
         let (port, name) = (node.http_port, node.name.clone());
-        wait_ready([&mut node.proc], CLUSTER_READY_TIMEOUT, "Consul agent", |_| {
-            if quorum {
-                in_catalog(port, &name)
-            } else {
-                matches!(http_get(port, "/v1/agent/self"), Ok((200, _)))
-            }
-        })
+        wait_ready(
+            [&mut node.proc],
+            CLUSTER_READY_TIMEOUT,
+            "Consul agent",
+            |_| {
+                if quorum {
+                    in_catalog(port, &name)
+                } else {
+                    matches!(http_get(port, "/v1/agent/self"), Ok((200, _)))
+                }
+            },
+        )
         .map_err(StartFailure::into_error)
     }
 

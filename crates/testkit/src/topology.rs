@@ -640,7 +640,7 @@ impl Topology {
         );
         for p in self.processes() {
             let pid = p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-            let _ = writeln!(s, "  {:<8} {:<24} pid {pid}", p.name, p.addr);
+            let _ = writeln!(s, "  {:<13} {:<24} pid {pid}", p.name, p.addr);
         }
         let gateway = self.gateway_addr();
         if self.backend == Backend::Consul {

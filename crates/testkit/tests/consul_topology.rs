@@ -73,7 +73,8 @@ fn get(port: u16, path: &str) -> (u16, String) {
         return (0, String::new());
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
+    let _ = stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
@@ -229,7 +230,8 @@ impl Load {
     fn assert_no_failure(&self, when: &str) {
         let (ok, failed, failures) = self.counts();
         assert_eq!(
-            failed, 0,
+            failed,
+            0,
             "{when}: {failed} of {} requests failed; the first: {failures:#?}",
             ok + failed
         );
@@ -394,8 +396,9 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
 
     // 2. server2's agent goes: server2 leaves the set, and is back with it.
     let agent2 = agent_of("server2");
+    let agent_stopped_at = Instant::now();
     topology.stop_member(&agent2).expect("stop server2's agent");
-    let (_, left_in) = until(
+    until(
         "server2 leaving the gateway's set once its agent stopped",
         || {
             format!(
@@ -406,6 +409,8 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
         },
         || (gateway_view(gateway).ids == ["server1"]).then_some(()),
     );
+    // From the SIGTERM on, which includes the agent's leave.
+    let left_in = agent_stopped_at.elapsed();
     assert_eq!(
         passing_ids(survivor),
         ["server1"],
@@ -423,24 +428,23 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
     );
     // From the agent's start on, which includes its joining the cluster.
     let back_in = restarted_at.elapsed();
-    let (status, body) = get(
-        port_of(&topology, &agent2),
-        "/v1/agent/service/server2",
+    let (status, body) = get(port_of(&topology, &agent2), "/v1/agent/service/server2");
+    assert_eq!(
+        status, 200,
+        "server2 is registered on its agent again: {body}"
     );
-    assert_eq!(status, 200, "server2 is registered on its agent again: {body}");
     let back_at = Instant::now();
-    until(
-        "server2 answering requests again",
-        String::new,
-        || load.answered_since("server2", back_at).then_some(()),
-    );
+    until("server2 answering requests again", String::new, || {
+        load.answered_since("server2", back_at).then_some(())
+    });
 
     // 3. The gateway's agent goes: the last set is kept, and called stale.
     let agent_gw = agent_of(GATEWAY);
+    let gw_stopped_at = Instant::now();
     topology
         .stop_member(&agent_gw)
         .expect("stop the gateway's agent");
-    let (view, stale_in) = until(
+    let (view, _) = until(
         "the gateway saying its set is stale once its agent stopped",
         || format!("{:?}", gateway_view(gateway)),
         || {
@@ -448,7 +452,12 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
             view.stale.then_some(view)
         },
     );
-    assert_eq!(view.ids, both, "the stale set is the last one: {}", view.raw);
+    let stale_in = gw_stopped_at.elapsed();
+    assert_eq!(
+        view.ids, both,
+        "the stale set is the last one: {}",
+        view.raw
+    );
     let stale_at = Instant::now();
     until(
         "both servers answering while the gateway's agent is down",
@@ -478,7 +487,8 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
 
     let (ok, failed, failures) = load.finish();
     assert_eq!(
-        failed, 0,
+        failed,
+        0,
         "{failed} of {} requests failed; the first: {failures:#?}",
         ok + failed
     );
