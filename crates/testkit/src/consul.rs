@@ -638,3 +638,24 @@ fn in_catalog(port: u16, name: &str) -> bool {
         Ok((200, body)) if body.trim_start().starts_with('{')
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_needs_a_server_and_distinct_names() {
+        // Checked before Consul is looked for or anything is started.
+        let err = ConsulCluster::start_on(&[], &[("agent-a", 0)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs at least one server"), "{err}");
+        let err = ConsulCluster::start_on(&[("consul1", 0)], &[("consul1", 0)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Consul node name \"consul1\" is given twice"),
+            "{err}"
+        );
+    }
+}
