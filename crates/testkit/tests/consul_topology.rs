@@ -398,6 +398,8 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
     let agent2 = agent_of("server2");
     let agent_stopped_at = Instant::now();
     topology.stop_member(&agent2).expect("stop server2's agent");
+    // A stopping client agent leaves the cluster before it exits.
+    let leave_took = agent_stopped_at.elapsed();
     until(
         "server2 leaving the gateway's set once its agent stopped",
         || {
@@ -444,6 +446,7 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
     topology
         .stop_member(&agent_gw)
         .expect("stop the gateway's agent");
+    let gw_leave_took = gw_stopped_at.elapsed();
     let (view, _) = until(
         "the gateway saying its set is stale once its agent stopped",
         || format!("{:?}", gateway_view(gateway)),
@@ -497,14 +500,17 @@ fn consul_agents_and_servers_fail_without_a_failed_request() {
     record(&format!(
         "consul topology (3 servers, an agent per lorem process): up in {:.1} s; under load \
          ({WORKERS} workers): leader {old_leader} stopped -> {new_leader} elected in {:.1} s, \
-         both registrations kept past the TTL; server2's agent stopped -> server2 left the \
-         gateway's set in {:.1} s, back {:.1} s after the agent restarted; gateway's agent \
-         stopped -> /instances stale in {:.1} s, both still answering; {ok} requests, {failed} \
-         failed; test {:.1} s",
+         both registrations kept past the TTL; server2's agent stopped (SIGTERM to exit, \
+         leaving: {:.1} s) -> server2 out of the gateway's set {:.1} s after the SIGTERM, back \
+         {:.1} s after the agent restarted; gateway's agent stopped (exit in {:.1} s) -> \
+         /instances stale {:.1} s after the SIGTERM, both still answering; {ok} requests, \
+         {failed} failed; test {:.1} s",
         up_in.as_secs_f64(),
         elected_in.as_secs_f64(),
+        leave_took.as_secs_f64(),
         left_in.as_secs_f64(),
         back_in.as_secs_f64(),
+        gw_leave_took.as_secs_f64(),
         stale_in.as_secs_f64(),
         began.elapsed().as_secs_f64()
     ));
