@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # deploy/local.sh consul|etcd|zk [options]: the topology of
 # docker-compose.<backend>.yml without Docker, as processes on 127.0.0.1:
-# the registry from local binaries (one Consul agent, a 3-member etcd
-# cluster or a 3-member ZooKeeper ensemble), server1 and server2 on 8081 and
-# 8082, the gateway on 8090, with the compose file's environment variables.
+# the registry from local binaries (three Consul servers and a client agent
+# per lorem process, a 3-member etcd cluster or a 3-member ZooKeeper
+# ensemble), server1 and server2 on 8081 and 8082, the gateway on 8090, with
+# the compose file's environment variables.
 # It prints where everything is and runs until Ctrl-C or SIGTERM, which
 # stop everything it started.
 #

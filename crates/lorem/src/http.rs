@@ -4,7 +4,8 @@
 //! |----------------------------------|------------------------------------------|
 //! | `POST /lorem/{type}/{min}/{max}` | 200 `{"message": "..."}`                 |
 //! | bad type or bounds               | 400 `{"error": "..."}` naming the problem |
-//! | `GET /health`                    | 200 `{"status": true}`                   |
+//! | `GET /health`                    | 200 `{"status": true}`: the process serves |
+//! | `GET /ready`                     | 200 `{"status": true, "registered": true}` once the instance is registered, else 503 `{"status": false, "registered": false, "reason": "..."}` |
 //! | `GET /metrics`                   | Prometheus text format (see [`metrics`](crate::metrics)) |
 //! | unknown route                    | 404 `{"error": "..."}`                   |
 //! | known route, wrong method        | 405 `{"error": "..."}`                   |
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 use crate::generate::{Generator, LoremRequest};
@@ -41,13 +43,40 @@ pub fn router(instance_id: String) -> Router {
 }
 
 /// [`router`], counting every request into `metrics` and serving them on
-/// `GET /metrics`.
+/// `GET /metrics`. Its `GET /ready` always says ready: a bare router has no
+/// registration to wait for (a server's comes from [`router_with_readiness`]).
 pub fn router_with_metrics(instance_id: String, metrics: Arc<ServerMetrics>) -> Router {
+    router_with_readiness(instance_id, metrics, Arc::new(AtomicBool::new(true)))
+}
+
+/// [`router_with_metrics`], with `GET /ready` answering from `registered`:
+/// 200 while it is true, 503 while it is false.
+///
+/// Why a second probe next to `/health`: a server answers `/health` as soon
+/// as it listens, but clients only find it once its registration has gone
+/// through (a registry that is slow or unreachable can hold that up for
+/// seconds). Whatever waits for "this server can be discovered" (compose's
+/// `depends_on: service_healthy`, the container `HEALTHCHECK`, a load test)
+/// probes `/ready`; a liveness check that must not fail during a registry
+/// outage probes `/health`. During a graceful shutdown `/ready` is 503 again
+/// from the deregistration on, while the drain still serves requests.
+pub fn router_with_readiness(
+    instance_id: String,
+    metrics: Arc<ServerMetrics>,
+    registered: Arc<AtomicBool>,
+) -> Router {
     let header_value = instance_header_value(&instance_id);
     let exported = metrics.clone();
     Router::new()
         .route("/lorem/{type}/{min}/{max}", post(lorem))
         .route("/health", get(health))
+        .route(
+            "/ready",
+            get(move || {
+                let registered = registered.load(Ordering::SeqCst);
+                async move { ready(registered) }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -112,18 +141,35 @@ async fn health() -> Response {
     Json(json!({ "status": true })).into_response()
 }
 
+fn ready(registered: bool) -> Response {
+    if registered {
+        Json(json!({ "status": true, "registered": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": false,
+                "registered": false,
+                "reason": "this instance is not registered: its registration has not gone \
+                           through yet (see the server's log), or it deregistered to shut down"
+            })),
+        )
+            .into_response()
+    }
+}
+
 async fn not_found(method: Method, uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {method} {}; try POST /lorem/{{type}}/{{min}}/{{max}}, GET /health or GET /metrics",
+            "no route for {method} {}; try POST /lorem/{{type}}/{{min}}/{{max}}, GET /health, GET /ready or GET /metrics",
             uri.path()
         ),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let allowed = if uri.path() == "/health" || uri.path() == "/metrics" {
+    let allowed = if matches!(uri.path(), "/health" | "/ready" | "/metrics") {
         "GET"
     } else {
         "POST"

@@ -12,6 +12,11 @@
 //! | [`RunningServer::crash`]      | left to expire (TTL)             | stops at once; open connections are cut              |
 //! | dropping the handle           | deregistered (best effort)       | stops at once                                         |
 //!
+//! `GET /ready` follows [`RunningServer::is_registered`]: 503 until the
+//! registration has gone through and again from the deregistration on, so
+//! a container health check that probes it means "discoverable", not just
+//! "listening".
+//!
 //! ```
 //! use std::time::Duration;
 //! use lorem::server::{ServerOptions, start};
@@ -200,7 +205,10 @@ pub async fn start<R: Registrar + 'static>(
     };
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
     let metrics = ServerMetrics::new();
-    let app = crate::http::router_with_metrics(options.id.clone(), metrics.clone());
+    // `GET /ready` answers from the same flag `is_registered` reads.
+    let registered = Arc::new(AtomicBool::new(false));
+    let app =
+        crate::http::router_with_readiness(options.id.clone(), metrics.clone(), registered.clone());
     let serve = tokio::spawn(async move {
         axum::serve(tracked, app)
             .with_graceful_shutdown(async move {
@@ -216,7 +224,6 @@ pub async fn start<R: Registrar + 'static>(
         "lorem server listening"
     );
 
-    let registered = Arc::new(AtomicBool::new(false));
     let (stop_registration, stop_rx) = oneshot::channel();
     let registration = supervise_registration(
         tokio::spawn(keep_registered(

@@ -256,6 +256,20 @@ async fn health_says_true_with_the_instance_id() {
     assert_eq!(answer.instance_id.as_deref(), Some(ID));
 }
 
+#[tokio::test]
+async fn a_bare_router_is_ready_with_the_instance_id() {
+    // Only a server (lorem::server::start) has a registration to wait for;
+    // its /ready is tested in tests/server.rs and tests/binary.rs.
+    let addr = serve().await;
+    let answer = call(reqwest::Method::GET, addr, "/ready").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        serde_json::json!({ "status": true, "registered": true })
+    );
+    assert_eq!(answer.instance_id.as_deref(), Some(ID));
+}
+
 #[test]
 fn seeded_generation_is_deterministic() {
     let generator = Generator::new();

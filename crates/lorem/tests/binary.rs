@@ -261,6 +261,21 @@ async fn a_real_registry_gets_no_memory_warning_and_an_outage_still_exits_0() {
     );
     wait_healthy(addr, &mut server.0).await;
     wait_for_log(&log, "registration failed; retrying");
+    // Serving but not registered: /health passes, the default probe
+    // (/ready, what the compose files' health checks run) does not.
+    let live = healthcheck(&["--url", &format!("http://{addr}/health")], &[]);
+    assert!(live.status.success(), "healthcheck --url /health: {live:?}");
+    let ready = healthcheck(&[], &[("LOREM_LISTEN", &addr.to_string())]);
+    assert_eq!(
+        ready.status.code(),
+        Some(1),
+        "healthcheck (/ready): {ready:?}"
+    );
+    let stderr = String::from_utf8_lossy(&ready.stderr);
+    assert!(
+        stderr.contains("/ready") && stderr.contains("503") && stderr.contains("not registered"),
+        "stderr:\n{stderr}"
+    );
     send_signal(&server.0, "TERM");
     let status = wait_exit(&mut server.0);
     let stderr = log_text(&log);
@@ -270,9 +285,10 @@ async fn a_real_registry_gets_no_memory_warning_and_an_outage_still_exits_0() {
 
 #[tokio::test]
 async fn healthcheck_flags_and_their_environment_variables() {
-    let (mut server, _log, addr) =
-        spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "0s"]);
+    let (mut server, log, addr) = spawn_server(&[("REGISTRY", "memory")], &["--drain-delay", "0s"]);
     wait_healthy(addr, &mut server.0).await;
+    // The default probe is /ready, which waits for the registration.
+    wait_for_log(&log, "registered");
     let url = format!("http://{addr}/health");
 
     let probe = healthcheck(&["--url", &url, "--timeout", "5s"], &[]);

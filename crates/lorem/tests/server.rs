@@ -58,6 +58,18 @@ async fn health_ok(addr: SocketAddr) -> bool {
     }
 }
 
+/// The status of `GET /ready` (0 if there was no answer).
+async fn ready_status(addr: SocketAddr) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    match client.get(format!("http://{addr}/ready")).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
 async fn port_closed(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
 }
@@ -105,6 +117,7 @@ async fn keeps_serving_during_the_drain_delay() {
     let server = start(options, registry.clone()).await.expect("start");
     let addr = server.local_addr();
     wait_registered(&server).await;
+    assert_eq!(ready_status(addr).await, 200, "ready once registered");
 
     let (end_drain, drain_ended) = oneshot::channel::<()>();
     let stopping = tokio::spawn(server.shutdown_with(async move {
@@ -118,6 +131,11 @@ async fn keeps_serving_during_the_drain_delay() {
     })
     .await;
     assert!(health_ok(addr).await, "still serving while draining");
+    assert_eq!(
+        ready_status(addr).await,
+        503,
+        "not ready once deregistered, though still serving"
+    );
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/lorem/word/1/5"))
         .send()
@@ -239,6 +257,12 @@ async fn shutdown_while_still_retrying_is_clean() {
     })
     .await;
     assert!(!server.is_registered());
+    assert!(health_ok(addr).await, "serving while the registry refuses");
+    assert_eq!(
+        ready_status(addr).await,
+        503,
+        "not ready while unregistered"
+    );
     tokio::time::timeout(DEADLINE, server.shutdown())
         .await
         .expect("shutdown does not wait for the registry")

@@ -7,7 +7,8 @@
 //!   name, the `REGISTRY_ADDR` value, stop and start), so a conformance
 //!   suite can be generic over backends.
 //! - [`EtcdServer`], [`EtcdCluster`] (`etcd`), [`ZkServer`], [`ZkEnsemble`]
-//!   (`zookeeper`), [`ConsulAgent`] (`consul`): one module per backend;
+//!   (`zookeeper`), [`ConsulAgent`], [`ConsulCluster`] (`consul`): one
+//!   module per backend;
 //!   the member handling an etcd cluster and a ZooKeeper ensemble share
 //!   (lookup, stop, kill, start with the quorum rule) is in `cluster`.
 //! - [`etcd_bin`], [`etcdctl_bin`], [`java_bin`], [`zk_classpath`],
@@ -70,7 +71,7 @@ pub mod topology;
 mod zookeeper;
 
 pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, sdctl_bin, zk_classpath};
-pub use consul::ConsulAgent;
+pub use consul::{ConsulAgent, ConsulCluster, ConsulRole};
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::free_port;
 pub use zookeeper::{ZkEnsemble, ZkServer};

@@ -3,11 +3,17 @@
 //!
 //! | compose service            | here                                   | default address                 |
 //! |----------------------------|----------------------------------------|---------------------------------|
-//! | `consul`                   | a Consul dev agent ([`ConsulAgent`])   | 127.0.0.1:8500 (HTTP API, UI)   |
+//! | `consul1`, `consul2`, `consul3` | the servers of a [`ConsulCluster`] | 127.0.0.1:8500 (HTTP API, UI), :18500, :28500 |
+//! | `agent-server1`, `agent-server2`, `agent-client` | its client agents, one per lorem process | 127.0.0.1:8581, :8582, :8590 |
 //! | `etcd1`, `etcd2`, `etcd3`  | a 3-member [`EtcdCluster`]             | 127.0.0.1:2379, :22379, :32379  |
 //! | `zk1`, `zk2`, `zk3`        | a 3-member [`ZkEnsemble`]              | 127.0.0.1:2181, :2182, :2183    |
 //! | `server1`, `server2`       | `lorem-server`                         | 127.0.0.1:8081, :8082           |
 //! | `client`                   | `lorem-client gateway`                 | 127.0.0.1:8090                  |
+//!
+//! On Consul every lorem process talks to its own client agent
+//! (`REGISTRY_ADDR` of `server1` is `agent-server1`'s HTTP address, and so
+//! on), as in production: a registration belongs to the agent it was made
+//! on, so losing an agent loses only its own process's registration.
 //!
 //! The lorem processes get the same environment variables as their compose
 //! services and nothing else ([`server_env`], [`gateway_env`]); only the
@@ -38,7 +44,7 @@ use crate::process::{
     Proc, STOP_GRACE, Spec, StartFailure, exchange, http_get, or_free, temp_dir, wait_ready,
     with_port_retries,
 };
-use crate::{ConsulAgent, EtcdCluster, RegistryServer, ZkEnsemble};
+use crate::{ConsulCluster, EtcdCluster, RegistryServer, ZkEnsemble};
 
 /// The ids of the two lorem servers, which are also their compose service
 /// names and their `LOREM_ID`.
@@ -88,7 +94,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// The registry a topology runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// One Consul agent (`docker-compose.consul.yml`).
+    /// Three Consul servers and a client agent per lorem process
+    /// (`docker-compose.consul.yml`).
     Consul,
     /// A 3-member etcd cluster (`docker-compose.etcd.yml`).
     Etcd,
@@ -118,11 +125,20 @@ impl Backend {
         }
     }
 
-    /// The registry members' compose service names: `consul`, or
-    /// `etcd1..3` / `zk1..3`.
+    /// The registry members' compose service names: `etcd1..3`, `zk1..3`,
+    /// or for Consul the servers `consul1..3` then the client agents
+    /// `agent-server1`, `agent-server2`, `agent-client` (see
+    /// [`agent_of`]).
     pub fn members(self) -> &'static [&'static str] {
         match self {
-            Backend::Consul => &["consul"],
+            Backend::Consul => &[
+                "consul1",
+                "consul2",
+                "consul3",
+                "agent-server1",
+                "agent-server2",
+                "agent-client",
+            ],
             Backend::Etcd => &["etcd1", "etcd2", "etcd3"],
             Backend::Zookeeper => &["zk1", "zk2", "zk3"],
         }
@@ -132,7 +148,7 @@ impl Backend {
     /// the compose file publishes on the host.
     pub fn default_registry_ports(self) -> &'static [u16] {
         match self {
-            Backend::Consul => &[8500],
+            Backend::Consul => &[8500, 18500, 28500, 8581, 8582, 8590],
             Backend::Etcd => &[2379, 22379, 32379],
             Backend::Zookeeper => &[2181, 2182, 2183],
         }
@@ -142,7 +158,7 @@ impl Backend {
     /// etcd cluster`, ...
     pub fn describe(self) -> &'static str {
         match self {
-            Backend::Consul => "one Consul agent in dev mode",
+            Backend::Consul => "a 3-server Consul cluster with a client agent per lorem process",
             Backend::Etcd => "a 3-member etcd cluster",
             Backend::Zookeeper => "a 3-member ZooKeeper ensemble",
         }
@@ -166,6 +182,13 @@ impl FromStr for Backend {
             _ => bail!("unknown backend {s:?}; expected consul, etcd or zk (zookeeper)"),
         }
     }
+}
+
+/// The Consul client agent that lorem process `name` (`server1`,
+/// `server2`, `client`) registers or reads through: `agent-<name>`, a
+/// member of [`Backend::members`] on Consul.
+pub fn agent_of(name: &str) -> String {
+    format!("agent-{name}")
 }
 
 /// The environment of lorem server `id` listening on 127.0.0.1:`port`:
@@ -209,8 +232,9 @@ fn registry_env(backend: Backend, registry_addr: &str) -> Vec<(String, String)> 
 pub struct Options {
     /// The registry.
     pub backend: Backend,
-    /// The registry members' client ports: one for Consul, three for etcd
-    /// and ZooKeeper. 0 picks a free port.
+    /// The registry members' client ports, one per member of
+    /// [`Backend::members`]: three for etcd and ZooKeeper, six HTTP ports
+    /// for Consul (three servers, three client agents). 0 picks a free port.
     pub registry_ports: Vec<u16>,
     /// The ports of `server1` and `server2`; 0 picks a free port.
     pub server_ports: [u16; 2],
@@ -301,8 +325,8 @@ impl Options {
 /// The registry processes.
 #[derive(Debug)]
 enum Registry {
-    /// Boxed: an agent is several times the size of a cluster handle.
-    Consul(Box<ConsulAgent>),
+    /// Servers and client agents, in the order of [`Backend::members`].
+    Consul(ConsulCluster),
     Etcd(EtcdCluster),
     Zookeeper(ZkEnsemble),
 }
@@ -310,32 +334,36 @@ enum Registry {
 impl Registry {
     fn start(backend: Backend, ports: &[u16]) -> Result<Self> {
         Ok(match backend {
-            Backend::Consul => Registry::Consul(Box::new(ConsulAgent::start_on(ports[0])?)),
+            Backend::Consul => {
+                // consul1..3 are the servers, the agents follow.
+                let named: Vec<(&str, u16)> = backend
+                    .members()
+                    .iter()
+                    .copied()
+                    .zip(ports.iter().copied())
+                    .collect();
+                let (servers, agents) = named.split_at(3);
+                Registry::Consul(ConsulCluster::start_on(servers, agents)?)
+            }
             Backend::Etcd => Registry::Etcd(EtcdCluster::start_on(ports)?),
             Backend::Zookeeper => Registry::Zookeeper(ZkEnsemble::start_on(ports)?),
         })
     }
 
-    fn server(&self) -> &dyn RegistryServer {
+    /// `REGISTRY_ADDR` for lorem process `name`: every member's address
+    /// for etcd and ZooKeeper, its own agent's for Consul.
+    fn addr_for(&self, name: &str) -> String {
         match self {
-            Registry::Consul(s) => &**s,
-            Registry::Etcd(s) => s,
-            Registry::Zookeeper(s) => s,
-        }
-    }
-
-    fn server_mut(&mut self) -> &mut dyn RegistryServer {
-        match self {
-            Registry::Consul(s) => &mut **s,
-            Registry::Etcd(s) => s,
-            Registry::Zookeeper(s) => s,
+            Registry::Consul(s) => s.http_addr(&agent_of(name)).unwrap_or_default(),
+            Registry::Etcd(s) => s.registry_addr(),
+            Registry::Zookeeper(s) => s.registry_addr(),
         }
     }
 
     /// The client address of member `i`.
     fn addrs(&self) -> Vec<String> {
         match self {
-            Registry::Consul(s) => vec![s.http_addr()],
+            Registry::Consul(s) => s.http_addrs(),
             Registry::Etcd(s) => s.endpoints(),
             Registry::Zookeeper(s) => s.connect_string().split(',').map(str::to_owned).collect(),
         }
@@ -343,7 +371,7 @@ impl Registry {
 
     fn pid(&self, i: usize) -> Option<u32> {
         match self {
-            Registry::Consul(s) => s.pid(),
+            Registry::Consul(s) => s.pid(i),
             Registry::Etcd(s) => s.member_pid(i),
             Registry::Zookeeper(s) => s.member_pid(i),
         }
@@ -351,9 +379,25 @@ impl Registry {
 
     fn running(&mut self, i: usize) -> bool {
         match self {
-            Registry::Consul(s) => s.is_running(),
+            Registry::Consul(s) => s.running(i),
             Registry::Etcd(s) => s.member_running(i),
             Registry::Zookeeper(s) => s.member_running(i),
+        }
+    }
+
+    fn stop_member(&mut self, i: usize) -> Result<()> {
+        match self {
+            Registry::Consul(s) => s.stop_node(i),
+            Registry::Etcd(s) => s.stop_member(i),
+            Registry::Zookeeper(s) => s.stop_member(i),
+        }
+    }
+
+    fn start_member(&mut self, i: usize) -> Result<()> {
+        match self {
+            Registry::Consul(s) => s.start_node(i),
+            Registry::Etcd(s) => s.start_member(i),
+            Registry::Zookeeper(s) => s.start_member(i),
         }
     }
 
@@ -368,18 +412,20 @@ impl Registry {
     /// Stops every member (SIGTERM, SIGKILL after 10 s) and waits for them.
     /// etcd members one after the other: a member stopped while the others
     /// stop too waits about 6 s for a leadership transfer that cannot
-    /// happen, one by one they take about 0.1 s each.
+    /// happen, one by one they take about 0.1 s each. Consul's client
+    /// agents before its servers.
     fn stop(&mut self) -> Result<()> {
         match self {
+            Registry::Consul(s) => s.stop_all(),
             Registry::Etcd(s) => (0..s.endpoints().len()).try_for_each(|i| s.stop_member(i)),
-            _ => self.server_mut().stop(),
+            Registry::Zookeeper(s) => s.stop(),
         }
     }
 
     /// SIGKILLs every member.
     fn kill(&mut self) -> Result<()> {
         match self {
-            Registry::Consul(s) => s.kill(),
+            Registry::Consul(s) => s.kill_all(),
             Registry::Etcd(s) => (0..s.endpoints().len()).try_for_each(|i| s.kill_member(i)),
             Registry::Zookeeper(s) => {
                 let members = s.connect_string().split(',').count();
@@ -429,7 +475,7 @@ pub struct Topology {
 
 impl Topology {
     /// Starts the registry, then both servers (waiting until each answers
-    /// `/health`), then the gateway, and returns once the gateway's
+    /// `/ready`: it is registered), then the gateway, and returns once the gateway's
     /// `/instances` lists both servers.
     ///
     /// # Errors
@@ -443,7 +489,6 @@ impl Topology {
         let (server_bin, client_bin) = options.check()?;
         let backend = options.backend;
         let registry = Registry::start(backend, &options.registry_ports)?;
-        let registry_addr = registry.server().registry_addr();
         let dir =
             temp_dir("local-topology-", "the lorem processes").map_err(StartFailure::into_error)?;
 
@@ -457,10 +502,12 @@ impl Topology {
                     (
                         server_bin.clone(),
                         Vec::new(),
-                        server_env(backend, &registry_addr, id, port),
+                        server_env(backend, &registry.addr_for(id), id, port),
                     )
                 },
-                |port| matches!(http_get(port, "/health"), Ok((200, _))),
+                // Registered, not just listening (as the compose files'
+                // health checks).
+                |port| matches!(http_get(port, "/ready"), Ok((200, _))),
             )?;
             lorem.push(server);
         }
@@ -472,7 +519,7 @@ impl Topology {
                 (
                     client_bin.clone(),
                     vec!["gateway".to_owned()],
-                    gateway_env(backend, &registry_addr, port),
+                    gateway_env(backend, &registry.addr_for(GATEWAY), port),
                 )
             },
             |port| {
@@ -501,9 +548,51 @@ impl Topology {
         self.started_in
     }
 
-    /// The value of `REGISTRY_ADDR` the lorem processes got.
-    pub fn registry_addr(&self) -> String {
-        self.registry.server().registry_addr()
+    /// The value of `REGISTRY_ADDR` lorem process `name` (`server1`,
+    /// `server2`, `client`) got: the same for every process on etcd and
+    /// ZooKeeper, its own agent's address on Consul.
+    pub fn registry_addr(&self, name: &str) -> String {
+        self.registry.addr_for(name)
+    }
+
+    fn member_index(&self, name: &str) -> Result<usize> {
+        let members = self.backend.members();
+        members.iter().position(|m| *m == name).with_context(|| {
+            format!(
+                "no registry member {name:?} in the {} topology; its members are {}",
+                self.backend,
+                members.join(", ")
+            )
+        })
+    }
+
+    /// Stops registry member `name` (e.g. `etcd2`, `consul1`,
+    /// `agent-server2`: SIGTERM, SIGKILL after 10 s) and waits for its PID to
+    /// exit; its data and ports are kept for [`Topology::start_member`].
+    /// Nothing else is touched: the lorem processes live with the loss.
+    ///
+    /// # Errors
+    ///
+    /// If there is no such member, or it cannot be waited for.
+    pub fn stop_member(&mut self, name: &str) -> Result<()> {
+        let i = self.member_index(name)?;
+        self.registry.stop_member(i)?;
+        // Stopped on purpose: not an exit for poll_exits to report.
+        self.exited.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Starts registry member `name` again with its data and ports, and
+    /// waits until it serves (if a quorum then runs).
+    ///
+    /// # Errors
+    ///
+    /// If there is no such member, or it exits or is not ready in time.
+    pub fn start_member(&mut self, name: &str) -> Result<()> {
+        let i = self.member_index(name)?;
+        self.registry.start_member(i)?;
+        self.exited.remove(name);
+        Ok(())
     }
 
     /// The gateway's address, `127.0.0.1:port`.
@@ -551,17 +640,25 @@ impl Topology {
         );
         for p in self.processes() {
             let pid = p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-            let _ = writeln!(s, "  {:<8} {:<24} pid {pid}", p.name, p.addr);
+            let _ = writeln!(s, "  {:<13} {:<24} pid {pid}", p.name, p.addr);
         }
         let gateway = self.gateway_addr();
-        let _ = writeln!(
-            s,
-            "REGISTRY={} REGISTRY_ADDR={}",
-            self.backend,
-            self.registry_addr()
-        );
         if self.backend == Backend::Consul {
+            let _ = writeln!(
+                s,
+                "REGISTRY=consul; each lorem process uses its own agent: REGISTRY_ADDR={} (server1), {} (server2), {} (client)",
+                self.registry_addr("server1"),
+                self.registry_addr("server2"),
+                self.registry_addr(GATEWAY)
+            );
             let _ = writeln!(s, "Consul UI: http://{}/ui", self.registry.addrs()[0]);
+        } else {
+            let _ = writeln!(
+                s,
+                "REGISTRY={} REGISTRY_ADDR={}",
+                self.backend,
+                self.registry_addr("server1")
+            );
         }
         let _ = writeln!(
             s,
@@ -591,8 +688,18 @@ impl Topology {
         if self.backend == Backend::Consul {
             let _ = writeln!(
                 s,
-                "  kill {}    # stop the agent: the gateway keeps the instances it knows",
+                "  kill {}    # stop the server {member}: two of three keep a quorum",
                 pid_of(member)
+            );
+            let _ = writeln!(
+                s,
+                "  kill {}    # stop server2's agent: it leaves, taking server2 out of the set",
+                pid_of(&agent_of("server2"))
+            );
+            let _ = writeln!(
+                s,
+                "  kill {}    # stop the gateway's agent: it keeps the last set, /instances says stale",
+                pid_of(&agent_of(GATEWAY))
             );
         } else {
             let _ = writeln!(

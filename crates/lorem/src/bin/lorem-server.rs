@@ -4,7 +4,7 @@
 //! ```text
 //! lorem-server [--listen 127.0.0.1:8080] [--advertise host:port] [--service lorem]
 //!              [--tags a,b] [--id ID] [--drain-delay 2s] [--shutdown-timeout 10s]
-//! lorem-server healthcheck [--url http://127.0.0.1:8080/health] [--timeout 2s]
+//! lorem-server healthcheck [--url http://127.0.0.1:8080/ready] [--timeout 2s]
 //! ```
 //!
 //! SIGTERM or SIGINT shut it down gracefully (deregister, drain, finish
@@ -67,9 +67,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Probe /health; exit 0 if the server answers {"status":true}, else 1.
+    /// Probe /ready (registered in the registry); exit 0 if the answer is
+    /// {"status":true}, else 1. --url .../health checks only that it serves.
     Healthcheck {
-        /// URL to probe [default: http://LISTEN/health, loopback if LISTEN is 0.0.0.0 or ::].
+        /// URL to probe [default: http://LISTEN/ready, loopback if LISTEN is 0.0.0.0 or ::].
+        /// The gateway's /health answers the same way.
         #[arg(long, env = "LOREM_HEALTHCHECK_URL")]
         url: Option<String>,
 
@@ -103,7 +105,7 @@ fn main() -> ExitCode {
             let url = url
                 .clone()
                 .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| health_url(cli.listen));
+                .unwrap_or_else(|| ready_url(cli.listen));
             return runtime.block_on(healthcheck(&url, *timeout));
         }
         None => runtime.block_on(serve(cli)),
@@ -232,14 +234,18 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// `http://<listen>/health`, probing loopback when listening on all addresses.
-fn health_url(listen: SocketAddr) -> String {
+/// `http://<listen>/ready`, probing loopback when listening on all addresses.
+///
+/// `/ready` rather than `/health`: a container marked healthy is one that
+/// clients can discover (compose starts the gateway once both servers are
+/// healthy), and a server answers `/health` before its registration lands.
+fn ready_url(listen: SocketAddr) -> String {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/health", SocketAddr::new(ip, listen.port()))
+    format!("http://{}/ready", SocketAddr::new(ip, listen.port()))
 }
 
 async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {

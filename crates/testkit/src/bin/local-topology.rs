@@ -32,12 +32,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 #[derive(Debug, Parser)]
 #[command(name = "local-topology", version)]
 struct Cli {
-    /// The registry: consul (one agent), etcd (3-member cluster) or zk (3-member ensemble).
+    /// The registry: consul (3 servers and a client agent per lorem
+    /// process), etcd (3-member cluster) or zk (3-member ensemble).
     backend: Backend,
 
-    /// The registry's client ports: one for Consul (HTTP API and UI)
-    /// [default: 8500], three for etcd [default: 2379,22379,32379] or
-    /// ZooKeeper [default: 2181,2182,2183]. 0 picks a free port.
+    /// The registry's client ports: for Consul six HTTP ports, the servers
+    /// consul1-3 then the agents of server1, server2 and the gateway
+    /// [default: 8500,18500,28500,8581,8582,8590] (the UI is on the first);
+    /// three for etcd [default: 2379,22379,32379] or ZooKeeper [default:
+    /// 2181,2182,2183]. 0 picks a free port.
     #[arg(long, env = "LOCAL_REGISTRY_PORTS", value_delimiter = ',')]
     registry_ports: Vec<u16>,
 
