@@ -26,7 +26,7 @@ use clap::Parser;
 use testkit::topology::{Backend, DEFAULT_GATEWAY_PORT, DEFAULT_SERVER_PORTS, Options, Topology};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Runs the lorem topology of docker-compose.<backend>.yml as processes on
+/// Runs the lorem topology of `docker-compose.<backend>.yml` as processes on
 /// 127.0.0.1: the registry from local binaries, server1, server2 and the
 /// gateway, with the compose file's environment variables.
 #[derive(Debug, Parser)]
