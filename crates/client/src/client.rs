@@ -45,11 +45,9 @@ use registry::Instance;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, Snapshot};
-use crate::budget::RetryBudget;
-use crate::endpoint::Endpoint;
-use crate::error::{Error, GaveUp, Result};
-use crate::limits::{MAX_BODY_BYTES, check_timeout};
+use balancer::{
+    Balancer, Endpoint, Error, GaveUp, MAX_BODY_BYTES, Result, RetryBudget, Snapshot, check_timeout,
+};
 
 // The server's own kinds, so that client and server cannot disagree on them.
 pub use lorem::generate::Kind;

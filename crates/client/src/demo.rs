@@ -25,9 +25,8 @@ use lorem::server::{RunningServer, ServerError, ServerOptions};
 use registry::Settings;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::balancer::{Balancer, BalancerOptions};
 use crate::client::{ClientOptions, LoremClient, LoremRequest};
-use crate::limits::deadline_after;
+use balancer::{Balancer, BalancerOptions, deadline_after};
 
 /// The TTL the demo uses unless `REGISTRY_TTL` is set: short, so that the
 /// crash shows within seconds.
@@ -70,7 +69,7 @@ pub enum DemoError {
 
     /// The client could not be built.
     #[error("client: {0}")]
-    Client(#[from] crate::error::Error),
+    Client(#[from] balancer::Error),
 
     /// A phase did not reach its goal in time.
     #[error("phase {phase}: {what} did not happen within {}", humantime::format_duration(*waited))]
@@ -349,7 +348,7 @@ impl Traffic<'_> {
             Err(error) => {
                 tracing::warn!(%error, "request failed");
                 let retries = match error {
-                    crate::error::Error::Exhausted { attempts, .. } => {
+                    balancer::Error::Exhausted { attempts, .. } => {
                         u64::from(attempts.saturating_sub(1))
                     }
                     _ => 0,
@@ -383,7 +382,7 @@ async fn run_phases(
     options: &DemoOptions,
     report: &mut DemoReport,
 ) -> Result<(), DemoError> {
-    crate::balancer::check_service(&options.service)?;
+    balancer::check_service(&options.service)?;
     tracing::info!(
         backend = settings.backend.name(),
         ttl = ?settings.ttl,

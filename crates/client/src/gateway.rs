@@ -34,9 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::balancer::Freshness;
 use crate::client::{INSTANCE_HEADER, LoremClient, LoremRequest, parse_kind};
-use crate::error::Error;
+use balancer::{Error, Freshness};
 
 /// The body of `POST /sd-lorem`, as go-kit's client sends it.
 #[derive(Debug, Deserialize)]

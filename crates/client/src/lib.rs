@@ -37,14 +37,7 @@
 
 #![forbid(unsafe_code)]
 
-mod balancer;
-mod budget;
 mod client;
-mod endpoint;
-mod error;
-mod limits;
-mod metrics;
-mod strategy;
 
 pub mod demo;
 pub mod gateway;
@@ -52,23 +45,16 @@ pub mod load;
 pub mod repeat;
 
 pub use balancer::{
-    Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, SetChange,
-    Snapshot, unix_ms,
+    Balancer, BalancerOptions, ClientMetrics, DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE,
+    DEFAULT_EJECT_MAX, DEFAULT_MAX_STALENESS, DEFAULT_RTT, DEFAULT_WAIT_TIMEOUT, EWMA_DECAY,
+    EjectionOptions, Error, Freshness, GaveUp, MAX_BODY_BYTES, MAX_TIMEOUT, RETRY_BUDGET_WINDOW,
+    Result, SetChange, Snapshot, Strategy, parse_timeout, unix_ms,
 };
-pub use budget::RETRY_BUDGET_WINDOW;
 pub use client::{
     Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_MIN_RETRIES_PER_SEC,
     DEFAULT_RETRY_PERCENT, DEFAULT_TRY_TIMEOUT, DirectClient, INSTANCE_HEADER, Kind, Lorem,
     LoremClient, LoremRequest, http_client, parse_kind,
 };
-pub use endpoint::{
-    DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX, DEFAULT_RTT, EWMA_DECAY,
-    EjectionOptions,
-};
-pub use error::{Error, GaveUp, Result};
-pub use limits::{MAX_BODY_BYTES, MAX_TIMEOUT, parse_timeout};
-pub use metrics::ClientMetrics;
-pub use strategy::Strategy;
 
 /// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
 /// kept for results), filtered by `RUST_LOG`, `info` by default.

@@ -29,10 +29,8 @@ use serde::Serialize;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::balancer::Balancer;
 use crate::client::{DirectClient, Lorem, LoremClient, LoremRequest};
-use crate::error::{Error, Result};
-use crate::limits::deadline_after;
+use balancer::{Balancer, Error, Result, deadline_after};
 
 /// The longest run `load` accepts; longer durations are cut to it.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -125,7 +123,7 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
 }
 
-pub use crate::balancer::{SetChange, unix_ms};
+pub use balancer::{SetChange, unix_ms};
 
 impl LoadReport {
     /// The report of a run where nothing could even start: every one of

@@ -30,7 +30,8 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Checks that `value` (the option called `what`) is at most
 /// [`MAX_TIMEOUT`].
-pub(crate) fn check_timeout(what: &str, value: Duration) -> Result<()> {
+#[doc(hidden)]
+pub fn check_timeout(what: &str, value: Duration) -> Result<()> {
     if value > MAX_TIMEOUT {
         return Err(Error::InvalidOptions(format!(
             // MAX_TIMEOUT, written as users write it (humantime says "1day").
@@ -43,7 +44,8 @@ pub(crate) fn check_timeout(what: &str, value: Duration) -> Result<()> {
 
 /// The instant `duration` from now, or a far-future instant (about 30
 /// years away) if that cannot be represented: never panics.
-pub(crate) fn deadline_after(duration: Duration) -> Instant {
+#[doc(hidden)]
+pub fn deadline_after(duration: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(duration)
         .or_else(|| now.checked_add(FAR_FUTURE))

@@ -35,7 +35,8 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// A count racing with that reset may be lost, which makes the budget a
 /// little generous or a little strict for a moment, never unbounded.
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
+#[doc(hidden)]
+pub struct RetryBudget {
     percent: u64,
     /// Retries allowed over the window whatever the traffic.
     floor: u64,
@@ -61,7 +62,8 @@ fn slot_number(now: Instant) -> u64 {
 impl RetryBudget {
     /// Retries may add `percent` of the requests plus `min_per_sec` per
     /// second.
-    pub(crate) fn new(percent: u32, min_per_sec: u32) -> Self {
+    #[allow(missing_docs)]
+    pub fn new(percent: u32, min_per_sec: u32) -> Self {
         // Start the clock before the first slot number is taken.
         let _ = *EPOCH;
         RetryBudget {
@@ -89,14 +91,16 @@ impl RetryBudget {
     }
 
     /// Counts one request.
-    pub(crate) fn deposit(&self) {
+    #[allow(missing_docs)]
+    pub fn deposit(&self) {
         self.slot(slot_number(Instant::now()))
             .requests
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false if it is spent.
-    pub(crate) fn withdraw(&self) -> bool {
+    #[allow(missing_docs)]
+    pub fn withdraw(&self) -> bool {
         let now = slot_number(Instant::now());
         let current = self.slot(now);
         // The window: this tenth and the nine before it (tags are numbers

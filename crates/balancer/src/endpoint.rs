@@ -95,10 +95,12 @@ fn nanos(at: Instant) -> u64 {
 /// weight) is atomic; the latency estimate and the failure counts sit
 /// behind a lock that the request path takes only when there is something
 /// to record (a failure, a latency for p2c, a success after failures).
-pub(crate) struct Endpoint {
-    pub(crate) instance: Instance,
+#[doc(hidden)]
+pub struct Endpoint {
+    #[allow(missing_docs)]
+    pub instance: Instance,
     /// `host:port`, formatted once.
-    pub(crate) authority: String,
+    pub authority: String,
     in_flight: AtomicUsize,
     /// End of the current ejection, in [`nanos`]; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -125,11 +127,14 @@ struct State {
 
 /// An ejection that a failure caused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ejected {
+#[doc(hidden)]
+pub struct Ejected {
     /// How long it lasts.
-    pub(crate) duration: Duration,
+    #[allow(missing_docs)]
+    pub duration: Duration,
     /// How many ejections in a row this one makes.
-    pub(crate) nth: u32,
+    #[allow(missing_docs)]
+    pub nth: u32,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -172,7 +177,8 @@ impl Endpoint {
     }
 
     /// Counts a request in flight until the guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+    #[allow(missing_docs)]
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -206,7 +212,8 @@ impl Endpoint {
     /// doubling of ejection times, only if its try was sent after the
     /// ejection began: an answer to a request sent before says nothing about
     /// the instance now.
-    pub(crate) fn record_success(&self, sent: Instant, latency: Duration, track_latency: bool) {
+    #[allow(missing_docs)]
+    pub fn record_success(&self, sent: Instant, latency: Duration, track_latency: bool) {
         let troubled = self.troubled.load(Ordering::Relaxed);
         if !track_latency && !troubled {
             return;
@@ -228,11 +235,8 @@ impl Endpoint {
 
     /// Records a failed try that took `latency`; returns the ejection it
     /// caused, if any.
-    pub(crate) fn record_failure(
-        &self,
-        latency: Duration,
-        options: &EjectionOptions,
-    ) -> Option<Ejected> {
+    #[allow(missing_docs)]
+    pub fn record_failure(&self, latency: Duration, options: &EjectionOptions) -> Option<Ejected> {
         let now = Instant::now();
         let mut state = self.state();
         self.troubled.store(true, Ordering::Relaxed);
@@ -283,7 +287,8 @@ fn decayed(rtt_ns: f64, at: Instant, now: Instant, floor_ns: f64) -> f64 {
 }
 
 /// A request in flight on an [`Endpoint`]; dropping it ends the count.
-pub(crate) struct InFlight(Arc<Endpoint>);
+#[doc(hidden)]
+pub struct InFlight(Arc<Endpoint>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -366,7 +366,8 @@ impl Balancer {
     }
 
     /// The metric handles of this balancer's service.
-    pub(crate) fn metrics(&self) -> &ServiceMetrics {
+    #[doc(hidden)]
+    pub fn metrics(&self) -> &ServiceMetrics {
         &self.core().metrics
     }
 
@@ -430,14 +431,16 @@ impl Balancer {
 
     /// True when the strategy reads latency estimates, so that successes
     /// must feed them.
-    pub(crate) fn tracks_latency(&self) -> bool {
+    #[doc(hidden)]
+    pub fn tracks_latency(&self) -> bool {
         self.core().tracks_latency
     }
 
     /// An instance for one try, waiting up to the wait timeout while the
     /// set is empty; `None` when the set has instances but every one is in
     /// `tried`.
-    pub(crate) async fn acquire(&self, tried: &[String]) -> Result<Option<Arc<Endpoint>>> {
+    #[doc(hidden)]
+    pub async fn acquire(&self, tried: &[String]) -> Result<Option<Arc<Endpoint>>> {
         match self.choose(tried) {
             Choice::Picked(endpoint) => return Ok(Some(endpoint)),
             Choice::AllTried => return Ok(None),
@@ -659,7 +662,8 @@ impl Core {
 }
 
 /// Checks that `service` is a name a registry can hold.
-pub(crate) fn check_service(service: &str) -> Result<()> {
+#[doc(hidden)]
+pub fn check_service(service: &str) -> Result<()> {
     registry::validate_name("service", service).map_err(|error| {
         Error::InvalidOptions(match error {
             registry::Error::InvalidInstance(message) => message,

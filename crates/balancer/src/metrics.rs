@@ -135,7 +135,7 @@ impl ClientMetrics {
 
     /// The handles of one service, resolved once so the request path does
     /// not look labels up.
-    pub(crate) fn for_service(&self, service: &str) -> ServiceMetrics {
+    pub fn for_service(&self, service: &str) -> ServiceMetrics {
         let labels = ServiceLabels {
             service: service.to_owned(),
         };
@@ -173,20 +173,22 @@ impl ClientMetrics {
 
 /// One service's metric handles (clones of the family members).
 #[derive(Debug, Clone)]
-pub(crate) struct ServiceMetrics {
-    pub(crate) ok: Counter,
-    pub(crate) rejected: Counter,
-    pub(crate) failed: Counter,
-    pub(crate) no_instance: Counter,
-    pub(crate) duration: Histogram,
-    pub(crate) retries: Counter,
-    pub(crate) budget_exhausted: Counter,
-    pub(crate) ejections: Counter,
-    pub(crate) instances: Gauge,
-    pub(crate) updates: Counter,
-    pub(crate) changes: Counter,
-    pub(crate) errors_event: Counter,
-    pub(crate) discards: Counter,
-    pub(crate) registry_errors: Counter,
-    pub(crate) stale_seconds: Gauge<f64, AtomicU64>,
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub struct ServiceMetrics {
+    pub ok: Counter,
+    pub rejected: Counter,
+    pub failed: Counter,
+    pub no_instance: Counter,
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+    pub ejections: Counter,
+    pub instances: Gauge,
+    pub updates: Counter,
+    pub changes: Counter,
+    pub errors_event: Counter,
+    pub discards: Counter,
+    pub registry_errors: Counter,
+    pub stale_seconds: Gauge<f64, AtomicU64>,
 }
