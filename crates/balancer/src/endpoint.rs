@@ -2,7 +2,7 @@
 //! requests in flight, a peak-EWMA latency estimate, and passive health
 //! (consecutive failures and ejection).
 //!
-//! An [`Endpoint`] lives as long as its instance is in the live set with the
+//! An instance's state lives as long as its instance is in the live set with the
 //! same record; a changed record (new address, port, weight...) starts afresh.
 //!
 //! **Passive outlier ejection.** After
@@ -95,20 +95,20 @@ fn nanos(at: Instant) -> u64 {
 /// weight) is atomic; the latency estimate and the failure counts sit
 /// behind a lock that the request path takes only when there is something
 /// to record (a failure, a latency for p2c, a success after failures).
-#[doc(hidden)]
-pub struct Endpoint {
-    #[allow(missing_docs)]
-    pub instance: Instance,
+pub(crate) struct Endpoint {
+    pub(crate) instance: Instance,
     /// `host:port`, formatted once.
-    pub authority: String,
+    pub(crate) authority: String,
+    /// True when the instance is in the balancer's preferred zone.
+    pub(crate) local: bool,
     in_flight: AtomicUsize,
     /// End of the current ejection, in [`nanos`]; 0 when not ejected.
     ejected_until: AtomicU64,
     /// True when there are failures or ejections for a success to reset.
     troubled: AtomicBool,
-    /// Smooth weighted round-robin's current weight (used under the
-    /// picker's lock).
-    pub(crate) current_weight: AtomicI64,
+    /// A strategy's number for this instance (see
+    /// [`Candidate::scratch`](crate::strategy::Candidate::scratch)).
+    pub(crate) scratch: AtomicI64,
     state: Mutex<State>,
 }
 
@@ -127,14 +127,11 @@ struct State {
 
 /// An ejection that a failure caused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[doc(hidden)]
-pub struct Ejected {
+pub(crate) struct Ejected {
     /// How long it lasts.
-    #[allow(missing_docs)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// How many ejections in a row this one makes.
-    #[allow(missing_docs)]
-    pub nth: u32,
+    pub(crate) nth: u32,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -147,14 +144,17 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(instance: Instance) -> Self {
+    /// The state of `instance`, new to the set; `local` when it is in the
+    /// preferred zone.
+    pub(crate) fn new(instance: Instance, local: bool) -> Self {
         Endpoint {
             authority: instance.authority(),
+            local,
             instance,
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             troubled: AtomicBool::new(false),
-            current_weight: AtomicI64::new(0),
+            scratch: AtomicI64::new(0),
             state: Mutex::new(State {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
                 rtt_at: Instant::now(),
@@ -177,8 +177,7 @@ impl Endpoint {
     }
 
     /// Counts a request in flight until the guard is dropped.
-    #[allow(missing_docs)]
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -212,8 +211,7 @@ impl Endpoint {
     /// doubling of ejection times, only if its try was sent after the
     /// ejection began: an answer to a request sent before says nothing about
     /// the instance now.
-    #[allow(missing_docs)]
-    pub fn record_success(&self, sent: Instant, latency: Duration, track_latency: bool) {
+    pub(crate) fn record_success(&self, sent: Instant, latency: Duration, track_latency: bool) {
         let troubled = self.troubled.load(Ordering::Relaxed);
         if !track_latency && !troubled {
             return;
@@ -235,8 +233,11 @@ impl Endpoint {
 
     /// Records a failed try that took `latency`; returns the ejection it
     /// caused, if any.
-    #[allow(missing_docs)]
-    pub fn record_failure(&self, latency: Duration, options: &EjectionOptions) -> Option<Ejected> {
+    pub(crate) fn record_failure(
+        &self,
+        latency: Duration,
+        options: &EjectionOptions,
+    ) -> Option<Ejected> {
         let now = Instant::now();
         let mut state = self.state();
         self.troubled.store(true, Ordering::Relaxed);
@@ -264,6 +265,21 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Keeps the instance out of the candidates for `duration` (an
+    /// overloaded instance's `Retry-After`), without counting a failure
+    /// towards ejection: it is alive, only busy. An ejection already
+    /// lasting longer is kept.
+    pub(crate) fn back_off(&self, duration: Duration) {
+        let now = Instant::now();
+        let until = nanos(now.checked_add(duration).unwrap_or(now));
+        // An answer to a try sent before now says nothing against it.
+        self.state().ejected_at = Some(now);
+        self.troubled.store(true, Ordering::Relaxed);
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+}
+
 /// Applies one latency sample to the peak-EWMA estimate.
 fn observe(state: &mut State, sample: Duration, now: Instant) {
     let sample_ns = sample.as_nanos() as f64;
@@ -287,8 +303,7 @@ fn decayed(rtt_ns: f64, at: Instant, now: Instant, floor_ns: f64) -> f64 {
 }
 
 /// A request in flight on an [`Endpoint`]; dropping it ends the count.
-#[doc(hidden)]
-pub struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlight(Arc<Endpoint>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -301,7 +316,10 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(Instance::new("lorem", "a", "127.0.0.1", 1)))
+        Arc::new(Endpoint::new(
+            Instance::new("lorem", "a", "127.0.0.1", 1),
+            false,
+        ))
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! The one error type of the crate, in domain words.
+//! The balancer's error type, in domain words.
 
 use std::time::Duration;
 
-/// Everything that can go wrong when calling a service through the balancer.
+/// What can go wrong when building a balancer or picking an instance.
 ///
 /// Messages say what failed, with which value, and what to do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No instance of the service was in the registry for the whole wait.
+    /// No instance of the service (matching the selector) was in the
+    /// registry for the whole wait.
     #[error(
         "no instance of service {service:?} appeared within {}; is a server of it running and registered in the same registry?",
         humantime::format_duration(*waited)
@@ -20,58 +21,10 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// Every try failed with a failure that is retried (a connection error,
-    /// a timeout, a 5xx, an answer body over
-    /// [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES)...) and no further try was
-    /// allowed.
-    #[error(
-        "{service} request failed after {attempts} attempt(s) ({gave_up}); last error from instance {instance:?}: {last}"
-    )]
-    Exhausted {
-        /// The service that was called.
-        service: String,
-        /// How many tries were made.
-        attempts: u32,
-        /// Why no further try was made.
-        gave_up: GaveUp,
-        /// The registry id of the instance that failed last.
-        instance: String,
-        /// What went wrong the last time.
-        last: String,
-    },
-
-    /// An instance refused the request (a 4xx): it is not retried, since
-    /// another instance would refuse it too.
-    #[error("instance {instance:?} refused the request with {status}: {message}")]
-    Rejected {
-        /// The registry id of the instance that answered.
-        instance: String,
-        /// The HTTP status (400-499).
-        status: u16,
-        /// The `error` field of the JSON body, or the body itself.
-        message: String,
-        /// The raw body, so that a gateway can pass it through.
-        body: String,
-    },
-
-    /// An instance answered 2xx with a body that is not what the service
-    /// promises.
-    #[error("instance {instance:?} answered with an unexpected body: {reason}")]
-    BadResponse {
-        /// The registry id of the instance that answered.
-        instance: String,
-        /// What was wrong with it.
-        reason: String,
-    },
-
-    /// The options cannot be used (zero attempts, a service name no
-    /// registry can hold...).
-    #[error("invalid client options: {0}")]
+    /// The options cannot be used (a service name no registry can hold, a
+    /// timeout over a day, an unknown strategy...).
+    #[error("invalid balancer options: {0}")]
     InvalidOptions(String),
-
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client")]
-    Http(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl Error {
@@ -79,34 +32,6 @@ impl Error {
     /// 503 for it.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::NoInstance { .. })
-    }
-}
-
-/// Why a request stopped retrying: part of [`Error::Exhausted`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GaveUp {
-    /// It made [`ClientOptions::attempts`](crate::ClientOptions::attempts) tries.
-    Attempts,
-    /// Every live instance had been tried once: a retry never goes back to
-    /// an instance that failed the same request.
-    AllTried,
-    /// The retry budget was spent: too many requests are being retried, so
-    /// the backends are sick, and retrying would only add load.
-    Budget,
-    /// The live set emptied after a failed try and no instance appeared
-    /// within the balancer's wait timeout.
-    NoneLeft,
-}
-
-impl std::fmt::Display for GaveUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            GaveUp::Attempts => "no attempts left",
-            GaveUp::AllTried => "every live instance was tried",
-            GaveUp::Budget => "the retry budget is spent",
-            GaveUp::NoneLeft => "no instance was left to retry on",
-        })
     }
 }
 

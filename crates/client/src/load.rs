@@ -30,7 +30,8 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::client::{DirectClient, Lorem, LoremClient, LoremRequest};
-use balancer::{Balancer, Error, Result, deadline_after};
+use balancer::{Balancer, deadline_after};
+use http_client::{Error, Result};
 
 /// The longest run `load` accepts; longer durations are cut to it.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
