@@ -66,7 +66,7 @@ enum Running {
         hits: Arc<AtomicU64>,
         _stop: oneshot::Sender<()>,
     },
-    Lorem(lorem::server::RunningServer),
+    Lorem(Box<lorem::server::RunningServer>),
 }
 
 impl Running {
@@ -93,7 +93,7 @@ async fn take_port(kind: Stranger, port: u16) -> Running {
         let registry = registry::MemoryRegistry::new(Duration::from_secs(60));
         loop {
             match lorem::server::start(options.clone(), registry.clone()).await {
-                Ok(server) => return Running::Lorem(server),
+                Ok(server) => return Running::Lorem(Box::new(server)),
                 Err(error) => {
                     assert!(
                         Instant::now() < deadline,
