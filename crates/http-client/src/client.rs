@@ -326,9 +326,12 @@ impl Client {
         // Read the body only of an answer that will be used: the identity
         // check passes, and it is not an overload.
         let keep_body = |status: u16, headers: &HeaderMap| {
-            !(enforced && reported(headers).as_deref() != Some(instance.id.as_str()))
-                && status != 429
-                && status != 503
+            let named = || {
+                headers
+                    .get(header)
+                    .is_some_and(|v| v.as_bytes() == instance.id.as_bytes())
+            };
+            (!enforced || named()) && status != 429 && status != 503
         };
         let answer = match send_once(
             &self.http,

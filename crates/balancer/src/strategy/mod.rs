@@ -146,11 +146,6 @@ impl<'a> Candidate<'a> {
     pub(crate) fn endpoint(&self) -> &'a Arc<Endpoint> {
         self.endpoint
     }
-
-    /// True when both are the same instance.
-    pub fn same(&self, other: &Candidate<'_>) -> bool {
-        Arc::ptr_eq(self.endpoint, other.endpoint)
-    }
 }
 
 /// How the balancer spreads requests over the live set: see the
