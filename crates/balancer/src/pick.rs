@@ -133,6 +133,13 @@ impl Pick {
         }
     }
 
+    /// When the pick was made: the start of the try, from which a caller
+    /// that starts the try at once can measure its latency without reading
+    /// the clock again.
+    pub fn picked_at(&self) -> Instant {
+        self.picked_at
+    }
+
     /// The instance's registration.
     pub fn instance(&self) -> &Instance {
         &self.endpoint.instance

@@ -243,7 +243,12 @@ impl LoremClient {
 /// stands for.
 fn decode_lorem(answer: Response) -> Result<Lorem> {
     match answer.status {
-        200..=299 => match serde_json::from_slice::<MessageBody>(&answer.body) {
+        // Checked as UTF-8 in one go, then parsed as text: cheaper than
+        // parsing bytes, which checks each string on its own.
+        200..=299 => match std::str::from_utf8(&answer.body)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<MessageBody>(text).map_err(|e| e.to_string()))
+        {
             Ok(body) => Ok(Lorem {
                 message: body.message,
                 instance: answer.instance,

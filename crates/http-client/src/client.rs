@@ -209,10 +209,12 @@ impl Client {
         let service = self.balancer.service();
         self.budget.deposit();
         let mut tried: Vec<String> = Vec::new();
-        let mut last: Option<(String, Failure)> = None;
+        // Boxed: the future of every request carries it, most never fill it.
+        let mut last: Option<Box<(String, Failure)>> = None;
         let mut gave_up = GaveUp::Attempts;
         for attempt in 1..=self.options.attempts {
-            if let Some((_, failure)) = &last {
+            if let Some(last) = &last {
+                let failure = &last.1;
                 let reached_service =
                     !failure.never_sent && failure.kind != FailureKind::WrongInstance;
                 if reached_service && !request.idempotent {
@@ -247,7 +249,7 @@ impl Client {
             if last.is_some() {
                 metrics.retry();
             }
-            let tried_at = Instant::now();
+            let tried_at = pick.picked_at();
             let outcome = self.try_once(&pick, &request).await;
             let took = tried_at.elapsed();
             let failure = match outcome {
@@ -289,11 +291,11 @@ impl Client {
                 pick.failure(failure.kind, took);
             }
             tried.push(instance.clone());
-            last = Some((instance, failure));
+            last = Some(Box::new((instance, failure)));
         }
         metrics.failed();
         // The first try always has an instance, so `last` is set.
-        let (instance, last) = match last {
+        let (instance, last) = match last.map(|last| *last) {
             Some((instance, failure)) => (instance, failure.message),
             None => (String::new(), "no try was made".to_owned()),
         };
@@ -316,36 +318,31 @@ impl Client {
             .map(String::as_str);
         let enforced = self.options.identity_check && registered_header.is_some();
         let header = registered_header.unwrap_or(INSTANCE_HEADER);
-        let reported = |headers: &HeaderMap| {
-            headers
+        // Read the body only of an answer that will be used: the identity
+        // check passes, and it is not an overload.
+        let inspect = |status: u16, headers: &HeaderMap| {
+            let reported = headers
                 .get(header)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
-                .map(str::to_owned)
+                .map(str::to_owned);
+            let keep = (!enforced || reported.as_deref() == Some(instance.id.as_str()))
+                && status != 429
+                && status != 503;
+            (reported, keep)
         };
-        // Read the body only of an answer that will be used: the identity
-        // check passes, and it is not an overload.
-        let keep_body = |status: u16, headers: &HeaderMap| {
-            let named = || {
-                headers
-                    .get(header)
-                    .is_some_and(|v| v.as_bytes() == instance.id.as_bytes())
-            };
-            (!enforced || named()) && status != 429 && status != 503
-        };
-        let answer = match send_once(
+        let (answer, reported_id) = match send_once(
             &self.http,
             pick.authority(),
             request,
             self.options.try_timeout,
-            keep_body,
+            inspect,
         )
         .await
         {
             Ok(answer) => answer,
             Err(failure) => return Tried::Failed(failure),
         };
-        let reported_id = reported(&answer.headers);
         if enforced && reported_id.as_deref() != Some(instance.id.as_str()) {
             let message = match &reported_id {
                 Some(other) => format!(

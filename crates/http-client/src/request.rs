@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 pub struct Request {
     pub(crate) method: Method,
     pub(crate) path: String,
-    pub(crate) headers: HeaderMap,
+    /// Boxed, and only once there is one: most requests have none, and
+    /// every try's future carries the request.
+    pub(crate) headers: Option<Box<HeaderMap>>,
     pub(crate) body: Option<Bytes>,
     pub(crate) idempotent: bool,
 }
@@ -34,7 +36,7 @@ impl Request {
         Request {
             method,
             path: path.into(),
-            headers: HeaderMap::new(),
+            headers: None,
             body: None,
             idempotent,
         }
@@ -97,7 +99,10 @@ impl<'a> RequestBuilder<'a> {
                 HeaderValue::from_str(value),
             ) {
                 (Ok(name), Ok(value)) => {
-                    request.headers.append(name, value);
+                    request
+                        .headers
+                        .get_or_insert_with(Box::default)
+                        .append(name, value);
                 }
                 _ => {
                     self.request = Err(Error::InvalidRequest(format!(
@@ -126,7 +131,7 @@ impl<'a> RequestBuilder<'a> {
             .map_err(|e| Error::InvalidRequest(format!("the JSON body does not serialise: {e}")))?;
         if let Ok(request) = &mut self.request {
             request.body = Some(body.into());
-            request.headers.insert(
+            request.headers.get_or_insert_with(Box::default).insert(
                 reqwest::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );

@@ -54,36 +54,40 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Sends `request` to `authority` once. The body is read (bounded) unless
-/// `keep_body` says otherwise for the status and headers seen.
-pub(crate) async fn send_once(
+/// Sends `request` to `authority` once. `inspect` looks at the status and
+/// headers first: what it finds is returned with the answer, and the body
+/// is read (bounded) only if it says so.
+pub(crate) async fn send_once<R>(
     http: &reqwest::Client,
     authority: &str,
     request: &Request,
     timeout: Duration,
-    keep_body: impl FnOnce(u16, &HeaderMap) -> bool,
-) -> Result<Answer, Failure> {
+    inspect: impl FnOnce(u16, &HeaderMap) -> (R, bool),
+) -> Result<(Answer, R), Failure> {
     let url = format!("http://{authority}{}", request.path);
     let mut builder = http.request(request.method.clone(), url).timeout(timeout);
-    if !request.headers.is_empty() {
-        builder = builder.headers(request.headers.clone());
+    if let Some(headers) = &request.headers {
+        builder = builder.headers(HeaderMap::clone(headers));
     }
     if let Some(body) = &request.body {
         builder = builder.body(body.clone());
     }
     let mut response = builder.send().await.map_err(|e| classify(&e, timeout))?;
     let status = response.status().as_u16();
-    let headers = std::mem::take(response.headers_mut());
-    let body = if keep_body(status, &headers) {
+    let (found, keep_body) = inspect(status, response.headers());
+    let body = if keep_body {
         Some(read_body(&mut response, timeout).await?)
     } else {
         None
     };
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
+    Ok((
+        Answer {
+            status,
+            headers: std::mem::take(response.headers_mut()),
+            body,
+        },
+        found,
+    ))
 }
 
 /// Sends `request` once to `authority` (`host:port`), without discovery,
@@ -101,7 +105,7 @@ pub async fn send_direct(
     request: &Request,
     timeout: Duration,
 ) -> Result<(u16, HeaderMap, Bytes), String> {
-    let answer = send_once(http, authority, request, timeout, |_, _| true)
+    let (answer, ()) = send_once(http, authority, request, timeout, |_, _| ((), true))
         .await
         .map_err(|failure| failure.message)?;
     Ok((
@@ -130,7 +134,12 @@ async fn read_body(response: &mut reqwest::Response, timeout: Duration) -> Resul
     {
         return Err(too_large());
     }
+    // A body in one chunk (the usual small answer) is kept as it came;
+    // more chunks are joined. Read to the end either way, so that the
+    // connection goes back to the pool.
+    let mut first: Option<Bytes> = None;
     let mut body: Vec<u8> = Vec::new();
+    let mut length = 0;
     while let Some(chunk) = response.chunk().await.map_err(|e| {
         let mut failure = classify(&e, timeout);
         // Once the answer has begun, nothing about it is free to retry.
@@ -140,16 +149,20 @@ async fn read_body(response: &mut reqwest::Response, timeout: Duration) -> Resul
         }
         failure
     })? {
-        if chunk.len() > MAX_BODY_BYTES - body.len() {
+        if chunk.len() > MAX_BODY_BYTES - length {
             return Err(too_large());
         }
-        if body.is_empty() && response.content_length() == Some(chunk.len() as u64) {
-            // The whole body in one chunk: no copy.
-            return Ok(chunk);
+        length += chunk.len();
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            Some(earlier) => {
+                body.extend_from_slice(&earlier);
+                body.extend_from_slice(&chunk);
+            }
+            None => body.extend_from_slice(&chunk),
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(body))
+    Ok(first.unwrap_or_else(|| Bytes::from(body)))
 }
 
 /// Sorts a transport error into a [`Failure`], with a message that names the
