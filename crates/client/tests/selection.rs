@@ -57,6 +57,7 @@ async fn load_uses_only_the_selected_instances() {
         command
             .args(["--listen", &format!("127.0.0.1:{}", testkit::free_port())])
             .args(["--id", id, "--tags", tags, "--metadata", metadata])
+            .args(["--weight", if id == "sel-old" { "3" } else { "1" }])
             .args(["--drain-delay", "0s"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
@@ -72,6 +73,26 @@ async fn load_uses_only_the_selected_instances() {
         Duration::from_secs(30),
     )
     .await;
+
+    // What lorem-server registered: its flags, and the identity header.
+    let registered = watcher.instances("lorem").await.expect("read the registry");
+    let old = registered
+        .iter()
+        .find(|i| i.id == "sel-old")
+        .expect("sel-old registered");
+    assert_eq!(old.weight, 3, "{old:?}");
+    assert_eq!(old.tags, ["lorem", "ru-rocker"], "{old:?}");
+    for (key, value) in [
+        ("version", "v1"),
+        ("zone", "us"),
+        ("instance-id-header", "x-instance-id"),
+    ] {
+        assert_eq!(
+            old.metadata.get(key).map(String::as_str),
+            Some(value),
+            "{old:?}"
+        );
+    }
 
     let everyone = load(&etcd, &[], &[]);
     assert_eq!(served(&everyone), ["sel-both", "sel-lorem", "sel-old"]);
