@@ -12,7 +12,8 @@
 //! with the same request count and concurrency, and prints the median rps,
 //! p50, p99 and client CPU time per request of each, and their ratios
 //! (median of the per-round ratios: each pair of runs is back to back, so
-//! the machine's drift cancels out). Throughput on a shared 2-core machine
+//! the machine's drift cancels out, and each mode goes first in every other
+//! round, so that the order does not favour one). Throughput on a shared 2-core machine
 //! swings by 10-20% from run to run, so it also counts the client's
 //! instructions per request under callgrind (`--no-instructions` skips it),
 //! which is the same on every run.
@@ -270,8 +271,16 @@ async fn main() -> Result<()> {
     let mut balanced = Vec::new();
     let mut plain = Vec::new();
     for round in 1..=options.rounds {
-        let b = load(&client_bin, &etcd_addr, &options, None)?;
-        let d = load(&client_bin, &etcd_addr, &options, Some(&direct))?;
+        // Each mode goes first in every other round: whichever runs second
+        // finds the machine warmer (or busier), and a fixed order biased the
+        // ratio by several percent on a shared machine.
+        let (b, d) = if round % 2 == 1 {
+            let b = load(&client_bin, &etcd_addr, &options, None)?;
+            (b, load(&client_bin, &etcd_addr, &options, Some(&direct))?)
+        } else {
+            let d = load(&client_bin, &etcd_addr, &options, Some(&direct))?;
+            (load(&client_bin, &etcd_addr, &options, None)?, d)
+        };
         eprintln!(
             "round {round}: balancer {:.0} rps p99 {:.2} ms {:.1} us CPU/req | direct {:.0} rps p99 {:.2} ms {:.1} us CPU/req",
             b.rps, b.p99_ms, b.cpu_us, d.rps, d.p99_ms, d.cpu_us

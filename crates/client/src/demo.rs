@@ -25,9 +25,9 @@ use lorem::server::{RunningServer, ServerError, ServerOptions};
 use registry::Settings;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::balancer::{Balancer, BalancerOptions};
-use crate::client::{ClientOptions, LoremClient, LoremRequest};
-use crate::limits::deadline_after;
+use crate::client::{LoremClient, LoremRequest};
+use balancer::{Balancer, BalancerOptions, deadline_after};
+use http_client::ClientOptions;
 
 /// The TTL the demo uses unless `REGISTRY_TTL` is set: short, so that the
 /// crash shows within seconds.
@@ -70,7 +70,7 @@ pub enum DemoError {
 
     /// The client could not be built.
     #[error("client: {0}")]
-    Client(#[from] crate::error::Error),
+    Client(#[from] http_client::Error),
 
     /// A phase did not reach its goal in time.
     #[error("phase {phase}: {what} did not happen within {}", humantime::format_duration(*waited))]
@@ -349,7 +349,7 @@ impl Traffic<'_> {
             Err(error) => {
                 tracing::warn!(%error, "request failed");
                 let retries = match error {
-                    crate::error::Error::Exhausted { attempts, .. } => {
+                    http_client::Error::Exhausted { attempts, .. } => {
                         u64::from(attempts.saturating_sub(1))
                     }
                     _ => 0,
@@ -383,7 +383,7 @@ async fn run_phases(
     options: &DemoOptions,
     report: &mut DemoReport,
 ) -> Result<(), DemoError> {
-    crate::balancer::check_service(&options.service)?;
+    balancer::check_service(&options.service).map_err(http_client::Error::from)?;
     tracing::info!(
         backend = settings.backend.name(),
         ttl = ?settings.ttl,
@@ -396,7 +396,8 @@ async fn run_phases(
         registry::connect(settings).await?,
         &options.service,
         BalancerOptions::default(),
-    )?;
+    )
+    .map_err(http_client::Error::from)?;
     let client = LoremClient::new(balancer.clone(), options.client.clone())?;
 
     let mut set = balancer.subscribe();

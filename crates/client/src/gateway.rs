@@ -14,7 +14,7 @@
 //! "discarded": false, "since_update_ms": 1234, "last_error": null}`:
 //! `stale` is true while the registry cannot be read and the set is the
 //! last known one, `stale_ms` says for how long (see
-//! [`Freshness`](crate::Freshness)).
+//! [`Freshness`]).
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for a body that is not such a
 //! request (an instance's own 400 is passed through as is), 503 when no
@@ -34,9 +34,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::balancer::Freshness;
-use crate::client::{INSTANCE_HEADER, LoremClient, LoremRequest, parse_kind};
-use crate::error::Error;
+use crate::client::{LoremClient, LoremRequest, parse_kind};
+use balancer::Freshness;
+use http_client::Error;
+use http_client::INSTANCE_HEADER;
 
 /// The body of `POST /sd-lorem`, as go-kit's client sends it.
 #[derive(Debug, Deserialize)]
@@ -66,7 +67,10 @@ struct Gateway {
 /// The gateway's routes, sending through `client`.
 pub fn router(client: LoremClient) -> Router {
     let mut metrics = Registry::default();
-    client.balancer().client_metrics().register(&mut metrics);
+    client
+        .balancer()
+        .metrics()
+        .register(&mut metrics, crate::METRICS_PREFIX);
     Router::new()
         .route("/sd-lorem", post(sd_lorem))
         .route("/instances", get(instances))

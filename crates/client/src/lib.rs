@@ -1,19 +1,16 @@
-//! The lorem service's client side: a balancer fed by service discovery,
-//! retries on another instance, and what the `lorem-client` and
-//! `lorem-demo` binaries do.
+//! The lorem service's client side: [`LoremClient`] over the
+//! discovery-aware HTTP client and the balancer, and what the
+//! `lorem-client` and `lorem-demo` binaries do.
 //!
 //! # Layout
 //!
-//! - [`Balancer`]: the live set of a service, kept by a
-//!   [`registry::Watcher`] watch, and the choice of an instance
-//!   ([`Strategy`]: round-robin or weighted); waits while the set is empty
-//!   (`balancer`).
-//! - [`Client`] and [`LoremClient`]: requests through the balancer, retried
-//!   on a different instance after a connection error, a timeout or a 5xx
-//!   (`client`).
-//! - [`Error`]: every failure, in domain words (`error`).
-//! - [`MAX_TIMEOUT`] and [`MAX_BODY_BYTES`]: bounds on user-given durations
-//!   and on what an instance may send back (`limits`).
+//! - The general parts live in their own crates and are re-exported here:
+//!   [`Balancer`] and its options, strategies and metrics (crate
+//!   `balancer`: the live set from a registry watch, pick with feedback),
+//!   [`Client`] and [`Error`] (crate `http-client`: any HTTP request,
+//!   retried when safe).
+//! - [`LoremClient`]: the lorem API on top, with the identity check on
+//!   (`client`); [`DirectClient`], the baseline without discovery.
 //! - What the binaries run, so that tests can call it: [`repeat`]
 //!   (`lorem-client loop`), [`gateway`] (`lorem-client gateway`), [`load`]
 //!   (`lorem-client load`), [`demo`] (`lorem-demo`).
@@ -37,39 +34,38 @@
 
 #![forbid(unsafe_code)]
 
-mod balancer;
-mod budget;
 mod client;
-mod endpoint;
-mod error;
-mod limits;
-mod metrics;
-mod strategy;
 
 pub mod demo;
 pub mod gateway;
 pub mod load;
 pub mod repeat;
 
+/// The balancer's own error (building a [`Balancer`]); calls through the
+/// client fail with [`Error`].
+pub use balancer::Error as BalancerError;
+/// The metric families of the balancer and its clients; the gateway
+/// exports them under the prefix [`METRICS_PREFIX`].
+pub use balancer::Metrics as ClientMetrics;
 pub use balancer::{
-    Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, SetChange,
-    Snapshot, unix_ms,
+    Balancer, BalancerOptions, DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX,
+    DEFAULT_MAX_STALENESS, DEFAULT_RTT, DEFAULT_WAIT_TIMEOUT, EWMA_DECAY, EjectionOptions,
+    Freshness, MAX_TIMEOUT, RETRY_BUDGET_WINDOW, Selector, SetChange, Snapshot, Strategy,
+    ZonePreference, parse_key_value, parse_timeout, unix_ms,
 };
-pub use budget::RETRY_BUDGET_WINDOW;
-pub use client::{
-    Answer, Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_MIN_RETRIES_PER_SEC,
-    DEFAULT_RETRY_PERCENT, DEFAULT_TRY_TIMEOUT, DirectClient, INSTANCE_HEADER, Kind, Lorem,
-    LoremClient, LoremRequest, http_client, parse_kind,
+pub use client::{DirectClient, Kind, Lorem, LoremClient, LoremRequest, parse_kind};
+/// What [`Client::send`] answers (named `Answer` before the HTTP client
+/// had a crate of its own).
+pub use http_client::Response as Answer;
+pub use http_client::{
+    Client, ClientOptions, DEFAULT_ATTEMPTS, DEFAULT_MIN_RETRIES_PER_SEC, DEFAULT_RETRY_PERCENT,
+    DEFAULT_TRY_TIMEOUT, Error, GaveUp, INSTANCE_HEADER, MAX_BODY_BYTES, Result,
 };
-pub use endpoint::{
-    DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX, DEFAULT_RTT, EWMA_DECAY,
-    EjectionOptions,
-};
-pub use error::{Error, GaveUp, Result};
-pub use limits::{MAX_BODY_BYTES, MAX_TIMEOUT, parse_timeout};
-pub use metrics::ClientMetrics;
-pub use strategy::Strategy;
 
+/// The prefix of the client's metric names (`lorem_client_requests_total`...),
+/// kept from before the balancer had a crate of its own so that dashboards
+/// keep working.
+pub const METRICS_PREFIX: &str = "lorem_client";
 /// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
 /// kept for results), filtered by `RUST_LOG`, `info` by default.
 pub fn init_tracing() {

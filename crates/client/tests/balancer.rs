@@ -452,7 +452,7 @@ async fn an_invalid_service_name_is_refused_at_once() {
         let error = Balancer::new(memory_registry(), bad, BalancerOptions::default())
             .expect_err("an invalid name is refused");
         assert!(
-            matches!(error, Error::InvalidOptions(_)),
+            matches!(error, client::BalancerError::InvalidOptions(_)),
             "{bad:?}: {error:?}"
         );
         assert!(
@@ -476,7 +476,10 @@ async fn absurd_timeouts_are_refused_at_once() {
         },
     )
     .expect_err("a wait timeout over 24h is refused");
-    assert!(matches!(error, Error::InvalidOptions(_)), "{error:?}");
+    assert!(
+        matches!(error, client::BalancerError::InvalidOptions(_)),
+        "{error:?}"
+    );
     assert!(
         error
             .to_string()

@@ -79,6 +79,11 @@ pub struct ServerOptions {
     pub service: String,
     /// Tags registered with the instance.
     pub tags: Vec<String>,
+    /// Metadata registered with the instance (`version=v2`, `zone=eu`), for
+    /// clients that select by it. `instance-id-header` is always added.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Relative share of traffic for clients balancing by weight (at least 1).
+    pub weight: u32,
     /// The instance id: registered, and sent in every `x-instance-id` header.
     pub id: String,
     /// How long to keep serving after deregistering, so that clients
@@ -98,6 +103,8 @@ impl ServerOptions {
             advertise: None,
             service: "lorem".to_owned(),
             tags: Vec::new(),
+            metadata: std::collections::BTreeMap::new(),
+            weight: 1,
             id: id.into(),
             drain_delay: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
@@ -168,6 +175,8 @@ pub async fn start<R: Registrar + 'static>(
     // Check what does not depend on the bound port before binding.
     let mut probe = Instance::new(&options.service, &options.id, "127.0.0.1", 1);
     probe.tags.clone_from(&options.tags);
+    probe.metadata.clone_from(&options.metadata);
+    probe.weight = options.weight;
     probe.validate().map_err(ServerError::InvalidInstance)?;
     if let Some(value) = &options.advertise {
         parse_advertise(value, 1)?;
@@ -196,6 +205,14 @@ pub async fn start<R: Registrar + 'static>(
     };
     let mut instance = Instance::new(&options.service, &options.id, address, port);
     instance.tags.clone_from(&options.tags);
+    instance.metadata.clone_from(&options.metadata);
+    instance.weight = options.weight;
+    // Every answer names this instance in x-instance-id: clients may hold it
+    // to that (http_client's identity check, key `instance-id-header`).
+    instance.metadata.insert(
+        "instance-id-header".to_owned(),
+        crate::http::INSTANCE_ID_HEADER.to_owned(),
+    );
     instance.validate().map_err(ServerError::InvalidInstance)?;
 
     let connections = Arc::new(Connections::default());

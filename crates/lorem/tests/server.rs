@@ -92,7 +92,11 @@ async fn registers_once_listening_and_deregisters_on_shutdown() {
     let instances = registry.instances("lorem").await.expect("instances");
     assert_eq!(
         instances,
-        vec![Instance::new("lorem", "srv-a", "127.0.0.1", addr.port()).with_tag("v1")]
+        vec![
+            Instance::new("lorem", "srv-a", "127.0.0.1", addr.port())
+                .with_tag("v1")
+                .with_metadata("instance-id-header", "x-instance-id")
+        ]
     );
     assert!(health_ok(addr).await);
 

@@ -19,7 +19,7 @@ use client::load::{self, LoadOptions, LoadReport};
 use client::repeat::{self, RepeatOptions};
 use client::{
     Balancer, BalancerOptions, ClientMetrics, ClientOptions, DirectClient, EjectionOptions, Kind,
-    LoremClient, LoremRequest, Strategy, gateway,
+    LoremClient, LoremRequest, Selector, Strategy, ZonePreference, gateway,
 };
 
 /// Calls the lorem service through service discovery.
@@ -79,6 +79,24 @@ struct Cli {
     /// Seed of the random and p2c strategies (default: from the system).
     #[arg(long, global = true, env = "LB_SEED")]
     seed: Option<u64>,
+    /// Use only instances carrying all these tags, comma-separated (like
+    /// go-kit's `tags="[lorem ru-rocker]"`).
+    #[arg(long, global = true, env = "LB_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Use only instances with all these metadata pairs, comma-separated
+    /// key=value (`version=v2`).
+    #[arg(long, global = true, env = "LB_METADATA", value_delimiter = ',',
+        value_parser = client::parse_key_value)]
+    metadata: Vec<(String, String)>,
+    /// Prefer instances whose metadata `zone` is this one, while at least
+    /// --zone-min-healthy percent of them (and at least one) are healthy.
+    #[arg(long, global = true, env = "LB_ZONE")]
+    zone: Option<String>,
+    /// The share of the local zone's instances, in percent, that must be
+    /// healthy for the zone preference to hold.
+    #[arg(long, global = true, env = "LB_ZONE_MIN_HEALTHY",
+        default_value_t = balancer::select::DEFAULT_ZONE_MIN_HEALTHY_PERCENT)]
+    zone_min_healthy: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -281,6 +299,24 @@ async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
                 max: cli.eject_max,
             },
             seed: cli.seed,
+            selector: Selector {
+                tags: cli
+                    .tags
+                    .iter()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                metadata: cli.metadata.iter().cloned().collect(),
+            },
+            zone: cli
+                .zone
+                .as_deref()
+                .map(str::trim)
+                .filter(|zone| !zone.is_empty())
+                .map(|zone| ZonePreference {
+                    zone: zone.to_owned(),
+                    min_healthy_percent: cli.zone_min_healthy,
+                }),
         },
         &ClientMetrics::new(),
     )?;
@@ -289,9 +325,12 @@ async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
         try_timeout: cli.try_timeout,
         retry_percent: cli.retry_budget,
         min_retries_per_sec: cli.min_retries_per_sec,
+        // LoremClient turns it on: lorem servers register for it.
+        identity_check: true,
     };
     tracing::info!(service = %cli.service, strategy = %cli.strategy, attempts = cli.attempts,
         retry_budget_percent = cli.retry_budget, eject_after = cli.eject_after,
+        tags = %cli.tags.join(","), zone = cli.zone.as_deref().unwrap_or(""),
         "client ready");
     Ok(LoremClient::new(balancer, options)?)
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! lorem-server [--listen 127.0.0.1:8080] [--advertise host:port] [--service lorem]
-//!              [--tags a,b] [--id ID] [--drain-delay 2s] [--shutdown-timeout 10s]
+//!              [--tags a,b] [--metadata k=v,k2=v2] [--weight 1] [--id ID]
+//!              [--drain-delay 2s] [--shutdown-timeout 10s]
 //! lorem-server healthcheck [--url http://127.0.0.1:8080/ready] [--timeout 2s]
 //! ```
 //!
@@ -48,6 +49,15 @@ struct Cli {
     /// Tags to register, comma-separated.
     #[arg(long, env = "LOREM_TAGS", value_delimiter = ',')]
     tags: Vec<String>,
+
+    /// Metadata to register, comma-separated key=value pairs (version=v2,zone=eu).
+    #[arg(long, env = "LOREM_METADATA", value_delimiter = ',', value_parser = parse_pair)]
+    metadata: Vec<(String, String)>,
+
+    /// Relative share of traffic for clients balancing by weight (at least 1).
+    #[arg(long, env = "LOREM_WEIGHT", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    weight: u32,
 
     /// Instance id [default: HOSTNAME-PID-RANDOM].
     #[arg(long, env = "LOREM_ID")]
@@ -143,6 +153,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .collect();
+    options.metadata = cli.metadata.into_iter().collect();
+    options.weight = cli.weight;
     options.drain_delay = cli.drain_delay;
     options.shutdown_timeout = cli.shutdown_timeout;
 
@@ -220,6 +232,18 @@ fn default_id() -> String {
     let host: String = host.chars().take(64).collect();
     let suffix: u32 = rand::thread_rng().r#gen();
     format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+/// A `key=value` pair of `--metadata`.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not a key=value pair; write it like version=v2"
+        )),
+    }
 }
 
 fn sanitize(text: &str) -> String {

@@ -1,8 +1,9 @@
-//! The one error type of the crate, in domain words.
+//! The client's error type, in domain words.
 
 use std::time::Duration;
 
-/// Everything that can go wrong when calling a service through the balancer.
+/// Everything that can go wrong when calling a service through the
+/// balancer.
 ///
 /// Messages say what failed, with which value, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +21,7 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// Every try failed with a failure that is retried (a connection error,
-    /// a timeout, a 5xx, an answer body over
-    /// [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES)...) and no further try was
-    /// allowed.
+    /// Every try failed and no further try was allowed (see [`GaveUp`]).
     #[error(
         "{service} request failed after {attempts} attempt(s) ({gave_up}); last error from instance {instance:?}: {last}"
     )]
@@ -40,22 +38,24 @@ pub enum Error {
         last: String,
     },
 
-    /// An instance refused the request (a 4xx): it is not retried, since
-    /// another instance would refuse it too.
+    /// An instance refused the request (a 4xx). The client itself returns
+    /// such answers as they are; API clients built on it (lorem's) turn
+    /// them into this error, which is not retried, since another instance
+    /// would refuse the request too.
     #[error("instance {instance:?} refused the request with {status}: {message}")]
     Rejected {
         /// The registry id of the instance that answered.
         instance: String,
         /// The HTTP status (400-499).
         status: u16,
-        /// The `error` field of the JSON body, or the body itself.
+        /// The `error` field of a JSON body, or the body itself.
         message: String,
         /// The raw body, so that a gateway can pass it through.
         body: String,
     },
 
     /// An instance answered 2xx with a body that is not what the service
-    /// promises.
+    /// promises (see [`Response::json`](crate::Response::json)).
     #[error("instance {instance:?} answered with an unexpected body: {reason}")]
     BadResponse {
         /// The registry id of the instance that answered.
@@ -69,6 +69,11 @@ pub enum Error {
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
 
+    /// The request cannot be sent as built (a header that is not valid
+    /// HTTP, a body that does not serialise).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Http(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -79,6 +84,18 @@ impl Error {
     /// 503 for it.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::NoInstance { .. })
+    }
+}
+
+impl From<balancer::Error> for Error {
+    fn from(error: balancer::Error) -> Self {
+        match error {
+            balancer::Error::NoInstance { service, waited } => {
+                Error::NoInstance { service, waited }
+            }
+            balancer::Error::InvalidOptions(message) => Error::InvalidOptions(message),
+            other => Error::InvalidOptions(other.to_string()),
+        }
     }
 }
 
@@ -97,6 +114,10 @@ pub enum GaveUp {
     /// The live set emptied after a failed try and no instance appeared
     /// within the balancer's wait timeout.
     NoneLeft,
+    /// The request is not safe to repeat: its method is not idempotent, it
+    /// did not opt in ([`RequestBuilder::idempotent`](crate::RequestBuilder::idempotent)),
+    /// and the failed try may have reached the service.
+    NotSafe,
 }
 
 impl std::fmt::Display for GaveUp {
@@ -106,6 +127,9 @@ impl std::fmt::Display for GaveUp {
             GaveUp::AllTried => "every live instance was tried",
             GaveUp::Budget => "the retry budget is spent",
             GaveUp::NoneLeft => "no instance was left to retry on",
+            GaveUp::NotSafe => {
+                "the request is not safe to repeat: not idempotent, and it may have reached the service"
+            }
         })
     }
 }

@@ -28,14 +28,16 @@ const SLOTS: usize = 10;
 /// The origin of the slot numbers.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// A retry budget; shared by the clones of a [`Client`](crate::Client).
+/// A retry budget, shared by the clones of a client: see the
+/// [module docs](self). A client [deposits](Self::deposit) every request
+/// and [withdraws](Self::withdraw) before each retry that costs budget.
 ///
 /// Lock-free: each slot holds the number of the tenth of a window it
 /// counts, and the first caller in a new tenth resets the slot it reuses.
 /// A count racing with that reset may be lost, which makes the budget a
 /// little generous or a little strict for a moment, never unbounded.
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
+pub struct RetryBudget {
     percent: u64,
     /// Retries allowed over the window whatever the traffic.
     floor: u64,
@@ -61,7 +63,7 @@ fn slot_number(now: Instant) -> u64 {
 impl RetryBudget {
     /// Retries may add `percent` of the requests plus `min_per_sec` per
     /// second.
-    pub(crate) fn new(percent: u32, min_per_sec: u32) -> Self {
+    pub fn new(percent: u32, min_per_sec: u32) -> Self {
         // Start the clock before the first slot number is taken.
         let _ = *EPOCH;
         RetryBudget {
@@ -89,14 +91,14 @@ impl RetryBudget {
     }
 
     /// Counts one request.
-    pub(crate) fn deposit(&self) {
+    pub fn deposit(&self) {
         self.slot(slot_number(Instant::now()))
             .requests
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false if it is spent.
-    pub(crate) fn withdraw(&self) -> bool {
+    pub fn withdraw(&self) -> bool {
         let now = slot_number(Instant::now());
         let current = self.slot(now);
         // The window: this tenth and the nine before it (tags are numbers

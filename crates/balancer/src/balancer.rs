@@ -18,9 +18,16 @@
 //! instance up to [`BalancerOptions::wait_timeout`] instead of failing at
 //! once.
 //!
+//! **Selecting.** Only the instances that match
+//! [`BalancerOptions::selector`] (tags, metadata) enter the live set.
+//!
 //! **Choosing.** A try goes to an instance that this request has not tried
 //! yet, skipping ejected instances (see [`EjectionOptions`]) unless all of
-//! them are, following the [`Strategy`].
+//! them are, preferring the local zone while it is healthy enough (see
+//! [`ZonePreference`]), following the [`Strategy`] (or any [`Choose`]).
+//!
+//! **Feedback.** [`Balancer::acquire`] hands out a [`Pick`]; the caller
+//! reports how the try went (see [`pick`](crate::pick)).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -38,8 +45,10 @@ use tokio::time::Instant;
 use crate::endpoint::{EjectionOptions, Endpoint};
 use crate::error::{Error, Result};
 use crate::limits::{check_timeout, deadline_after};
-use crate::metrics::{ClientMetrics, ServiceMetrics};
-use crate::strategy::{Picker, Strategy};
+use crate::metrics::{Metrics, RequestMetrics, ServiceMetrics};
+use crate::pick::Pick;
+use crate::select::{Selector, ZonePreference};
+use crate::strategy::{Candidates, Choose, Strategy};
 
 /// The default [`BalancerOptions::wait_timeout`].
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +97,12 @@ pub struct BalancerOptions {
     pub max_staleness: Duration,
     /// Passive outlier ejection.
     pub ejection: EjectionOptions,
+    /// Which instances of the service to use (tags, metadata); the default
+    /// uses every one.
+    pub selector: Selector,
+    /// Prefer the instances of one zone while enough of them are healthy;
+    /// `None` treats every zone alike.
+    pub zone: Option<ZonePreference>,
     /// Seed of the random choices of [`Strategy::Random`] and
     /// [`Strategy::P2c`]; `None` seeds from the operating system. Tests fix
     /// it to get the same choices on every run.
@@ -101,6 +116,8 @@ impl Default for BalancerOptions {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             max_staleness: DEFAULT_MAX_STALENESS,
             ejection: EjectionOptions::default(),
+            selector: Selector::default(),
+            zone: None,
             seed: None,
         }
     }
@@ -144,10 +161,10 @@ struct Shared {
     _task: AbortOnDrop,
 }
 
-/// What the watch task and the balancer share.
-struct Core {
-    service: String,
-    options: BalancerOptions,
+/// What the watch task, the balancer and its picks share.
+pub(crate) struct Core {
+    pub(crate) service: String,
+    pub(crate) options: BalancerOptions,
     /// The live set with each instance's state.
     live: watch::Sender<Arc<Live>>,
     /// The same set as plain instances, for [`Balancer::subscribe`].
@@ -158,15 +175,15 @@ struct Core {
     /// True once a waiting request has said so, until the set fills: one
     /// log line per empty spell, not one per request.
     wait_announced: std::sync::atomic::AtomicBool,
-    picker: Picker,
+    chooser: Box<dyn Choose>,
     /// Calls parked until an instance appears.
     waiting: AtomicUsize,
     sync: Mutex<SyncState>,
-    /// Whether the strategy reads latency estimates (p2c).
-    tracks_latency: bool,
-    metrics: ServiceMetrics,
+    /// Whether the chooser reads latency estimates (p2c).
+    pub(crate) tracks_latency: bool,
+    pub(crate) metrics: ServiceMetrics,
     /// The families `metrics` belong to, for exporters.
-    families: ClientMetrics,
+    families: Metrics,
 }
 
 #[derive(Default)]
@@ -192,7 +209,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// What [`Balancer::choose`] found.
-pub(crate) enum Choice {
+enum Choice {
     /// An instance for this try.
     Picked(Arc<Endpoint>),
     /// The set has instances, but this request tried every one.
@@ -234,7 +251,7 @@ impl Balancer {
         service: &str,
         options: BalancerOptions,
     ) -> Result<Self> {
-        Balancer::with_metrics(watcher, service, options, &ClientMetrics::new())
+        Balancer::with_metrics(watcher, service, options, &Metrics::new())
     }
 
     /// [`new`](Self::new), counting into `metrics` under the label
@@ -249,7 +266,26 @@ impl Balancer {
         watcher: W,
         service: &str,
         options: BalancerOptions,
-        metrics: &ClientMetrics,
+        metrics: &Metrics,
+    ) -> Result<Self> {
+        let chooser = options.strategy.chooser(options.seed);
+        Balancer::with_chooser(watcher, service, options, metrics, chooser)
+    }
+
+    /// [`with_metrics`](Self::with_metrics), choosing with `chooser` (a
+    /// strategy of one's own) instead of [`BalancerOptions::strategy`].
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    ///
+    /// # Panics
+    /// If called outside a Tokio runtime (the watch runs as a task).
+    pub fn with_chooser<W: Watcher + 'static>(
+        watcher: W,
+        service: &str,
+        options: BalancerOptions,
+        metrics: &Metrics,
+        chooser: Box<dyn Choose>,
     ) -> Result<Self> {
         check_service(service)?;
         check_timeout("the wait timeout", options.wait_timeout)?;
@@ -265,11 +301,18 @@ impl Balancer {
         let (live, _) = watch::channel(Arc::new(Live::default()));
         let (snapshots, _) = watch::channel::<Snapshot>(Arc::from(Vec::new()));
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
-        let picker = Picker::new(options.strategy, options.seed);
+        if let Some(zone) = &options.zone {
+            if zone.min_healthy_percent > 100 {
+                return Err(Error::InvalidOptions(format!(
+                    "the zone's healthy share must be from 0 to 100 percent, got {}",
+                    zone.min_healthy_percent
+                )));
+            }
+        }
         let core = Arc::new(Core {
             service: service.to_owned(),
-            tracks_latency: picker.tracks_latency(),
-            picker,
+            tracks_latency: chooser.tracks_latency(),
+            chooser,
             options,
             live,
             snapshots,
@@ -359,15 +402,16 @@ impl Balancer {
             .collect()
     }
 
-    /// The metrics this balancer (and the [`Client`](crate::Client)s over
-    /// it) count into: register them to export them.
-    pub fn client_metrics(&self) -> &ClientMetrics {
+    /// The metrics this balancer (and the clients over it) count into:
+    /// register them, under a prefix, to export them.
+    pub fn metrics(&self) -> &Metrics {
         &self.core().families
     }
 
-    /// The metric handles of this balancer's service.
-    pub(crate) fn metrics(&self) -> &ServiceMetrics {
-        &self.core().metrics
+    /// The request-level metrics of this balancer's service, for the client
+    /// that makes the calls to count into.
+    pub fn requests(&self) -> &RequestMetrics {
+        &self.core().metrics.requests
     }
 
     /// Picks an instance whose id is not in `exclude`, following the
@@ -383,25 +427,26 @@ impl Balancer {
 
     /// The instance for the next request: one not in `exclude` if there is
     /// any; if every live instance is excluded, one of them anyway. While
-    /// the set is empty it waits up to the wait timeout. ([`Client`]'s own
-    /// retries never go back to an instance they tried.)
-    ///
-    /// [`Client`]: crate::Client
+    /// the set is empty it waits up to the wait timeout. (Retries through
+    /// [`acquire`](Self::acquire) never go back to an instance they tried.)
     ///
     /// # Errors
     /// [`Error::NoInstance`] if the set stayed empty for the whole wait.
     pub async fn next(&self, exclude: &[String]) -> Result<Instance> {
-        let endpoint = match self.acquire(exclude).await? {
+        let endpoint = match self.acquire_endpoint(exclude).await? {
             Some(endpoint) => endpoint,
             // Every live instance is excluded: any of them (this waits only
             // if the set emptied in between).
-            None => self.acquire(&[]).await?.ok_or_else(|| self.no_instance())?,
+            None => self
+                .acquire_endpoint(&[])
+                .await?
+                .ok_or_else(|| self.no_instance())?,
         };
         Ok(endpoint.instance.clone())
     }
 
     /// Chooses an instance for one try, without waiting or allocating.
-    pub(crate) fn choose(&self, tried: &[String]) -> Choice {
+    fn choose(&self, tried: &[String]) -> Choice {
         let live = self.core().live.borrow().clone();
         if live.endpoints.is_empty() {
             return Choice::Empty;
@@ -412,32 +457,53 @@ impl Balancer {
         }
         let now = Instant::now();
         let admitted = |e: &Endpoint| untried(e) && !e.is_ejected(now);
+        let local_admitted = |e: &Endpoint| e.local && admitted(e);
+        // The local zone while it is healthy enough and has an untried
+        // instance; otherwise every zone.
+        let local = self.core().options.zone.as_ref().is_some_and(|zone| {
+            let (mut total, mut healthy, mut usable) = (0, 0, false);
+            for e in live.endpoints.iter().filter(|e| e.local) {
+                total += 1;
+                if !e.is_ejected(now) {
+                    healthy += 1;
+                    usable |= untried(e);
+                }
+            }
+            usable && zone.holds(healthy, total)
+        });
         // Every candidate ejected: trying one beats failing fast.
-        let admit: &dyn Fn(&Endpoint) -> bool = if live.endpoints.iter().any(|e| admitted(e)) {
+        let admit: &dyn Fn(&Endpoint) -> bool = if local {
+            &local_admitted
+        } else if live.endpoints.iter().any(|e| admitted(e)) {
             &admitted
         } else {
             &untried
         };
-        match self
-            .core()
-            .picker
-            .choose(&live.endpoints, admit, tried.is_empty())
-        {
-            Some(chosen) => Choice::Picked(chosen.clone()),
-            None => Choice::AllTried,
+        let candidates = Candidates::new(&live.endpoints, admit);
+        if candidates.is_empty() {
+            return Choice::AllTried;
         }
+        let chosen = self.core().chooser.choose(&candidates, tried.is_empty());
+        Choice::Picked(chosen.endpoint().clone())
     }
 
-    /// True when the strategy reads latency estimates, so that successes
-    /// must feed them.
-    pub(crate) fn tracks_latency(&self) -> bool {
-        self.core().tracks_latency
+    /// An instance for one try, not one of `tried` (ids), counted in flight
+    /// until the returned [`Pick`] is reported or dropped: see
+    /// [`pick`](crate::pick). While the set is empty it waits up to the
+    /// wait timeout. `Ok(None)` when the set has instances but every one
+    /// is in `tried`: the request has nowhere left to go.
+    ///
+    /// # Errors
+    /// [`Error::NoInstance`] if the set stayed empty for the whole wait.
+    pub async fn acquire(&self, tried: &[String]) -> Result<Option<Pick>> {
+        Ok(self
+            .acquire_endpoint(tried)
+            .await?
+            .map(|endpoint| Pick::new(endpoint, self.shared.core.clone())))
     }
 
-    /// An instance for one try, waiting up to the wait timeout while the
-    /// set is empty; `None` when the set has instances but every one is in
-    /// `tried`.
-    pub(crate) async fn acquire(&self, tried: &[String]) -> Result<Option<Arc<Endpoint>>> {
+    /// [`acquire`](Self::acquire), before the in-flight count.
+    async fn acquire_endpoint(&self, tried: &[String]) -> Result<Option<Arc<Endpoint>>> {
         match self.choose(tried) {
             Choice::Picked(endpoint) => return Ok(Some(endpoint)),
             Choice::AllTried => return Ok(None),
@@ -510,6 +576,9 @@ impl Core {
 
     /// A good snapshot arrived.
     fn update(&self, mut instances: Vec<Instance>, first: bool) {
+        let delivered = instances.len();
+        instances.retain(|instance| self.options.selector.matches(instance));
+        let unselected = delivered - instances.len();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         self.metrics.updates.inc();
         let was_discarded = {
@@ -561,6 +630,7 @@ impl Core {
         tracing::info!(
             service = %self.service,
             instances = instances.len(),
+            unselected,
             ids = %ids.join(","),
             added = %added.join(","),
             removed = %removed.join(","),
@@ -574,7 +644,13 @@ impl Core {
             .iter()
             .map(|instance| match before.get(instance.id.as_str()) {
                 Some(kept) if kept.instance == *instance => Arc::clone(kept),
-                _ => Arc::new(Endpoint::new(instance.clone())),
+                _ => Arc::new(Endpoint::new(
+                    instance.clone(),
+                    self.options
+                        .zone
+                        .as_ref()
+                        .is_some_and(|zone| zone.is_local(instance)),
+                )),
             })
             .collect();
         self.metrics.changes.inc();
@@ -658,8 +734,12 @@ impl Core {
     }
 }
 
-/// Checks that `service` is a name a registry can hold.
-pub(crate) fn check_service(service: &str) -> Result<()> {
+/// Checks that `service` is a name a registry can hold, so that a caller
+/// can refuse a bad name before anything connects.
+///
+/// # Errors
+/// [`Error::InvalidOptions`] saying what the name must match.
+pub fn check_service(service: &str) -> Result<()> {
     registry::validate_name("service", service).map_err(|error| {
         Error::InvalidOptions(match error {
             registry::Error::InvalidInstance(message) => message,

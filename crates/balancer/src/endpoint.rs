@@ -2,7 +2,7 @@
 //! requests in flight, a peak-EWMA latency estimate, and passive health
 //! (consecutive failures and ejection).
 //!
-//! An [`Endpoint`] lives as long as its instance is in the live set with the
+//! An instance's state lives as long as its instance is in the live set with the
 //! same record; a changed record (new address, port, weight...) starts afresh.
 //!
 //! **Passive outlier ejection.** After
@@ -99,14 +99,16 @@ pub(crate) struct Endpoint {
     pub(crate) instance: Instance,
     /// `host:port`, formatted once.
     pub(crate) authority: String,
+    /// True when the instance is in the balancer's preferred zone.
+    pub(crate) local: bool,
     in_flight: AtomicUsize,
     /// End of the current ejection, in [`nanos`]; 0 when not ejected.
     ejected_until: AtomicU64,
     /// True when there are failures or ejections for a success to reset.
     troubled: AtomicBool,
-    /// Smooth weighted round-robin's current weight (used under the
-    /// picker's lock).
-    pub(crate) current_weight: AtomicI64,
+    /// A strategy's number for this instance (see
+    /// [`Candidate::scratch`](crate::strategy::Candidate::scratch)).
+    pub(crate) scratch: AtomicI64,
     state: Mutex<State>,
 }
 
@@ -142,14 +144,17 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(instance: Instance) -> Self {
+    /// The state of `instance`, new to the set; `local` when it is in the
+    /// preferred zone.
+    pub(crate) fn new(instance: Instance, local: bool) -> Self {
         Endpoint {
             authority: instance.authority(),
+            local,
             instance,
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             troubled: AtomicBool::new(false),
-            current_weight: AtomicI64::new(0),
+            scratch: AtomicI64::new(0),
             state: Mutex::new(State {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
                 rtt_at: Instant::now(),
@@ -260,6 +265,21 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Keeps the instance out of the candidates for `duration` (an
+    /// overloaded instance's `Retry-After`), without counting a failure
+    /// towards ejection: it is alive, only busy. An ejection already
+    /// lasting longer is kept.
+    pub(crate) fn back_off(&self, duration: Duration) {
+        let now = Instant::now();
+        let until = nanos(now.checked_add(duration).unwrap_or(now));
+        // An answer to a try sent before now says nothing against it.
+        self.state().ejected_at = Some(now);
+        self.troubled.store(true, Ordering::Relaxed);
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+}
+
 /// Applies one latency sample to the peak-EWMA estimate.
 fn observe(state: &mut State, sample: Duration, now: Instant) {
     let sample_ns = sample.as_nanos() as f64;
@@ -296,7 +316,10 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(Instance::new("lorem", "a", "127.0.0.1", 1)))
+        Arc::new(Endpoint::new(
+            Instance::new("lorem", "a", "127.0.0.1", 1),
+            false,
+        ))
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! Bounds on what users may ask for: timeouts, intervals and answer sizes.
+//! Bounds on what users may ask for: timeouts and intervals.
 //!
 //! Durations come from the command line (`--wait-timeout 10s`), where
 //! nothing stops a user from writing `18446744073709551615s`; added to an
 //! [`Instant`] such a value overflows. Options are therefore checked against
-//! [`MAX_TIMEOUT`] when a [`Balancer`](crate::Balancer) or
-//! [`Client`](crate::Client) is built, and deadlines are computed with
+//! [`MAX_TIMEOUT`] when a [`Balancer`](crate::Balancer) (or a
+//! client over it) is built, and deadlines are computed with
 //! [`deadline_after`], which cannot overflow whatever it is given.
 
 use std::time::Duration;
@@ -14,23 +14,20 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 
 /// The longest wait timeout, per-try timeout, retry backoff or loop interval
-/// the client accepts: 24 h. Anything longer is surely a typo, and refusing
+/// the balancer and its clients accept: 24 h. Anything longer is surely a typo, and refusing
 /// it keeps every deadline computable.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// The largest answer body the client reads from an instance: 1 MiB, far
-/// above any lorem answer. A larger body is a failed try of that instance
-/// (see [`Client::post`](crate::Client::post)), so that a misbehaving
-/// instance cannot make a client or a gateway allocate without bound.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Roughly 30 years: what [`deadline_after`] falls back to, as Tokio's own
 /// timers do, when `now + duration` cannot be represented.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
-/// Checks that `value` (the option called `what`) is at most
-/// [`MAX_TIMEOUT`].
-pub(crate) fn check_timeout(what: &str, value: Duration) -> Result<()> {
+/// Checks that `value` is at most [`MAX_TIMEOUT`], for the builders of
+/// clients over the balancer that take durations of their own.
+///
+/// # Errors
+/// [`Error::InvalidOptions`] naming `what` and the value.
+pub fn check_timeout(what: &str, value: Duration) -> Result<()> {
     if value > MAX_TIMEOUT {
         return Err(Error::InvalidOptions(format!(
             // MAX_TIMEOUT, written as users write it (humantime says "1day").
@@ -42,8 +39,9 @@ pub(crate) fn check_timeout(what: &str, value: Duration) -> Result<()> {
 }
 
 /// The instant `duration` from now, or a far-future instant (about 30
-/// years away) if that cannot be represented: never panics.
-pub(crate) fn deadline_after(duration: Duration) -> Instant {
+/// years away) if that cannot be represented: never panics, so a user's
+/// duration can be added to the clock safely.
+pub fn deadline_after(duration: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(duration)
         .or_else(|| now.checked_add(FAR_FUTURE))
@@ -86,9 +84,9 @@ mod tests {
         assert!(error.to_string().contains("must be at most 24h"), "{error}");
         let error = check_timeout("the wait timeout", Duration::MAX).expect_err("too long");
         assert!(
-            error
-                .to_string()
-                .starts_with("invalid client options: the wait timeout must be at most 24h, got "),
+            error.to_string().starts_with(
+                "invalid balancer options: the wait timeout must be at most 24h, got "
+            ),
             "{error}"
         );
         let error = parse_timeout("soon").expect_err("not a duration");
