@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need (once), then runs
-# `cargo test --workspace` with any extra arguments passed through, e.g.
+# `cargo test --workspace` with any extra arguments passed through, and, on
+# a whole-workspace run, `cargo fmt --check`, clippy with warnings denied
+# and `cargo doc` with warnings denied; e.g.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p registry     # one crate (then without --workspace)
 #
@@ -63,9 +65,18 @@ timings="${CARGO_TARGET_DIR:-target}/tmp/timings.txt"
 rm -f "${timings}"
 cargo test "${scope[@]}" "$@" || status=$?
 step_done
+# The style checks run on whole-workspace runs only (no arguments), after
+# the tests so that a lint never hides a test result.
+if [[ $# -eq 0 ]]; then
+  step "cargo fmt --check, cargo clippy --all-targets -- -D warnings, cargo doc (warnings denied)"
+  cargo fmt --all --check || { echo "cargo fmt --check: run cargo fmt" >&2; status=1; }
+  cargo clippy --workspace --all-targets -- -D warnings || status=1
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps || status=1
+  step_done
+fi
 if [[ -s "${timings}" ]]; then
   echo "==> measured by the tests (${timings})"
   sort "${timings}" | sed 's/^/    /'
 fi
-echo "==> total $(( $(date +%s) - script_start )) s; cargo test exit status ${status}"
+echo "==> total $(( $(date +%s) - script_start )) s; exit status ${status}"
 exit "${status}"
