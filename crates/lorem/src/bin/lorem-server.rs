@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lorem::server::{ConnectOnDemand, ServerOptions, start};
 use rand::Rng;
+use registry::lifecycle::Signals;
 use tracing_subscriber::EnvFilter;
 
 /// The lorem-ipsum service, registered in a service registry.
@@ -156,57 +157,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
-}
-
-/// The shutdown signals, listened for from creation on: a signal that
-/// arrives before [`next`](Self::next) is called is kept, not lost.
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(not(unix))]
-    ctrl_c: tokio::signal::windows::CtrlC,
-}
-
-impl Signals {
-    /// Replaces the default action of SIGTERM and SIGINT (Ctrl-C elsewhere).
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Signals {
-                ctrl_c: tokio::signal::windows::ctrl_c().context("cannot listen for Ctrl-C")?,
-            })
-        }
-    }
-
-    /// Waits for the next signal and names it. If the streams close (the
-    /// runtime is shutting down) it never returns.
-    async fn next(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                Some(()) = self.term.recv() => "SIGTERM",
-                Some(()) = self.int.recv() => "SIGINT",
-                else => std::future::pending().await,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            match self.ctrl_c.recv().await {
-                Some(()) => "Ctrl-C",
-                None => std::future::pending().await,
-            }
-        }
-    }
 }
 
 /// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`.
