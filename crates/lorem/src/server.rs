@@ -50,15 +50,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rand::Rng;
-use registry::{DynRegistry, Instance, Registrar, Registration, RegistrationState, Settings};
+use registry::{Instance, Registrar, Registration, RegistrationState};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::metrics::ServerMetrics;
+
+pub use registry::lifecycle::ConnectOnDemand;
 
 /// The first delay between two registration attempts.
 pub const REGISTER_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -626,64 +627,6 @@ fn finish_unregistered(id: &str, stop: Option<Stop>) {
     tracing::info!(%id, "stopping before the registration went through");
     if let Some(Stop::Deregister(reply)) = stop {
         let _ = reply.send(Ok(()));
-    }
-}
-
-/// A [`Registrar`] that connects to the configured registry on first use.
-///
-/// Connecting inside `register` means an unreachable registry at start-up is
-/// just a failed registration, which the server's retry loop covers, instead
-/// of a fatal error. The connection, once made, is cached and shared.
-pub struct ConnectOnDemand {
-    settings: Settings,
-    registry: OnceCell<DynRegistry>,
-}
-
-impl std::fmt::Debug for ConnectOnDemand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOnDemand")
-            .field("backend", &self.settings.backend.name())
-            .field("connected", &self.registry.initialized())
-            .finish()
-    }
-}
-
-impl ConnectOnDemand {
-    /// A registrar for the registry `settings` describe; nothing is
-    /// connected yet.
-    pub fn new(settings: Settings) -> Self {
-        ConnectOnDemand {
-            settings,
-            registry: OnceCell::new(),
-        }
-    }
-
-    /// The settings it connects with.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// The connected registry, once a registration has connected it.
-    pub fn registry(&self) -> Option<&DynRegistry> {
-        self.registry.get()
-    }
-}
-
-#[async_trait]
-impl Registrar for ConnectOnDemand {
-    async fn register(&self, instance: Instance) -> registry::Result<Registration> {
-        let registry = self
-            .registry
-            .get_or_try_init(|| async {
-                let registry = registry::connect(&self.settings).await?;
-                tracing::info!(
-                    backend = self.settings.backend.name(),
-                    "connected to the registry"
-                );
-                Ok::<_, registry::Error>(registry)
-            })
-            .await?;
-        registry.register(instance).await
     }
 }
 

@@ -3,10 +3,12 @@
 //! [`shutdown_signal`] (and [`Signals`], when a second signal should end the
 //! drain) is the one SIGTERM/SIGINT helper every binary uses.
 
+mod connect;
 mod signal;
 
 use std::io;
 
+pub use connect::ConnectOnDemand;
 pub use signal::{Signals, shutdown_signal};
 
 /// Why a lifecycle step failed.
