@@ -25,7 +25,10 @@
 //! - [`ServiceDiscover`]: a service's watch as a tower `Discover` stream,
 //!   for `tower::balance::p2c` and any tower, hyper or tonic stack
 //!   (`tower_discover`).
-//! - [`lifecycle`]: the one SIGTERM/SIGINT helper.
+//! - [`lifecycle`]: the life of a server in the registry (register once
+//!   listening, retry while the registry is down, readiness, deregister,
+//!   drain, stop), the axum serve helper (feature `axum`, on by default)
+//!   and the one SIGTERM/SIGINT helper.
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start

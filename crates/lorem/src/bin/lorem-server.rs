@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lorem::server::{ConnectOnDemand, ServerOptions, start};
+use lorem::server::{ServerOptions, start};
 use rand::Rng;
-use registry::lifecycle::Signals;
+use registry::lifecycle::{ConnectOnDemand, Signals};
 use tracing_subscriber::EnvFilter;
 
 /// The lorem-ipsum service, registered in a service registry.

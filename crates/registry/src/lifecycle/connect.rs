@@ -8,7 +8,7 @@ use crate::{DynRegistry, Instance, Registrar, Registration, Settings};
 /// A [`Registrar`] that connects to the configured registry on first use.
 ///
 /// Why: connecting inside `register` means an unreachable registry at
-/// start-up is just a failed registration, which a server's retry loop
+/// start-up is just a failed registration, which the lifecycle's retry loop
 /// covers, instead of a fatal error: a server started before its registry
 /// (compose, a cold cluster) serves, reports not ready, and registers once
 /// the registry answers. The connection, once made, is cached and shared.

@@ -87,7 +87,7 @@ impl Signals {
 
 /// A future that completes on the first SIGTERM or SIGINT (Ctrl-C
 /// elsewhere): the shutdown future to hand to
-/// `axum::serve`'s graceful
+/// [`Lifecycle::serve`](super::Lifecycle::serve), `axum::serve`'s graceful
 /// shutdown, or tonic's `serve_with_shutdown`.
 ///
 /// The listeners are installed when this is called, not when the future is
