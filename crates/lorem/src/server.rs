@@ -219,6 +219,34 @@ pub async fn start<R: Registrar + 'static>(
     Ok(RunningServer { server, metrics })
 }
 
+/// The instance id `lorem-server` registers under when `--id` is not given:
+/// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`,
+/// so that two servers on one host, or one restarted, never share an id.
+pub fn default_id() -> String {
+    use rand::Rng as _;
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| sanitize(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lorem".to_owned());
+    let host: String = host.chars().take(64).collect();
+    let suffix: u32 = rand::thread_rng().r#gen();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// Parses `host:port`, `[v6]:port`, or a bare host (which keeps `bound_port`).
 fn parse_advertise(value: &str, bound_port: u16) -> Result<(String, u16), ServerError> {
     let bad = |reason: &str| ServerError::InvalidAdvertise {
@@ -335,6 +363,16 @@ impl RunningServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_id_is_a_valid_distinct_id() {
+        let (a, b) = (default_id(), default_id());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+        Instance::new("lorem", &a, "127.0.0.1", 1)
+            .validate()
+            .expect("a valid instance id");
+    }
 
     #[test]
     fn advertise_forms() {

@@ -14,14 +14,13 @@
 //! starts, so a signal during start-up is a clean shutdown too.
 
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lorem::server::{ServerOptions, start};
-use rand::Rng;
 use registry::lifecycle::{ConnectOnDemand, Signals};
 use tracing_subscriber::EnvFilter;
 
@@ -106,7 +105,7 @@ fn main() -> ExitCode {
             let url = url
                 .clone()
                 .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| ready_url(cli.listen));
+                .unwrap_or_else(|| lorem::health::ready_url(cli.listen));
             return runtime.block_on(healthcheck(&url, *timeout));
         }
         None => runtime.block_on(serve(cli)),
@@ -133,7 +132,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             "REGISTRY is memory (the default): this registration is visible only inside this process; set REGISTRY=consul|etcd|zookeeper so clients can discover it"
         );
     }
-    let id = cli.id.unwrap_or_else(default_id);
+    let id = cli.id.unwrap_or_else(lorem::server::default_id);
     let mut options = ServerOptions::new(id);
     options.listen = cli.listen;
     options.advertise = cli.advertise.filter(|a| !a.trim().is_empty());
@@ -159,70 +158,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`.
-fn default_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| sanitize(h.trim()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "lorem".to_owned());
-    let host: String = host.chars().take(64).collect();
-    let suffix: u32 = rand::thread_rng().r#gen();
-    format!("{host}-{}-{suffix:08x}", std::process::id())
-}
-
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// `http://<listen>/ready`, probing loopback when listening on all addresses.
-///
-/// `/ready` rather than `/health`: a container marked healthy is one that
-/// clients can discover (compose starts the gateway once both servers are
-/// healthy), and a server answers `/health` before its registration lands.
-fn ready_url(listen: SocketAddr) -> String {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/ready", SocketAddr::new(ip, listen.port()))
-}
-
 async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
-    match probe(url, timeout).await {
+    match lorem::health::probe(url, timeout).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("unhealthy: {url}: {error:#}");
+            eprintln!("unhealthy: {url}: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .context("cannot build the HTTP client")?;
-    let response = client.get(url).send().await.context("no answer")?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .with_context(|| format!("answer {status} is not JSON"))?;
-    if status.is_success() && body.get("status") == Some(&serde_json::Value::Bool(true)) {
-        Ok(())
-    } else {
-        anyhow::bail!("answer {status} {body}")
     }
 }
