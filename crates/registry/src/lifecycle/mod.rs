@@ -160,6 +160,9 @@ impl<R: Registrar + 'static> Lifecycle<R> {
 
     /// Starts registering in the background, now: call it once the server
     /// listens. The protocol-agnostic way in; see [`Handle`].
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (it spawns the registration task).
     pub fn start(self) -> Handle {
         Handle::start(
             self.registrar,

@@ -55,6 +55,9 @@ impl<R: Registrar + 'static> Lifecycle<R> {
     ///
     /// # Errors
     /// [`LifecycleError::Serve`] if the listener's address cannot be read.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (it spawns the server and the registration).
     pub fn spawn(
         self,
         listener: TcpListener,

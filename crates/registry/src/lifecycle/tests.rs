@@ -230,3 +230,51 @@ async fn is_registered_follows_the_registration_state() {
 fn always_ready_is_ready() {
     assert!(Readiness::always().is_registered());
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn serve_runs_the_whole_life_until_the_shutdown_future() {
+    let registry = MemoryRegistry::new(Duration::from_secs(30));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lifecycle = Lifecycle::new(
+        registry.clone(),
+        Instance::new("lc-v", "a", "127.0.0.1", port),
+    )
+    .drain_delay(Duration::ZERO);
+    let readiness = lifecycle.readiness();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(lifecycle.serve(listener, axum::Router::new(), async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(DEADLINE, readiness.registered())
+        .await
+        .expect("the instance is registered");
+    assert_eq!(listed(&registry, "lc-v").await, 1);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("serve returns after the shutdown future")
+        .unwrap()
+        .expect("a clean shutdown");
+    assert_eq!(listed(&registry, "lc-v").await, 0);
+    assert!(!readiness.is_registered());
+}
+
+#[tokio::test]
+async fn an_invalid_instance_is_not_retried_and_stops_cleanly() {
+    let registry = MemoryRegistry::new(Duration::from_secs(30));
+    let handle = Lifecycle::new(
+        registry.clone(),
+        Instance::new("lc-i", "bad id", "127.0.0.1", 1),
+    )
+    .drain_delay(Duration::ZERO)
+    .start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!handle.is_registered());
+    tokio::time::timeout(DEADLINE, handle.shutdown())
+        .await
+        .expect("the shutdown does not wait for a registration")
+        .expect("a clean shutdown");
+    assert_eq!(listed(&registry, "lc-i").await, 0);
+}
