@@ -22,9 +22,9 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use registry::lifecycle::Readiness;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 use crate::generate::{Generator, LoremRequest};
@@ -46,11 +46,12 @@ pub fn router(instance_id: String) -> Router {
 /// `GET /metrics`. Its `GET /ready` always says ready: a bare router has no
 /// registration to wait for (a server's comes from [`router_with_readiness`]).
 pub fn router_with_metrics(instance_id: String, metrics: Arc<ServerMetrics>) -> Router {
-    router_with_readiness(instance_id, metrics, Arc::new(AtomicBool::new(true)))
+    router_with_readiness(instance_id, metrics, Readiness::always())
 }
 
-/// [`router_with_metrics`], with `GET /ready` answering from `registered`:
-/// 200 while it is true, 503 while it is false.
+/// [`router_with_metrics`], with `GET /ready` answering from `registered`
+/// (a server's [`Lifecycle::readiness`](registry::lifecycle::Lifecycle::readiness)):
+/// 200 while the instance is registered, 503 while it is not.
 ///
 /// Why a second probe next to `/health`: a server answers `/health` as soon
 /// as it listens, but clients only find it once its registration has gone
@@ -63,7 +64,7 @@ pub fn router_with_metrics(instance_id: String, metrics: Arc<ServerMetrics>) -> 
 pub fn router_with_readiness(
     instance_id: String,
     metrics: Arc<ServerMetrics>,
-    registered: Arc<AtomicBool>,
+    registered: Readiness,
 ) -> Router {
     let header_value = instance_header_value(&instance_id);
     let exported = metrics.clone();
@@ -73,7 +74,7 @@ pub fn router_with_readiness(
         .route(
             "/ready",
             get(move || {
-                let registered = registered.load(Ordering::SeqCst);
+                let registered = registered.is_registered();
                 async move { ready(registered) }
             }),
         )

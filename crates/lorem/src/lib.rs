@@ -15,12 +15,16 @@
 //! - [`server`]: [`start`](server::start) binds, serves and registers (retrying
 //!   in the background); [`RunningServer`](server::RunningServer) shuts down
 //!   gracefully (deregister, drain, finish in-flight requests) or crashes on
-//!   purpose for demos and tests.
+//!   purpose for demos and tests. The lifecycle itself is
+//!   [`registry::lifecycle`]; this module holds what is lorem's (options,
+//!   the advertised address, the router).
+//! - [`health`]: the container healthcheck's probe of `GET /ready`.
 //! - `src/bin/lorem-server.rs`: the binary, flags and wiring only.
 
 #![forbid(unsafe_code)]
 
 pub mod generate;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -1,5 +1,11 @@
 //! Running the service: listen, register, drain, stop.
 //!
+//! What is lorem's here: the options and flags, the advertised address, the
+//! router with its metrics and `GET /ready`. The life in the registry
+//! (register once listening, retry with backoff, deregister, drain, stop,
+//! crash) is [`registry::lifecycle`], which any axum, hyper or tonic server
+//! can use the same way.
+//!
 //! [`start`] binds the listener, serves the [`router`](crate::http::router),
 //! and only then registers the instance, in a background task that retries
 //! with backoff until the registry takes it. The [`RunningServer`] it returns
@@ -41,29 +47,18 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use rand::Rng;
-use registry::{DynRegistry, Instance, Registrar, Registration, RegistrationState, Settings};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OnceCell, oneshot};
-use tokio::task::JoinHandle;
+use registry::lifecycle::{Lifecycle, LifecycleError, Server};
+use registry::{Instance, Registrar};
+use tokio::net::TcpListener;
 
 use crate::metrics::ServerMetrics;
 
-/// The first delay between two registration attempts.
-pub const REGISTER_BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// The longest delay between two registration attempts.
-pub const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub use registry::lifecycle::{ConnectOnDemand, REGISTER_BACKOFF_BASE, REGISTER_BACKOFF_MAX};
 
 /// How to run one instance of the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +154,14 @@ pub enum ServerError {
     },
 }
 
+impl From<LifecycleError> for ServerError {
+    fn from(error: LifecycleError) -> Self {
+        ServerError::Task {
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// Starts serving on `options.listen`, then registers the instance through
 /// `registrar` in the background (retrying with backoff until it works).
 ///
@@ -182,16 +185,14 @@ pub async fn start<R: Registrar + 'static>(
         parse_advertise(value, 1)?;
     }
 
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: options.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+    let bind_error = |source| ServerError::Bind {
         addr: options.listen,
         source,
-    })?;
+    };
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
     let (address, port) = match &options.advertise {
         Some(value) => parse_advertise(value, local_addr.port())?,
         None => {
@@ -215,59 +216,52 @@ pub async fn start<R: Registrar + 'static>(
     );
     instance.validate().map_err(ServerError::InvalidInstance)?;
 
-    let connections = Arc::new(Connections::default());
-    let tracked = TrackedListener {
-        listener,
-        connections: connections.clone(),
-    };
-    let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
+    let lifecycle = Lifecycle::new(registrar, instance)
+        .drain_delay(options.drain_delay)
+        .shutdown_timeout(options.shutdown_timeout);
     let metrics = ServerMetrics::new();
-    // `GET /ready` answers from the same flag `is_registered` reads.
-    let registered = Arc::new(AtomicBool::new(false));
-    let app =
-        crate::http::router_with_readiness(options.id.clone(), metrics.clone(), registered.clone());
-    let serve = tokio::spawn(async move {
-        axum::serve(tracked, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serving_rx.await;
-            })
-            .await
-    });
+    let app = crate::http::router_with_readiness(
+        options.id.clone(),
+        metrics.clone(),
+        lifecycle.readiness(),
+    );
+    let server = lifecycle.spawn(listener, app)?;
     tracing::info!(
         id = %options.id,
         service = %options.service,
         listen = %local_addr,
-        advertise = %instance.authority(),
+        advertise = %server.instance().authority(),
         "lorem server listening"
     );
+    Ok(RunningServer { server, metrics })
+}
 
-    let (stop_registration, stop_rx) = oneshot::channel();
-    let registration = supervise_registration(
-        tokio::spawn(keep_registered(
-            registrar,
-            instance.clone(),
-            registered.clone(),
-            stop_rx,
-        )),
-        options.id.clone(),
-        registered.clone(),
-    );
+/// The instance id `lorem-server` registers under when `--id` is not given:
+/// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`,
+/// so that two servers on one host, or one restarted, never share an id.
+pub fn default_id() -> String {
+    use rand::Rng as _;
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| sanitize(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lorem".to_owned());
+    let host: String = host.chars().take(64).collect();
+    let suffix: u32 = rand::thread_rng().r#gen();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
 
-    Ok(RunningServer {
-        local_addr,
-        metrics,
-        instance,
-        registered,
-        drain_delay: options.drain_delay,
-        shutdown_timeout: options.shutdown_timeout,
-        tasks: Some(Tasks {
-            serve,
-            stop_serving,
-            connections,
-            registration,
-            stop_registration,
-        }),
-    })
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Parses `host:port`, `[v6]:port`, or a bare host (which keeps `bound_port`).
@@ -309,41 +303,15 @@ fn parse_advertise(value: &str, bound_port: u16) -> Result<(String, u16), Server
 #[must_use = "dropping a RunningServer stops it"]
 #[derive(Debug)]
 pub struct RunningServer {
-    local_addr: SocketAddr,
+    server: Server,
     metrics: Arc<ServerMetrics>,
-    instance: Instance,
-    registered: Arc<AtomicBool>,
-    drain_delay: Duration,
-    shutdown_timeout: Duration,
-    /// `None` once stopped.
-    tasks: Option<Tasks>,
-}
-
-#[derive(Debug)]
-struct Tasks {
-    serve: JoinHandle<io::Result<()>>,
-    stop_serving: oneshot::Sender<()>,
-    connections: Arc<Connections>,
-    /// The supervisor of the registration task: `Err` with what happened if
-    /// that task panicked.
-    registration: JoinHandle<Result<(), String>>,
-    stop_registration: oneshot::Sender<Stop>,
-}
-
-/// What the registration task is told when the server stops.
-#[derive(Debug)]
-enum Stop {
-    /// Deregister, and say how it went.
-    Deregister(oneshot::Sender<registry::Result<()>>),
-    /// Stop the keep-alive but leave the instance to expire.
-    Abandon,
 }
 
 impl RunningServer {
     /// The address the server is bound to (with the real port if `listen`
     /// had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
     /// What the server has counted (also served on `GET /metrics`).
@@ -353,19 +321,19 @@ impl RunningServer {
 
     /// The instance id.
     pub fn id(&self) -> &str {
-        &self.instance.id
+        &self.server.instance().id
     }
 
     /// The instance as registered (or as it will be once the registry
     /// answers): the advertised address and port, the service and tags.
     pub fn instance(&self) -> &Instance {
-        &self.instance
+        self.server.instance()
     }
 
     /// True while the registry holds our registration; false until the
     /// background task gets it through, and after stopping.
     pub fn is_registered(&self) -> bool {
-        self.registered.load(Ordering::SeqCst)
+        self.server.is_registered()
     }
 
     /// Stops gracefully: deregisters (errors are logged), keeps serving for
@@ -388,476 +356,40 @@ impl RunningServer {
     /// # Errors
     /// [`ServerError::Task`] if the HTTP server task or the registration task
     /// had failed or panicked (the server is stopped all the same).
-    pub async fn shutdown_with<F>(mut self, end_drain: F) -> Result<(), ServerError>
+    pub async fn shutdown_with<F>(self, end_drain: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send,
     {
-        let Some(tasks) = self.tasks.take() else {
-            return Ok(());
-        };
-        let id = self.instance.id.clone();
-        tracing::info!(%id, "shutting down: deregistering");
-
-        let (reply, outcome) = oneshot::channel();
-        if tasks
-            .stop_registration
-            .send(Stop::Deregister(reply))
-            .is_ok()
-        {
-            match tokio::time::timeout(self.shutdown_timeout, outcome).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => {
-                    tracing::warn!(%id, %error, "deregistration failed; the instance will expire after its TTL");
-                }
-                Ok(Err(_)) => {
-                    tracing::warn!(%id, "the registration task ended before deregistering");
-                }
-                Err(_) => {
-                    tracing::warn!(%id, timeout = ?self.shutdown_timeout,
-                        "deregistration did not finish in time; the instance will expire after its TTL");
-                }
-            }
-        } else {
-            tracing::error!(%id, "cannot deregister: the registration task is gone; the instance, if registered, will expire after its TTL");
+        let id = self.id().to_owned();
+        let result = self.server.shutdown_with(end_drain).await;
+        match &result {
+            Ok(()) => tracing::info!(%id, "lorem server stopped"),
+            Err(error) => tracing::error!(%id, %error, "lorem server stopped after a task failure"),
         }
-        self.registered.store(false, Ordering::SeqCst);
-
-        if !self.drain_delay.is_zero() {
-            tracing::info!(%id, drain_delay = ?self.drain_delay, "draining: still serving while clients move away");
-            tokio::select! {
-                () = tokio::time::sleep(self.drain_delay) => {}
-                () = end_drain => {
-                    tracing::info!(%id, "drain ended early on request");
-                }
-            }
-        }
-
-        tracing::info!(%id, "no longer accepting connections; finishing in-flight requests");
-        let _ = tasks.stop_serving.send(());
-        let mut serve = tasks.serve;
-        let result = match tokio::time::timeout(self.shutdown_timeout, &mut serve).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(ServerError::Task {
-                reason: error.to_string(),
-            }),
-            Ok(Err(join)) => Err(ServerError::Task {
-                reason: join.to_string(),
-            }),
-            Err(_) => {
-                let cut = tasks.connections.kill();
-                tracing::warn!(%id, timeout = ?self.shutdown_timeout, connections = cut,
-                    "in-flight requests did not finish in time; cutting their connections");
-                serve.abort();
-                let _ = serve.await;
-                Ok(())
-            }
-        };
-        let registration = match tasks.registration.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(ServerError::Task { reason }),
-            Err(join) => {
-                tracing::error!(%id, error = %join, "the registration supervisor failed");
-                Err(ServerError::Task {
-                    reason: join.to_string(),
-                })
-            }
-        };
-        match (&result, &registration) {
-            (Ok(()), Ok(())) => tracing::info!(%id, "lorem server stopped"),
-            _ => tracing::error!(%id, "lorem server stopped after a task failure"),
-        }
-        // The HTTP server's failure, if any, comes first.
-        result.and(registration)
+        Ok(result?)
     }
 
     /// Simulates a crash: stops the registration's keep-alive without
     /// deregistering (the instance stays listed until its TTL runs out) and
     /// stops the HTTP server at once, cutting open connections.
-    pub fn crash(mut self) {
-        let Some(tasks) = self.tasks.take() else {
-            return;
-        };
-        tracing::warn!(id = %self.instance.id, "simulating a crash: no deregistration, connections cut");
-        let _ = tasks.stop_registration.send(Stop::Abandon);
-        self.registered.store(false, Ordering::SeqCst);
-        tasks.connections.kill();
-        tasks.serve.abort();
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let Some(tasks) = self.tasks.take() else {
-            return;
-        };
-        tracing::info!(id = %self.instance.id, "server handle dropped; stopping at once");
-        // Dropping the sender makes the registration task drop its
-        // `Registration`, which deregisters on a best-effort basis.
-        drop(tasks.stop_registration);
-        self.registered.store(false, Ordering::SeqCst);
-        tasks.connections.kill();
-        tasks.serve.abort();
-    }
-}
-
-/// Exponential backoff with jitter: each delay is drawn in `[d/2, d]`, `d`
-/// doubling from `base` up to `max`.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Backoff { next: base, max }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = ceiling / 2;
-        half + half.mul_f64(rand::thread_rng().r#gen::<f64>())
-    }
-}
-
-/// Registers `instance`, retrying until it works or the server stops, then
-/// holds the registration until told what to do with it.
-async fn keep_registered<R: Registrar>(
-    registrar: R,
-    instance: Instance,
-    registered: Arc<AtomicBool>,
-    mut stop: oneshot::Receiver<Stop>,
-) {
-    let id = instance.id.clone();
-    let mut backoff = Backoff::new(REGISTER_BACKOFF_BASE, REGISTER_BACKOFF_MAX);
-    let mut attempt: u32 = 0;
-    // Registered, then held until told what to do, or until another
-    // registrar takes the id over (ours had gone in the meantime): then
-    // back to registering, which waits until the other one goes.
-    let (registration, stop) = 'register: loop {
-        let registration: Registration = loop {
-            attempt = attempt.saturating_add(1);
-            let result = tokio::select! {
-                stop = &mut stop => {
-                    finish_unregistered(&id, stop.ok());
-                    return;
-                }
-                result = registrar.register(instance.clone()) => result,
-            };
-            match result {
-                Ok(registration) => break registration,
-                Err(registry::Error::InvalidInstance(reason)) => {
-                    tracing::error!(%id, %reason, "the registry refused this instance; not retrying");
-                    let stop = (&mut stop).await.ok();
-                    finish_unregistered(&id, stop);
-                    return;
-                }
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%id, %error, attempt, retry_in = ?delay, "registration failed; retrying");
-                    tokio::select! {
-                        stop = &mut stop => {
-                            finish_unregistered(&id, stop.ok());
-                            return;
-                        }
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
-        registered.store(true, Ordering::SeqCst);
-        tracing::info!(
-            %id,
-            service = %instance.service,
-            address = %instance.authority(),
-            attempts = attempt,
-            "registered"
-        );
-        let mut state = registration.state();
-        loop {
-            tokio::select! {
-                stop = &mut stop => break 'register (registration, stop),
-                changed = state.changed() => {
-                    if changed.is_err() {
-                        // The registrar is gone: nothing more will change.
-                        let stop = (&mut stop).await;
-                        break 'register (registration, stop);
-                    }
-                    let now = state.borrow_and_update().clone();
-                    registered.store(now == RegistrationState::Registered, Ordering::SeqCst);
-                    if let RegistrationState::Displaced { holder } = now {
-                        tracing::error!(%id, %holder,
-                            "another registrar took this instance id over after our record had gone; registering again once it is free");
-                        drop(registration);
-                        attempt = 0;
-                        continue 'register;
-                    }
-                }
-            }
-        }
-    };
-    match stop {
-        Ok(Stop::Deregister(reply)) => {
-            registered.store(false, Ordering::SeqCst);
-            let result = registration.deregister().await;
-            if result.is_ok() {
-                tracing::info!(%id, "deregistered");
-            }
-            let _ = reply.send(result);
-        }
-        Ok(Stop::Abandon) => {
-            registered.store(false, Ordering::SeqCst);
-            registration.abandon();
-        }
-        Err(_) => {
-            registered.store(false, Ordering::SeqCst);
-            drop(registration);
-        }
-    }
-}
-
-/// Waits for the registration task and reports, as soon as it happens, a
-/// panic that would otherwise leave the server serving unregistered until
-/// shutdown. Resolves to `Err` with what happened if the task did not end
-/// normally.
-fn supervise_registration(
-    task: JoinHandle<()>,
-    id: String,
-    registered: Arc<AtomicBool>,
-) -> JoinHandle<Result<(), String>> {
-    tokio::spawn(async move {
-        match task.await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                registered.store(false, Ordering::SeqCst);
-                tracing::error!(%id, %error,
-                    "the registration task died; still serving, but no longer registered (or kept alive) in the registry");
-                Err(format!("the registration task died: {error}"))
-            }
-        }
-    })
-}
-
-fn finish_unregistered(id: &str, stop: Option<Stop>) {
-    tracing::info!(%id, "stopping before the registration went through");
-    if let Some(Stop::Deregister(reply)) = stop {
-        let _ = reply.send(Ok(()));
-    }
-}
-
-/// A [`Registrar`] that connects to the configured registry on first use.
-///
-/// Connecting inside `register` means an unreachable registry at start-up is
-/// just a failed registration, which the server's retry loop covers, instead
-/// of a fatal error. The connection, once made, is cached and shared.
-pub struct ConnectOnDemand {
-    settings: Settings,
-    registry: OnceCell<DynRegistry>,
-}
-
-impl std::fmt::Debug for ConnectOnDemand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOnDemand")
-            .field("backend", &self.settings.backend.name())
-            .field("connected", &self.registry.initialized())
-            .finish()
-    }
-}
-
-impl ConnectOnDemand {
-    /// A registrar for the registry `settings` describe; nothing is
-    /// connected yet.
-    pub fn new(settings: Settings) -> Self {
-        ConnectOnDemand {
-            settings,
-            registry: OnceCell::new(),
-        }
-    }
-
-    /// The settings it connects with.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// The connected registry, once a registration has connected it.
-    pub fn registry(&self) -> Option<&DynRegistry> {
-        self.registry.get()
-    }
-}
-
-#[async_trait]
-impl Registrar for ConnectOnDemand {
-    async fn register(&self, instance: Instance) -> registry::Result<Registration> {
-        let registry = self
-            .registry
-            .get_or_try_init(|| async {
-                let registry = registry::connect(&self.settings).await?;
-                tracing::info!(
-                    backend = self.settings.backend.name(),
-                    "connected to the registry"
-                );
-                Ok::<_, registry::Error>(registry)
-            })
-            .await?;
-        registry.register(instance).await
-    }
-}
-
-/// The open connections, so that a crash (or a shutdown past its timeout)
-/// can cut them: each holds a duplicate of its socket, and shutting that
-/// down wakes and ends the connection's task.
-#[derive(Debug, Default)]
-struct Connections {
-    next_id: AtomicU64,
-    /// One lock for both, so that a connection is either tracked before a
-    /// kill (and cut by it) or sees the kill (and cuts itself).
-    state: Mutex<ConnectionsState>,
-}
-
-#[derive(Debug, Default)]
-struct ConnectionsState {
-    killed: bool,
-    open: HashMap<u64, std::net::TcpStream>,
-}
-
-impl Connections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionsState> {
-        // Every update is a single insert, remove or flag: poisoning is harmless.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Cuts every open connection, and any accepted from now on. Returns how
-    /// many were cut.
-    fn kill(&self) -> usize {
-        let open: Vec<std::net::TcpStream> = {
-            let mut state = self.lock();
-            state.killed = true;
-            state.open.drain().map(|(_, s)| s).collect()
-        };
-        for socket in &open {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-        open.len()
-    }
-
-    /// Wraps an accepted stream so that [`kill`](Self::kill) can cut it.
-    fn track(self: &Arc<Self>, stream: TcpStream) -> io::Result<TrackedStream> {
-        let std_stream = stream.into_std()?;
-        let handle = std_stream.try_clone()?;
-        let stream = TcpStream::from_std(std_stream)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cut = {
-            let mut state = self.lock();
-            if state.killed {
-                Some(handle)
-            } else {
-                state.open.insert(id, handle);
-                None
-            }
-        };
-        if let Some(handle) = cut {
-            let _ = handle.shutdown(std::net::Shutdown::Both);
-        }
-        Ok(TrackedStream {
-            inner: stream,
-            id,
-            connections: self.clone(),
-        })
-    }
-}
-
-/// The listener given to axum: a TCP listener whose connections are tracked.
-struct TrackedListener {
-    listener: TcpListener,
-    connections: Arc<Connections>,
-}
-
-impl axum::serve::Listener for TrackedListener {
-    type Io = TrackedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, remote)) => match self.connections.track(stream) {
-                    Ok(tracked) => return (tracked, remote),
-                    Err(error) => {
-                        tracing::warn!(%remote, %error, "could not set up an accepted connection; dropping it");
-                    }
-                },
-                Err(error) => {
-                    // Running out of file descriptors and the like: back off
-                    // a little rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// An accepted connection; forgets its duplicate handle when dropped, so the
-/// socket really closes.
-struct TrackedStream {
-    inner: TcpStream,
-    id: u64,
-    connections: Arc<Connections>,
-}
-
-impl Drop for TrackedStream {
-    fn drop(&mut self) {
-        self.connections.lock().open.remove(&self.id);
-    }
-}
-
-impl AsyncRead for TrackedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TrackedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+    pub fn crash(self) {
+        self.server.crash();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_id_is_a_valid_distinct_id() {
+        let (a, b) = (default_id(), default_id());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+        Instance::new("lorem", &a, "127.0.0.1", 1)
+            .validate()
+            .expect("a valid instance id");
+    }
 
     #[test]
     fn advertise_forms() {
@@ -884,50 +416,5 @@ mod tests {
         assert!(parse_advertise("host:x", 1).is_err());
         assert!(parse_advertise(":80", 1).is_err());
         assert!(parse_advertise("host:0", 1).is_err());
-    }
-
-    /// A connected pair: the server side (to track) and the client side.
-    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (accepted.expect("accept").0, client.expect("connect"))
-    }
-
-    async fn assert_cut(client: &mut TcpStream) {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(15), client.read(&mut buf))
-            .await
-            .expect("the connection is cut");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    }
-
-    #[tokio::test]
-    async fn kill_cuts_tracked_connections_and_later_ones() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let connections = Arc::new(Connections::default());
-
-        let (server_side, mut before) = pair(&listener).await;
-        let tracked = connections.track(server_side).expect("track");
-        assert_eq!(connections.lock().open.len(), 1);
-        assert_eq!(connections.kill(), 1);
-        assert!(connections.lock().killed);
-        assert_cut(&mut before).await;
-        drop(tracked);
-
-        // Accepted after the kill: cut at once, never left open.
-        let (server_side, mut after) = pair(&listener).await;
-        let _tracked = connections.track(server_side).expect("track");
-        assert!(connections.lock().open.is_empty());
-        assert_cut(&mut after).await;
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut backoff = Backoff::new(REGISTER_BACKOFF_BASE, REGISTER_BACKOFF_MAX);
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= REGISTER_BACKOFF_MAX));
-        assert!(delays[9] >= REGISTER_BACKOFF_MAX / 2);
     }
 }

@@ -25,6 +25,10 @@
 //! - [`ServiceDiscover`]: a service's watch as a tower `Discover` stream,
 //!   for `tower::balance::p2c` and any tower, hyper or tonic stack
 //!   (`tower_discover`).
+//! - [`lifecycle`]: the life of a server in the registry (register once
+//!   listening, retry while the registry is down, readiness, deregister,
+//!   drain, stop), the axum serve helper (feature `axum`, on by default)
+//!   and the one SIGTERM/SIGINT helper.
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -74,6 +78,7 @@ mod watch_sink;
 pub mod backend;
 pub mod consul;
 pub mod etcd;
+pub mod lifecycle;
 pub mod memory;
 pub mod zookeeper;
 

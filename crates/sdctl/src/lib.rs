@@ -27,7 +27,6 @@ mod error;
 pub mod bench;
 pub mod ls;
 pub mod register;
-pub mod signal;
 pub mod table;
 pub mod watch;
 

@@ -308,7 +308,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 count,
                 timeout: settings.timeout,
             };
-            let shutdown = sdctl::signal::shutdown_signal();
+            let shutdown = registry::lifecycle::shutdown_signal();
             sdctl::watch::run(
                 &*registry,
                 settings.backend.name(),
@@ -340,7 +340,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             let settings = settings()?;
             // Listen before registering: a signal during the registration
             // still ends in a deregistration.
-            let shutdown = sdctl::signal::shutdown_signal();
+            let shutdown = registry::lifecycle::shutdown_signal();
             let registry = registry::connect(&settings).await?;
             sdctl::register::hold(&*registry, instance, &mut stdout, shutdown).await?;
         }

@@ -15,14 +15,14 @@
 //! starts, so a signal during start-up is a clean shutdown too.
 
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lorem::server::{ConnectOnDemand, ServerOptions, start};
-use rand::Rng;
+use lorem::server::{ServerOptions, start};
+use registry::lifecycle::{ConnectOnDemand, Signals};
 use tracing_subscriber::EnvFilter;
 
 /// The lorem-ipsum service, registered in a service registry.
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             let url = url
                 .clone()
                 .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| ready_url(cli.listen));
+                .unwrap_or_else(|| lorem::health::ready_url(cli.listen));
             return runtime.block_on(healthcheck(&url, *timeout));
         }
         None => runtime.block_on(serve(cli)),
@@ -142,7 +142,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             "REGISTRY is memory (the default): this registration is visible only inside this process; set REGISTRY=consul|etcd|zookeeper so clients can discover it"
         );
     }
-    let id = cli.id.unwrap_or_else(default_id);
+    let id = cli.id.unwrap_or_else(lorem::server::default_id);
     let mut options = ServerOptions::new(id);
     options.listen = cli.listen;
     options.advertise = cli.advertise.filter(|a| !a.trim().is_empty());
@@ -170,70 +170,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The shutdown signals, listened for from creation on: a signal that
-/// arrives before [`next`](Self::next) is called is kept, not lost.
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(not(unix))]
-    ctrl_c: tokio::signal::windows::CtrlC,
-}
-
-impl Signals {
-    /// Replaces the default action of SIGTERM and SIGINT (Ctrl-C elsewhere).
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Signals {
-                ctrl_c: tokio::signal::windows::ctrl_c().context("cannot listen for Ctrl-C")?,
-            })
-        }
-    }
-
-    /// Waits for the next signal and names it. If the streams close (the
-    /// runtime is shutting down) it never returns.
-    async fn next(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                Some(()) = self.term.recv() => "SIGTERM",
-                Some(()) = self.int.recv() => "SIGINT",
-                else => std::future::pending().await,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            match self.ctrl_c.recv().await {
-                Some(()) => "Ctrl-C",
-                None => std::future::pending().await,
-            }
-        }
-    }
-}
-
-/// `<hostname or "lorem">-<pid>-<random>`, in the id alphabet `[A-Za-z0-9._-]`.
-fn default_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| sanitize(h.trim()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "lorem".to_owned());
-    let host: String = host.chars().take(64).collect();
-    let suffix: u32 = rand::thread_rng().r#gen();
-    format!("{host}-{}-{suffix:08x}", std::process::id())
-}
-
 /// A `key=value` pair of `--metadata`.
 fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -246,57 +182,12 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// `http://<listen>/ready`, probing loopback when listening on all addresses.
-///
-/// `/ready` rather than `/health`: a container marked healthy is one that
-/// clients can discover (compose starts the gateway once both servers are
-/// healthy), and a server answers `/health` before its registration lands.
-fn ready_url(listen: SocketAddr) -> String {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/ready", SocketAddr::new(ip, listen.port()))
-}
-
 async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
-    match probe(url, timeout).await {
+    match lorem::health::probe(url, timeout).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("unhealthy: {url}: {error:#}");
+            eprintln!("unhealthy: {url}: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .context("cannot build the HTTP client")?;
-    let response = client.get(url).send().await.context("no answer")?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .with_context(|| format!("answer {status} is not JSON"))?;
-    if status.is_success() && body.get("status") == Some(&serde_json::Value::Bool(true)) {
-        Ok(())
-    } else {
-        anyhow::bail!("answer {status} {body}")
     }
 }
