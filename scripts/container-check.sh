@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/container-check.sh [--stand-ins-only|--images-only] [etcd|zk|consul]...
 #
-# The Docker path, run for real with podman (not part of CI: about 20-30 min
+# The Docker path, run for real with podman (not part of CI: about 20 min
 # of two cores the first time, most of it the Rust image build; later runs
 # reuse the image layers):
 #
