@@ -75,8 +75,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use registry::Instance;
 use ::tower::{Layer, Service};
+use registry::Instance;
 
 use crate::{Balancer, FailureKind, Pick, RetryBudget};
 
@@ -228,6 +228,10 @@ impl<M, P> fmt::Debug for Balanced<M, P> {
     }
 }
 
+/// An inner service with the registration it was made for, its type
+/// erased (the layer is built before the maker's service type is known).
+type Cached = (Instance, Box<dyn std::any::Any + Send>);
+
 struct Inner<M, P> {
     balancer: Balancer,
     make: M,
@@ -236,7 +240,7 @@ struct Inner<M, P> {
     budget: Arc<RetryBudget>,
     /// The inner service of each instance, with the registration it was
     /// made for.
-    cache: Mutex<HashMap<String, (Instance, Box<dyn std::any::Any + Send>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl<M, P> Balanced<M, P> {

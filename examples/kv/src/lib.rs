@@ -108,7 +108,10 @@ async fn put_entry(
     (StatusCode::NO_CONTENT, identified(&state))
 }
 
-async fn get_entry(State(state): State<AppState>, Path(key): Path<String>) -> axum::response::Response {
+async fn get_entry(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> axum::response::Response {
     match state.store.get(&key) {
         Some(value) => (identified(&state), Json(Entry { value })).into_response(),
         None => (StatusCode::NOT_FOUND, identified(&state)).into_response(),
