@@ -262,9 +262,10 @@ fn instance_client(
 }
 
 /// A greeter client balanced over the live instances of `balancer`'s
-/// service: round robin (or the balancer's strategy), ejection of
-/// instances that fail, and a failed call retried once more on another
-/// instance (three tries at most), within the retry budget.
+/// service: the balancer's strategy (round robin by default), ejection of
+/// instances that fail, and a failed call retried on instances it has not
+/// tried ([`balancer::tower::DEFAULT_ATTEMPTS`] tries at most), within the
+/// retry budget.
 pub fn client(
     balancer: Balancer,
 ) -> impl Service<HelloRequest, Response = HelloReply, Error = BoxError> + Clone {
