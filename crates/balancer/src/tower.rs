@@ -207,6 +207,12 @@ impl<M, P: Clone> Layer<M> for BalanceLayer<P> {
 /// went and retries elsewhere when allowed: see the [module docs](self).
 ///
 /// Cheap to clone; clones share the cache of inner services.
+///
+/// Its error is a [`BoxError`]: the last try's own error (a tonic
+/// `Status`...) when every allowed try failed, or a [`BalanceError`] when
+/// no instance could be picked; `downcast_ref` tells them apart. A last
+/// try the policy called a failure but that still answered (an `Ok` it
+/// classified as a failure) is returned as that `Ok`.
 pub struct Balanced<M, P> {
     inner: Arc<Inner<M, P>>,
 }
