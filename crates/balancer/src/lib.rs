@@ -25,6 +25,9 @@
 //!   ([`RetryBudget`]).
 //! - [`metrics`]: Prometheus metrics under a prefix the caller chooses
 //!   ([`Metrics`]).
+//! - `tower` (feature `tower`): the balancer as a tower `Service` and
+//!   `Layer` (`balancer::tower::BalanceLayer`), the same picks, ejection
+//!   and retries for hyper and tonic stacks.
 //! - [`Error`] (`error`); bounds on user-given durations (`limits`).
 //!
 //! # Example
@@ -63,6 +66,8 @@ pub mod metrics;
 pub mod pick;
 pub mod select;
 pub mod strategy;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use balancer::{
     Balancer, BalancerOptions, DEFAULT_MAX_STALENESS, DEFAULT_WAIT_TIMEOUT, Freshness, SetChange,
