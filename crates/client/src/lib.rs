@@ -66,14 +66,3 @@ pub use http_client::{
 /// kept from before the balancer had a crate of its own so that dashboards
 /// keep working.
 pub const METRICS_PREFIX: &str = "lorem_client";
-/// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
-/// kept for results), filtered by `RUST_LOG`, `info` by default.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (as in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}

@@ -233,7 +233,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The bench kills servers that clients of finished phases may still be
     // reconnecting to: their warnings would only be noise there.
-    init_tracing(if matches!(cli.command, Command::Bench(_)) {
+    logging::init(if matches!(cli.command, Command::Bench(_)) {
         "error"
     } else {
         "warn"
@@ -246,17 +246,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr, at `default` unless `RUST_LOG` says otherwise, so that
-/// stdout carries only results.
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// The settings, with the memory warning when they select it.

@@ -170,7 +170,7 @@ impl RequestArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    client::init_tracing();
+    logging::init("info");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
