@@ -11,7 +11,8 @@
 //!   retried when safe).
 //! - [`LoremClient`]: the lorem API on top, with the identity check on
 //!   (`client`); [`DirectClient`], the baseline without discovery.
-//! - What the binaries run, so that tests can call it: [`repeat`]
+//! - What the binaries run, so that tests can call it: [`app`] (the
+//!   `lorem-client` commands behind its argument parsing), [`repeat`]
 //!   (`lorem-client loop`), [`gateway`] (`lorem-client gateway`), [`load`]
 //!   (`lorem-client load`), [`demo`] (`lorem-demo`).
 //!
@@ -36,6 +37,7 @@
 
 mod client;
 
+pub mod app;
 pub mod demo;
 pub mod gateway;
 pub mod load;
