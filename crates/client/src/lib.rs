@@ -11,7 +11,8 @@
 //!   retried when safe).
 //! - [`LoremClient`]: the lorem API on top, with the identity check on
 //!   (`client`); [`DirectClient`], the baseline without discovery.
-//! - What the binaries run, so that tests can call it: [`repeat`]
+//! - What the binaries run, so that tests can call it: [`app`] (the
+//!   `lorem-client` commands behind its argument parsing), [`repeat`]
 //!   (`lorem-client loop`), [`gateway`] (`lorem-client gateway`), [`load`]
 //!   (`lorem-client load`), [`demo`] (`lorem-demo`).
 //!
@@ -36,6 +37,7 @@
 
 mod client;
 
+pub mod app;
 pub mod demo;
 pub mod gateway;
 pub mod load;
@@ -66,14 +68,3 @@ pub use http_client::{
 /// kept from before the balancer had a crate of its own so that dashboards
 /// keep working.
 pub const METRICS_PREFIX: &str = "lorem_client";
-/// Installs the binaries' log subscriber: `tracing` fmt to stderr (stdout is
-/// kept for results), filtered by `RUST_LOG`, `info` by default.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (as in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}

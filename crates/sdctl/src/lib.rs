@@ -11,6 +11,8 @@
 //!   operator's removal of any instance (`sdctl register`, `sdctl deregister`).
 //! - [`bench`](mod@bench): the same scenarios on memory, etcd, ZooKeeper and Consul,
 //!   one table row per backend, JSON and an SVG chart (`sdctl bench`).
+//! - [`commands`]: each command as one function, behind the binary's
+//!   argument parsing.
 //! - [`table`]: the plain-text tables every command prints.
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
@@ -25,6 +27,7 @@
 mod error;
 
 pub mod bench;
+pub mod commands;
 pub mod ls;
 pub mod register;
 pub mod table;

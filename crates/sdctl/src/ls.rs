@@ -5,7 +5,7 @@
 //! `{"services": [{"name": "lorem", "instances": 2}]}`. With a service, a
 //! table of `ID ADDRESS TAGS WEIGHT METADATA`; `--json` gives
 //! `{"instances": [...]}`, each instance in the stored JSON form (see the
-//! README's "Storage layout"). A service without live instances is an
+//! storage layouts in docs/backends.md). A service without live instances is an
 //! [`Error::UnknownService`] that lists the services there are.
 
 use futures::StreamExt;

@@ -6,17 +6,15 @@
 //! `sdctl: ...`), 2 for bad arguments.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use registry::{BackendConfig, Settings};
+use sdctl::Result;
 use sdctl::bench::{Backend, BenchOptions, Sizes};
+use sdctl::commands;
 use sdctl::register::InstanceSpec;
-use sdctl::watch::WatchOptions;
-use sdctl::{Error, Result};
 
 /// One CLI for every registry backend: list, watch, register and
 /// deregister instances, and benchmark the backends side by side.
@@ -233,7 +231,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The bench kills servers that clients of finished phases may still be
     // reconnecting to: their warnings would only be noise there.
-    init_tracing(if matches!(cli.command, Command::Bench(_)) {
+    logging::init(if matches!(cli.command, Command::Bench(_)) {
         "error"
     } else {
         "warn"
@@ -248,78 +246,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, at `default` unless `RUST_LOG` says otherwise, so that
-/// stdout carries only results.
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// The settings, with the memory warning when they select it.
-fn settings() -> Result<Settings> {
-    let settings = Settings::from_env()?;
-    if matches!(settings.backend, BackendConfig::Memory(_)) {
-        eprintln!("sdctl: warning: {}", sdctl::MEMORY_WARNING);
-    }
-    Ok(settings)
-}
-
 async fn run(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout();
     match command {
-        Command::Ls { service, json } => {
-            let settings = settings()?;
-            let registry = registry::connect(&settings).await?;
-            let text = match service {
-                Some(service) => {
-                    let instances =
-                        sdctl::ls::instances(&*registry, &sdctl::describe(&settings), &service)
-                            .await?;
-                    if json {
-                        sdctl::ls::instances_json(&instances) + "\n"
-                    } else {
-                        sdctl::ls::instances_table(&instances)
-                    }
-                }
-                None => {
-                    let services = sdctl::ls::services(&*registry).await?;
-                    if json {
-                        sdctl::ls::services_json(&services) + "\n"
-                    } else {
-                        sdctl::ls::services_table(&services)
-                    }
-                }
-            };
-            write(&mut stdout, &text)?;
-        }
+        Command::Ls { service, json } => commands::ls(service, json, &mut stdout).await?,
         Command::Watch {
             service,
             json,
             count,
-        } => {
-            let settings = settings()?;
-            let registry = registry::connect(&settings).await?;
-            let options = WatchOptions {
-                json,
-                count,
-                timeout: settings.timeout,
-            };
-            let shutdown = registry::lifecycle::shutdown_signal();
-            sdctl::watch::run(
-                &*registry,
-                settings.backend.name(),
-                &service,
-                &options,
-                &mut stdout,
-                &mut std::io::stderr(),
-                shutdown,
-            )
-            .await?;
-        }
+        } => commands::watch(&service, json, count, &mut stdout).await?,
         Command::Register {
             service,
             id,
@@ -328,70 +263,23 @@ async fn run(command: Command) -> Result<ExitCode> {
             metadata,
             weight,
         } => {
-            let instance = InstanceSpec {
+            let spec = InstanceSpec {
                 service,
                 id,
                 addr,
                 tags,
                 metadata,
                 weight,
-            }
-            .to_instance()?;
-            let settings = settings()?;
-            // Listen before registering: a signal during the registration
-            // still ends in a deregistration.
-            let shutdown = registry::lifecycle::shutdown_signal();
-            let registry = registry::connect(&settings).await?;
-            sdctl::register::hold(&*registry, instance, &mut stdout, shutdown).await?;
+            };
+            commands::register(spec, &mut stdout).await?;
         }
         Command::Deregister { service, id } => {
-            let settings = settings()?;
-            let registry = registry::connect(&settings).await?;
-            sdctl::register::deregister(
-                &*registry,
-                &sdctl::describe(&settings),
-                &service,
-                &id,
-                &mut stdout,
-            )
-            .await?;
+            commands::deregister(&service, &id, &mut stdout).await?;
         }
-        Command::Bench(args) => return bench(&args, &mut stdout).await,
+        Command::Bench(args) => {
+            let (out, svg) = (args.out.as_deref(), args.svg.as_deref());
+            return commands::bench(&args.options(), out, svg, &mut stdout).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn bench(args: &BenchArgs, stdout: &mut dyn Write) -> Result<ExitCode> {
-    let options = args.options();
-    options.check()?;
-    let sdctl = std::env::current_exe()
-        .map_err(|e| Error::io("the path of sdctl itself (for its child processes)", e))?;
-    let report = sdctl::bench::run(&options, &sdctl).await?;
-    write(stdout, &report.table())?;
-    if let Some(path) = &args.out {
-        std::fs::write(path, report.to_json() + "\n")
-            .map_err(|e| Error::io(path.display().to_string(), e))?;
-    }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, sdctl::bench::svg(&report)?)
-            .map_err(|e| Error::io(path.display().to_string(), e))?;
-    }
-    if report.complete() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for row in report.backends.iter().filter(|r| r.error.is_some()) {
-            eprintln!(
-                "sdctl: bench {}: {}",
-                row.backend,
-                row.error.as_deref().unwrap_or_default()
-            );
-        }
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-fn write(out: &mut dyn Write, text: &str) -> Result<()> {
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::io("stdout", e))
 }

@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use client::load::{self, LoadOptions, LoadReport};
-use client::repeat::{self, RepeatOptions};
+use client::app::{self, AppOptions};
+use client::load::{self, LoadOptions};
 use client::{
-    Balancer, BalancerOptions, ClientMetrics, ClientOptions, DirectClient, EjectionOptions, Kind,
-    LoremClient, LoremRequest, Selector, Strategy, ZonePreference, gateway,
+    BalancerOptions, ClientOptions, EjectionOptions, Kind, LoremRequest, Selector, Strategy,
+    ZonePreference,
 };
 
 /// Calls the lorem service through service discovery.
@@ -170,12 +169,13 @@ impl RequestArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    client::init_tracing();
+    logging::init("info");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
-    let outcome = match &cli.command {
+    let options = cli.options();
+    let outcome = match cli.command {
         Command::Load {
             requests,
             duration,
@@ -185,21 +185,21 @@ async fn main() -> ExitCode {
             direct,
             request,
         } => {
-            let options = LoadOptions {
-                requests: *requests,
-                duration: *duration,
-                concurrency: *concurrency,
-                rate: *rate,
+            let load = LoadOptions {
+                requests,
+                duration,
+                concurrency,
+                rate,
                 request: request.request(),
             };
-            return run_load(&cli, &options, direct, *json).await;
+            return app::run_load(&options, &load, &direct, json).await;
         }
         Command::Loop {
             interval,
             count,
             request,
-        } => run_loop(&cli, *interval, *count, request.request()).await,
-        Command::Gateway { listen } => run_gateway(&cli, *listen).await,
+        } => app::run_loop(&options, interval, count, request.request()).await,
+        Command::Gateway { listen } => app::run_gateway(&options, listen).await,
     };
     match outcome {
         Ok(code) => code,
@@ -223,212 +223,58 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         error.kind(),
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
     );
-    if wants_help || !wants_json(&args) {
-        error.exit();
-    }
     let rendered = error.render().to_string();
-    eprint!("{rendered}");
-    // clap's message without its usage and help hints, on one line.
-    let message = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let message = match message.strip_prefix("error: ") {
-        Some(rest) => rest.to_owned(),
-        None if message.is_empty() => "invalid arguments".to_owned(),
-        None => message,
-    };
-    let failed = requests_arg(&args).unwrap_or(1).max(1);
-    println!("{}", LoadReport::all_failed(failed, &message).to_json());
-    ExitCode::FAILURE
-}
-
-/// True when `--json` is among the raw arguments (before any `--`).
-fn wants_json(args: &[String]) -> bool {
-    args.iter()
-        .take_while(|arg| *arg != "--")
-        .any(|arg| arg == "--json" || arg.starts_with("--json="))
-}
-
-/// The value of `--requests`, if one is given and is a number.
-fn requests_arg(args: &[String]) -> Option<u64> {
-    let mut args = args.iter().take_while(|arg| *arg != "--");
-    while let Some(arg) = args.next() {
-        if arg == "--requests" {
-            return args.next().and_then(|value| value.parse().ok());
+    match app::usage_error_json(&args, &rendered) {
+        Some(report) if !wants_help => {
+            eprint!("{rendered}");
+            println!("{report}");
+            ExitCode::FAILURE
         }
-        if let Some(value) = arg.strip_prefix("--requests=") {
-            return value.parse().ok();
-        }
+        _ => error.exit(),
     }
-    None
 }
 
-async fn connect(cli: &Cli) -> anyhow::Result<LoremClient> {
-    // A bad name is refused before anything connects: no registry could list
-    // an instance of it, so every request would wait in vain.
-    registry::validate_name("service", &cli.service)
-        .map_err(|error| match error {
-            registry::Error::InvalidInstance(message) => anyhow::anyhow!(message),
-            other => anyhow::Error::from(other),
-        })
-        .context("--service (or LOREM_SERVICE) is not a usable service name")?;
-    let settings = registry::Settings::from_env().context("reading the registry settings")?;
-    if matches!(settings.backend, registry::BackendConfig::Memory(_)) {
-        tracing::warn!(
-            "REGISTRY is memory (the default): only instances registered in this same process \
-             are visible; set REGISTRY=consul|etcd|zookeeper to discover lorem-server processes"
-        );
-    }
-    let registry = registry::connect(&settings)
-        .await
-        .with_context(|| format!("connecting to the {} registry", settings.backend.name()))?;
-    let balancer = Balancer::with_metrics(
-        registry,
-        &cli.service,
-        BalancerOptions {
-            strategy: cli.strategy,
-            wait_timeout: cli.wait_timeout,
-            max_staleness: cli.max_staleness,
-            ejection: EjectionOptions {
-                consecutive_failures: cli.eject_after,
-                base: cli.eject_for,
-                max: cli.eject_max,
+impl Cli {
+    fn options(&self) -> AppOptions {
+        AppOptions {
+            service: self.service.clone(),
+            balancer: BalancerOptions {
+                strategy: self.strategy,
+                wait_timeout: self.wait_timeout,
+                max_staleness: self.max_staleness,
+                ejection: EjectionOptions {
+                    consecutive_failures: self.eject_after,
+                    base: self.eject_for,
+                    max: self.eject_max,
+                },
+                seed: self.seed,
+                selector: Selector {
+                    tags: self
+                        .tags
+                        .iter()
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                    metadata: self.metadata.iter().cloned().collect(),
+                },
+                zone: self
+                    .zone
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|zone| !zone.is_empty())
+                    .map(|zone| ZonePreference {
+                        zone: zone.to_owned(),
+                        min_healthy_percent: self.zone_min_healthy,
+                    }),
             },
-            seed: cli.seed,
-            selector: Selector {
-                tags: cli
-                    .tags
-                    .iter()
-                    .map(|t| t.trim().to_owned())
-                    .filter(|t| !t.is_empty())
-                    .collect(),
-                metadata: cli.metadata.iter().cloned().collect(),
+            client: ClientOptions {
+                attempts: self.attempts,
+                try_timeout: self.try_timeout,
+                retry_percent: self.retry_budget,
+                min_retries_per_sec: self.min_retries_per_sec,
+                // LoremClient turns it on: lorem servers register for it.
+                identity_check: true,
             },
-            zone: cli
-                .zone
-                .as_deref()
-                .map(str::trim)
-                .filter(|zone| !zone.is_empty())
-                .map(|zone| ZonePreference {
-                    zone: zone.to_owned(),
-                    min_healthy_percent: cli.zone_min_healthy,
-                }),
-        },
-        &ClientMetrics::new(),
-    )?;
-    let options = ClientOptions {
-        attempts: cli.attempts,
-        try_timeout: cli.try_timeout,
-        retry_percent: cli.retry_budget,
-        min_retries_per_sec: cli.min_retries_per_sec,
-        // LoremClient turns it on: lorem servers register for it.
-        identity_check: true,
-    };
-    tracing::info!(service = %cli.service, strategy = %cli.strategy, attempts = cli.attempts,
-        retry_budget_percent = cli.retry_budget, eject_after = cli.eject_after,
-        tags = %cli.tags.join(","), zone = cli.zone.as_deref().unwrap_or(""),
-        "client ready");
-    Ok(LoremClient::new(balancer, options)?)
-}
-
-async fn run_loop(
-    cli: &Cli,
-    interval: Duration,
-    count: Option<u64>,
-    request: LoremRequest,
-) -> anyhow::Result<ExitCode> {
-    let client = connect(cli).await?;
-    let options = RepeatOptions {
-        interval,
-        count,
-        request,
-    };
-    tokio::select! {
-        summary = repeat::run(&client, &options) => {
-            tracing::info!(ok = summary.ok, failed = summary.failed, "done");
-            Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        () = shutdown_signal() => {
-            tracing::info!("interrupted");
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-async fn run_gateway(cli: &Cli, listen: SocketAddr) -> anyhow::Result<ExitCode> {
-    let client = connect(cli).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    gateway::serve(listener, client, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn run_load(cli: &Cli, options: &LoadOptions, direct: &[String], json: bool) -> ExitCode {
-    let report = if direct.is_empty() {
-        match connect(cli).await {
-            // Ctrl-C or SIGTERM ends the run early, with its report.
-            Ok(client) => load::run_until(&client, options, shutdown_signal())
-                .await
-                .map_err(anyhow::Error::from),
-            Err(error) => Err(error),
-        }
-    } else {
-        match DirectClient::new(direct.to_vec(), cli.try_timeout) {
-            Ok(client) => load::run_direct(&client, options)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(error) => Err(anyhow::Error::from(error).context("--direct")),
-        }
-    };
-    let report = report.unwrap_or_else(|error| {
-        tracing::error!("{error:#}");
-        // Nothing could be sent: every request counts as failed (at least
-        // one, so that the exit status says so).
-        LoadReport::all_failed(options.requests.unwrap_or(1), &format!("{error:#}"))
-    });
-    if json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{report}");
-    }
-    // A run that went wrong itself (a request panicked) fails even if its
-    // counts somehow look clean.
-    if report.failed == 0 && report.error.is_none() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
     }
 }

@@ -12,7 +12,7 @@ use client::demo::{self, DemoOptions, DemoReport};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    client::init_tracing();
+    logging::init("info");
     let report = match demo::settings_from_env() {
         Ok(settings) => match demo::run(settings, DemoOptions::default()).await {
             Ok(report) => report,

@@ -14,7 +14,6 @@
 //! the drain at once. The handlers are installed before anything else
 //! starts, so a signal during start-up is a clean shutdown too.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,7 +22,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lorem::server::{ServerOptions, start};
 use registry::lifecycle::{ConnectOnDemand, Signals};
-use tracing_subscriber::EnvFilter;
 
 /// The lorem-ipsum service, registered in a service registry.
 ///
@@ -93,12 +91,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init("info");
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
