@@ -238,8 +238,10 @@ pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
     let mut backoff = Backoff::reconnect();
     let mut compactions_in_a_row = 0u32;
     // The deadline of the next snapshot read: REGISTRY_TIMEOUT, but after a
-    // member went silent only what is left of the silence limit, so that a
-    // registry where no member answers is reported within that limit.
+    // member went silent three quarters of the silence limit: enough for the
+    // others to elect a new leader when the silent one led (reads wait for
+    // one), short enough that a registry where no member answers is
+    // reported within about 1.25 x the limit.
     let mut read_within = ctx.timeout;
     loop {
         let end = watch_round(&ctx, &service, &mut sink, &mut backoff, read_within).await;
@@ -265,7 +267,7 @@ pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
                 tracing::warn!(backend = BACKEND, service = %service, %error,
                     "watch's etcd member stopped answering; reading again from another member");
                 ctx.members.skip(member);
-                read_within = ctx.timeout.min(silence_limit(ctx.ttl) / 2);
+                read_within = ctx.timeout.min(silence_limit(ctx.ttl) * 3 / 4);
             }
             End::Failed(error) => {
                 compactions_in_a_row = 0;
@@ -280,8 +282,8 @@ pub(super) async fn watch(ctx: Ctx, service: String, mut sink: SnapshotSink) {
 
 /// How long a watch stream may stay quiet before we ask for a progress
 /// report, and how long the answer may take: a quarter of the silence
-/// limit each, so that a silent member is noticed within half of it and
-/// the read that follows has the other half.
+/// limit each, so that a silent member is noticed within half of it; the
+/// read that follows (from another member) has three quarters.
 ///
 /// etcd 3.4 answers a progress request at once. From 3.5 on a member
 /// answers only once every watcher of the stream has caught up with it; a
