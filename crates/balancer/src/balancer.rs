@@ -42,7 +42,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::endpoint::{EjectionOptions, Endpoint};
+use crate::endpoint::{EjectionOptions, Endpoint, InstanceTraffic};
 use crate::error::{Error, Result};
 use crate::limits::{check_timeout, deadline_after};
 use crate::metrics::{Metrics, RequestMetrics, ServiceMetrics};
@@ -400,6 +400,16 @@ impl Balancer {
             .filter(|e| e.is_ejected(now))
             .map(|e| e.instance.id.clone())
             .collect()
+    }
+
+    /// What each instance of the live set has had from this balancer
+    /// (answered and failed tries, latency, in flight, ejected), in id
+    /// order: the per-instance view the live page charts. See
+    /// [`InstanceTraffic`] for when the counts start.
+    pub fn traffic(&self) -> Vec<InstanceTraffic> {
+        let now = Instant::now();
+        let live = self.core().live.borrow().clone();
+        live.endpoints.iter().map(|e| e.traffic(now)).collect()
     }
 
     /// The metrics this balancer (and the clients over it) count into:

@@ -79,6 +79,30 @@ impl EjectionOptions {
     }
 }
 
+/// The traffic one instance of the live set has had from this balancer,
+/// as [`Balancer::traffic`](crate::Balancer::traffic) reports it.
+///
+/// The counts run from when the instance entered the set with its current
+/// record: a changed record (new address, tags, weight...) starts them
+/// again from zero, so a reader computing rates from two readings takes a
+/// drop as a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTraffic {
+    /// The instance id.
+    pub id: String,
+    /// Tries that got an answer (any status below 500, 4xx included).
+    pub answered: u64,
+    /// Tries that failed (unreachable, timeout, 5xx, overloaded...).
+    pub failed: u64,
+    /// The summed latency of the answered tries.
+    pub latency_total: Duration,
+    /// Tries under way now.
+    pub in_flight: usize,
+    /// True while the instance is ejected (or backing off after an
+    /// overload).
+    pub ejected: bool,
+}
+
 /// The origin of [`Endpoint`]'s lock-free ejection clock.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -102,6 +126,12 @@ pub(crate) struct Endpoint {
     /// True when the instance is in the balancer's preferred zone.
     pub(crate) local: bool,
     in_flight: AtomicUsize,
+    /// Tries that got an answer, failed tries, and the summed latency of
+    /// the answered ones (nanoseconds): what [`Balancer::traffic`](crate::Balancer::traffic)
+    /// reports. Plain counters, counted on every try whatever the strategy.
+    answered: AtomicU64,
+    failed: AtomicU64,
+    latency_ns: AtomicU64,
     /// End of the current ejection, in [`nanos`]; 0 when not ejected.
     ejected_until: AtomicU64,
     /// True when there are failures or ejections for a success to reset.
@@ -152,6 +182,9 @@ impl Endpoint {
             local,
             instance,
             in_flight: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             troubled: AtomicBool::new(false),
             scratch: AtomicI64::new(0),
@@ -180,6 +213,30 @@ impl Endpoint {
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Counts an answered try that took `latency`.
+    pub(crate) fn count_answer(&self, latency: Duration) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Counts a failed try (overloaded included).
+    pub(crate) fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters for [`Balancer::traffic`](crate::Balancer::traffic).
+    pub(crate) fn traffic(&self, now: Instant) -> InstanceTraffic {
+        InstanceTraffic {
+            id: self.instance.id.clone(),
+            answered: self.answered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            latency_total: Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed)),
+            in_flight: self.in_flight(),
+            ejected: self.is_ejected(now),
+        }
     }
 
     /// True while the instance is ejected.

@@ -76,7 +76,7 @@ pub use balancer::{
 pub use budget::{RETRY_BUDGET_WINDOW, RetryBudget};
 pub use endpoint::{
     DEFAULT_EJECT_AFTER, DEFAULT_EJECT_BASE, DEFAULT_EJECT_MAX, DEFAULT_RTT, EWMA_DECAY,
-    EjectionOptions,
+    EjectionOptions, InstanceTraffic,
 };
 pub use error::{Error, Result};
 pub use limits::{MAX_TIMEOUT, check_timeout, deadline_after, parse_timeout};

@@ -154,6 +154,7 @@ impl Pick {
     /// The try succeeded (the instance answered, whatever the answer meant
     /// for the caller) after `latency`.
     pub fn success(self, latency: Duration) {
+        self.endpoint.count_answer(latency);
         self.endpoint
             .record_success(self.picked_at, latency, self.core.tracks_latency);
     }
@@ -162,6 +163,7 @@ impl Pick {
     /// eject the instance (logged at warn, counted in the metrics).
     pub fn failure(self, kind: FailureKind, latency: Duration) {
         self.core.metrics.tries_failed[kind.index()].inc();
+        self.endpoint.count_failure();
         if kind == FailureKind::Overloaded {
             self.back_off(None);
             return;
@@ -192,6 +194,7 @@ impl Pick {
     /// count as a failure towards ejection: the instance is alive.
     pub fn overloaded(self, retry_after: Option<Duration>) {
         self.core.metrics.tries_failed[FailureKind::Overloaded.index()].inc();
+        self.endpoint.count_failure();
         self.back_off(retry_after);
     }
 
