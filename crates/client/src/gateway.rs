@@ -3,6 +3,7 @@
 //!
 //! | route              | answer                                                          |
 //! |--------------------|-----------------------------------------------------------------|
+//! | `GET /`            | the live page (crate `ui`): the service's instances as this gateway routes to them, their traffic (rate, latency, errors, ejection), the registry's state and a timeline; `GET /ui/events` streams it |
 //! | `POST /sd-lorem`   | `{"requestType":"sentence","min":5,"max":20}` -> `{"message": ...}` from an instance, with its `x-instance-id` |
 //! | `GET /instances`   | the live set and how fresh it is (below)                        |
 //! | `GET /metrics`     | the client's Prometheus metrics (see [`ClientMetrics`](crate::ClientMetrics)) |
@@ -64,14 +65,29 @@ struct Gateway {
     metrics: Arc<Registry>,
 }
 
-/// The gateway's routes, sending through `client`.
+/// The gateway's routes, sending through `client`, with the live page at
+/// `/` (whose feed, reading the client's balancer, stops with the router;
+/// its event streams end when the router goes, or sooner through
+/// [`serve`]'s shutdown).
+///
+/// # Panics
+/// Outside a Tokio runtime (the page's feed runs as a task).
 pub fn router(client: LoremClient) -> Router {
+    routes(client).0
+}
+
+/// [`router`], and what ends the page's event streams.
+fn routes(client: LoremClient) -> (Router, ui::Closer) {
+    let (page, closer) = ui::balancer_page(
+        client.balancer().clone(),
+        format!("gateway: {}", client.balancer().service()),
+    );
     let mut metrics = Registry::default();
     client
         .balancer()
         .metrics()
         .register(&mut metrics, crate::METRICS_PREFIX);
-    Router::new()
+    let router = Router::new()
         .route("/sd-lorem", post(sd_lorem))
         .route("/instances", get(instances))
         .route("/metrics", get(metrics_text))
@@ -80,10 +96,13 @@ pub fn router(client: LoremClient) -> Router {
             client,
             metrics: Arc::new(metrics),
         })
+        .merge(page);
+    (router, closer)
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
+/// requests in flight finish (the live page's event streams end at once:
+/// an open page does not hold the gateway up).
 ///
 /// # Errors
 /// An I/O error if serving fails.
@@ -94,8 +113,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, service = %client.balancer().service(), "gateway listening");
-    axum::serve(listener, router(client))
-        .with_graceful_shutdown(shutdown)
+    let (router, closer) = routes(client);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closer.close();
+        })
         .await?;
     tracing::info!(%addr, "gateway stopped");
     Ok(())

@@ -1,6 +1,6 @@
 //! The `sdctl` commands behind its argument parsing, one function each, so
 //! that tests can call them: [`ls`], [`watch`], [`register`],
-//! [`deregister`] and [`bench`](bench()). Each reads the registry settings from the
+//! [`deregister`], [`ui`] and [`bench`](bench()). Each reads the registry settings from the
 //! environment ([`settings`]) and writes its results to `stdout`.
 
 use std::io::Write;
@@ -124,6 +124,52 @@ pub async fn deregister(service: &str, id: &str, stdout: &mut (dyn Write + Send)
     let settings = settings()?;
     let registry = registry::connect(&settings).await?;
     crate::register::deregister(&*registry, &crate::describe(&settings), service, id, stdout).await
+}
+
+/// `sdctl ui --listen ADDR`: serves the live page of every service of the
+/// registry (crate `ui`) on `listen` until SIGINT/SIGTERM. Prints `serving
+/// the page of REGISTRY at http://ADDR/` once listening. The page reads one
+/// watch per service, whatever the number of viewers.
+///
+/// # Errors
+///
+/// Unusable settings, an unreachable registry, an address it cannot listen
+/// on, or stdout closed.
+pub async fn ui(listen: std::net::SocketAddr, stdout: &mut (dyn Write + Send)) -> Result<()> {
+    let settings = settings()?;
+    if !listen.ip().is_loopback() {
+        eprintln!(
+            "sdctl: warning: serving the page on {listen}, beyond this machine: anyone who can \
+             reach it sees every service, address and metadata value of the registry"
+        );
+    }
+    let shutdown = registry::lifecycle::shutdown_signal();
+    let registry = registry::connect(&settings).await?;
+    // Fail now, with the registry's own words, rather than on the page.
+    registry.services().await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: listen,
+        source,
+    })?;
+    let described = crate::describe(&settings);
+    let (page, closer) = ui::registry_page(registry, format!("services in {described}"));
+    write(
+        stdout,
+        &format!("serving the page of {described} at http://{addr}/\n"),
+    )?;
+    axum::serve(listener, page)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closer.close();
+        })
+        .await
+        .map_err(|e| Error::io(format!("the page at {addr}"), e))
 }
 
 /// `sdctl bench`: runs `options`, prints the table, writes the JSON to

@@ -38,6 +38,16 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// `sdctl ui` could not listen on the address it was given.
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Writing the output failed (other than a closed pipe, which ends a
     /// command quietly).
     #[error("cannot write {what}: {source}")]

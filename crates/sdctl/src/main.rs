@@ -96,6 +96,20 @@ enum Command {
         /// The instance id.
         id: String,
     },
+    /// Serve a live web page of the registry's services and instances.
+    ///
+    /// Services with instance counts, each service's instances (id,
+    /// address, tags, metadata, weight, zone), whether the registry is
+    /// synced or stale and why, and a timeline of changes, pushed to the
+    /// browser as they happen (one watch per service, however many pages
+    /// are open). Read-only. Prints "serving the page of REGISTRY at
+    /// http://ADDR/" once listening; runs until SIGINT/SIGTERM.
+    Ui {
+        /// Where to serve the page. Keep it on loopback unless everyone who
+        /// can reach the address may see the registry's contents.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "HOST:PORT")]
+        listen: std::net::SocketAddr,
+    },
     /// Run the same scenarios on several backends and print one table.
     ///
     /// Each real backend is started on loopback through the test kit
@@ -276,6 +290,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Deregister { service, id } => {
             commands::deregister(&service, &id, &mut stdout).await?;
         }
+        Command::Ui { listen } => commands::ui(listen, &mut stdout).await?,
         Command::Bench(args) => {
             let (out, svg) = (args.out.as_deref(), args.svg.as_deref());
             return commands::bench(&args.options(), out, svg, &mut stdout).await;

@@ -152,6 +152,39 @@ pub fn etcdctl_bin() -> Result<PathBuf> {
     )
 }
 
+const CHROMIUM_HINT: &str = "install it with `apt-get install chromium chromium-driver` \
+     (scripts/install-deps.sh test does), or point TESTKIT_CHROMIUM_BIN at a Chromium or Chrome binary";
+const CHROMEDRIVER_HINT: &str = "install it with `apt-get install chromium chromium-driver` \
+     (scripts/install-deps.sh test does), or point TESTKIT_CHROMEDRIVER_BIN at a chromedriver \
+     of the same version as the browser";
+
+/// The browser the page tests drive: `$TESTKIT_CHROMIUM_BIN`, else
+/// `chromium` on `PATH`, else `/usr/bin/chromium` (Debian's `chromium`).
+///
+/// # Errors
+///
+/// If none is found; the message says how to install it.
+pub fn chromium_bin() -> Result<PathBuf> {
+    find(
+        &usr_bin_lookup("chromium", "TESTKIT_CHROMIUM_BIN", CHROMIUM_HINT),
+        &process_env,
+    )
+}
+
+/// The WebDriver server for it: `$TESTKIT_CHROMEDRIVER_BIN`, else
+/// `chromedriver` on `PATH`, else `/usr/bin/chromedriver` (Debian's
+/// `chromium-driver`).
+///
+/// # Errors
+///
+/// If none is found; the message says how to install it.
+pub fn chromedriver_bin() -> Result<PathBuf> {
+    find(
+        &usr_bin_lookup("chromedriver", "TESTKIT_CHROMEDRIVER_BIN", CHROMEDRIVER_HINT),
+        &process_env,
+    )
+}
+
 /// The Consul binary: `$CONSUL_BIN`, else `consul` on `PATH`, else
 /// `~/.cache/consul/1.14.11/consul` (where `scripts/build-consul.sh` puts it).
 ///

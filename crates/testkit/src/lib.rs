@@ -15,13 +15,17 @@
 //!   [`consul_bin`]: where the binaries are; a missing one is an error
 //!   saying how to install it (`bins`); [`sdctl_bin`]: this workspace's
 //!   `sdctl`, for tests of other packages that spawn it.
+//! - [`browser`]: a headless Chromium driven over WebDriver
+//!   (`chromedriver` as a process like the servers, a small async
+//!   WebDriver client), for the live page's tests; [`chromium_bin`],
+//!   [`chromedriver_bin`] find them.
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
 //! - [`topology`]: the lorem topology of the compose files (a registry,
 //!   two `lorem-server`s, the gateway) as processes on 127.0.0.1, run by
 //!   the `local-topology` binary (`deploy/local.sh`).
 //!
-//! Everything is synchronous (`std::process`), so it works from `#[test]`,
+//! Everything but the browser session is synchronous (`std::process`), so it works from `#[test]`,
 //! `#[tokio::test]` (call it before the runtime work, or from
 //! `spawn_blocking`), benches and scripts.
 //!
@@ -62,6 +66,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 mod bins;
 mod cluster;
 mod consul;
@@ -70,7 +75,10 @@ mod process;
 pub mod topology;
 mod zookeeper;
 
-pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, sdctl_bin, zk_classpath};
+pub use bins::{
+    chromedriver_bin, chromium_bin, consul_bin, etcd_bin, etcdctl_bin, java_bin, sdctl_bin,
+    zk_classpath,
+};
 pub use consul::{ConsulAgent, ConsulCluster, ConsulRole};
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::free_port;

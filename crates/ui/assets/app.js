@@ -8,6 +8,7 @@
 
 const COLORS = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#ad1457"];
 const CHART_SECONDS = 120;
+const MIN_CHART_SECONDS = 15;
 
 let clockOffset = 0; // the browser's clock minus the server's
 let last = null;
@@ -164,10 +165,19 @@ function renderChart(state) {
   ctx.scale(ratio, ratio);
   ctx.clearRect(0, 0, width, height);
   const left = 40, bottom = height - 18, top = 8, right = width - 8;
+  // From the oldest reading (at most CHART_SECONDS ago, at least
+  // MIN_CHART_SECONDS) to now.
   const end = serverNow();
-  const start = end - CHART_SECONDS * 1000;
+  let oldest = end;
   let max = 1;
-  for (const s of state.chart) for (const [, v] of s.points) max = Math.max(max, v);
+  for (const s of state.chart) {
+    for (const [t, v] of s.points) {
+      max = Math.max(max, v);
+      oldest = Math.min(oldest, t);
+    }
+  }
+  const span = Math.min(CHART_SECONDS * 1000, Math.max(MIN_CHART_SECONDS * 1000, end - oldest));
+  const start = end - span;
   max = Math.ceil(max * 1.1);
   ctx.strokeStyle = "#ccd";
   ctx.fillStyle = "#556";
@@ -177,7 +187,7 @@ function renderChart(state) {
   ctx.stroke();
   ctx.fillText(String(max), 4, top + 10);
   ctx.fillText("0", 4, bottom);
-  ctx.fillText("-" + CHART_SECONDS + " s", left, height - 4);
+  ctx.fillText("-" + Math.round(span / 1000) + " s", left, height - 4);
   ctx.fillText("now", right - 22, height - 4);
   const x = (t) => left + ((t - start) / (end - start)) * (right - left);
   const y = (v) => bottom - (v / max) * (bottom - top);

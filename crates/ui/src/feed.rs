@@ -3,7 +3,6 @@
 //! number of viewers.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use balancer::Balancer;
@@ -26,7 +25,7 @@ pub const TRAFFIC_TICK: Duration = Duration::from_secs(1);
 /// services every [`RESCAN`], keeps one watch per service, and forgets a
 /// service once it has no instances and is no longer listed. Runs until
 /// dropped.
-pub async fn follow_registry(watcher: Arc<dyn Watcher>, hub: Hub) {
+pub async fn follow_registry<W: Watcher>(watcher: W, hub: Hub) {
     let mut watches = StreamMap::new();
     let mut empty = BTreeSet::new();
     let mut rescan = tokio::time::interval(RESCAN);
@@ -94,16 +93,6 @@ pub async fn follow_balancer(balancer: Balancer, hub: Hub) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced = false;
     loop {
-        let freshness = balancer.freshness();
-        if freshness.synced && !synced {
-            synced = true;
-            hub.instances(&service, &balancer.instances());
-        }
-        hub.health(
-            &service,
-            Health::from_freshness(&freshness, balancer::unix_ms()),
-        );
-        hub.traffic(&service, &balancer.traffic());
         tokio::select! {
             changed = set.changed() => {
                 if changed.is_err() {
@@ -113,7 +102,19 @@ pub async fn follow_balancer(balancer: Balancer, hub: Hub) {
                 synced = true;
                 hub.instances(&service, &instances);
             }
-            _ = tick.tick() => {}
+            // Rates over whole ticks only: a reading right after a change of
+            // the set would divide a handful of requests by a few
+            // milliseconds.
+            _ = tick.tick() => {
+                let freshness = balancer.freshness();
+                if freshness.synced && !synced {
+                    // Synced to an empty set: no change to wake us.
+                    synced = true;
+                    hub.instances(&service, &balancer.instances());
+                }
+                hub.health(&service, Health::from_freshness(&freshness, balancer::unix_ms()));
+                hub.traffic(&service, &balancer.traffic());
+            }
         }
     }
 }

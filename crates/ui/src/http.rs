@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::hub::Hub;
@@ -39,9 +39,25 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
+/// Ends every event stream of a page, so that a graceful shutdown of the
+/// server (which waits for open connections) is not held up by pages left
+/// open: call [`close`](Self::close) when the shutdown begins. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Closer(Arc<watch::Sender<bool>>);
+
+impl Closer {
+    /// Ends the event streams open now and refuses new ones (the browsers
+    /// retry, and find the server gone).
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 #[derive(Clone)]
 struct Page {
     hub: Hub,
+    closing: watch::Receiver<bool>,
     viewers: Arc<Semaphore>,
     /// Stops the feed when the last clone of the router goes.
     _feed: Arc<AbortOnDrop>,
@@ -58,8 +74,9 @@ impl Drop for AbortOnDrop {
 
 /// The routes of the page over `hub`; `feed` is the task that fills the
 /// hub, stopped when the router (all its clones) is dropped.
-pub(crate) fn router(hub: Hub, feed: AbortOnDrop) -> Router {
-    Router::new()
+pub(crate) fn router(hub: Hub, feed: AbortOnDrop) -> (Router, Closer) {
+    let (closer, closing) = watch::channel(false);
+    let router = Router::new()
         .route("/", get(index))
         .route("/ui/app.js", get(app_js))
         .route("/ui/style.css", get(style_css))
@@ -67,9 +84,11 @@ pub(crate) fn router(hub: Hub, feed: AbortOnDrop) -> Router {
         .route("/ui/events", get(events))
         .with_state(Page {
             hub,
+            closing,
             viewers: Arc::new(Semaphore::new(MAX_VIEWERS)),
             _feed: Arc::new(feed),
-        })
+        });
+    (router, Closer(Arc::new(closer)))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -117,6 +136,10 @@ async fn state(State(page): State<Page>) -> Response {
 /// `text/event-stream`: one `state` event with the whole state at once and
 /// at every change, a comment every [`HEARTBEAT`] in between.
 async fn events(State(page): State<Page>) -> Response {
+    let mut closing = page.closing.clone();
+    if *closing.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping").into_response();
+    }
     let Ok(permit) = page.viewers.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -129,7 +152,10 @@ async fn events(State(page): State<Page>) -> Response {
         let _held = &permit;
         Ok::<_, Infallible>(Event::default().event("state").data(&*json))
     });
-    sse(stream)
+    let closed = async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+    };
+    sse(stream.take_until(closed))
 }
 
 fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {

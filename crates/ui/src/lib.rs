@@ -50,21 +50,23 @@ pub mod feed;
 mod http;
 mod hub;
 
-use std::sync::Arc;
-
 use axum::Router;
 use balancer::Balancer;
 use registry::Watcher;
 
-pub use http::{HEARTBEAT, MAX_VIEWERS};
+pub use http::{Closer, HEARTBEAT, MAX_VIEWERS};
 pub use hub::{CHART_POINTS, Health, Hub, TIMELINE_LEN};
 
 /// The page over every service of `watcher`'s registry (`sdctl ui`):
-/// starts the feed, which stops when the router is dropped.
+/// starts the feed, which stops when the router is dropped. Call the
+/// [`Closer`] when the server's shutdown begins.
 ///
 /// # Panics
 /// Outside a Tokio runtime (the feed runs as a task).
-pub fn registry_page(watcher: Arc<dyn Watcher>, title: impl Into<String>) -> Router {
+pub fn registry_page<W: Watcher + 'static>(
+    watcher: W,
+    title: impl Into<String>,
+) -> (Router, Closer) {
     let hub = Hub::new(title, "registry");
     let feed = tokio::spawn(feed::follow_registry(watcher, hub.clone()));
     http::router(hub, http::AbortOnDrop(feed))
@@ -72,11 +74,11 @@ pub fn registry_page(watcher: Arc<dyn Watcher>, title: impl Into<String>) -> Rou
 
 /// The page over what `balancer` knows, its traffic included (the
 /// gateway's `/`): starts the feed, which stops when the router is
-/// dropped.
+/// dropped. Call the [`Closer`] when the server's shutdown begins.
 ///
 /// # Panics
 /// Outside a Tokio runtime (the feed runs as a task).
-pub fn balancer_page(balancer: Balancer, title: impl Into<String>) -> Router {
+pub fn balancer_page(balancer: Balancer, title: impl Into<String>) -> (Router, Closer) {
     let hub = Hub::new(title, "gateway");
     let feed = tokio::spawn(feed::follow_balancer(balancer, hub.clone()));
     http::router(hub, http::AbortOnDrop(feed))

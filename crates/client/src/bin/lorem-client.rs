@@ -113,7 +113,8 @@ enum Command {
         #[command(flatten)]
         request: RequestArgs,
     },
-    /// An HTTP gateway: POST /sd-lorem, GET /instances, GET /metrics, GET /health.
+    /// An HTTP gateway: POST /sd-lorem, GET /instances, GET /metrics, GET /health,
+    /// and the live page of its instances and traffic at GET /.
     Gateway {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "GATEWAY_LISTEN")]
