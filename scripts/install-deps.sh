@@ -5,8 +5,10 @@
 #                                   google/protobuf/descriptor.proto
 #   scripts/install-deps.sh test    also the real servers the tests start:
 #                                   etcd + etcdctl (etcd-server, etcd-client),
-#                                   ZooKeeper (zookeeper, a Java runtime) and
+#                                   ZooKeeper (zookeeper, a Java runtime),
 #                                   docker-compose (validates the compose files)
+#                                   and a headless browser for the live page's
+#                                   test (chromium, chromium-driver)
 # Works as root (CI: no stdin, no sudo) or as a user with sudo. Set DRY_RUN=1
 # to only report what would be installed. Consul is built separately, by
 # scripts/build-consul.sh.
@@ -42,6 +44,12 @@ if [[ "${mode}" == test ]]; then
   fi
   if ! have docker-compose; then
     missing+=(docker-compose); packages+=(docker-compose)
+  fi
+  if ! have_or_override chromium "${TESTKIT_CHROMIUM_BIN:-}"; then
+    missing+=(chromium); packages+=(chromium)
+  fi
+  if ! have_or_override chromedriver "${TESTKIT_CHROMEDRIVER_BIN:-}"; then
+    missing+=(chromedriver); packages+=(chromium-driver)
   fi
 fi
 if ! have protoc; then

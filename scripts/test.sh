@@ -15,6 +15,8 @@
 #                     build compiles .proto files importing
 #                     google/protobuf/descriptor.proto)
 #   Consul 1.14.11    built once with Go by scripts/build-consul.sh
+#   Chromium          Debian packages chromium, chromium-driver (the live
+#                     page's browser test, crates/client/tests/ui_browser.rs)
 #
 # Works as root (CI: no stdin, no sudo) or as a user with sudo. Set
 # DRY_RUN=1 to only report what would be installed, then stop.

@@ -94,6 +94,33 @@ async fn the_live_page_in_a_real_browser() {
     }));
     let load = paced_load(&client, 40);
 
+    // The event stream, as any client sees it: text/event-stream, the whole
+    // state at once.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut events = http
+        .get(format!("{url}ui/events"))
+        .send()
+        .await
+        .expect("GET /ui/events");
+    assert_eq!(
+        events.headers()["content-type"],
+        "text/event-stream",
+        "{:?}",
+        events.headers()
+    );
+    let first = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+        .await
+        .expect("the first event at once")
+        .expect("a chunk")
+        .expect("not the end");
+    let first = String::from_utf8_lossy(&first);
+    assert!(
+        first.starts_with("event: state\ndata: {")
+            && first.contains("\"title\":\"gateway: lorem\""),
+        "{first}"
+    );
+    drop(events);
+
     let browser = driver.session().await.expect("a browser session");
     browser.goto(&url).await.expect("load the page");
 
@@ -163,7 +190,10 @@ async fn the_live_page_in_a_real_browser() {
         .with_tag(IMG_TAG)
         .with_metadata("note", IMG_META)
         .with_metadata("zone", "<b>eu</b>");
-    let hostile = registry.register(hostile).await.expect("register the hostile instance");
+    let hostile = registry
+        .register(hostile)
+        .await
+        .expect("register the hostile instance");
     browser
         .wait_for(
             "the hostile instance ejected, on its row and on the timeline",
@@ -201,7 +231,11 @@ async fn the_live_page_in_a_real_browser() {
     assert_eq!(shown["images"], 0, "no <img> element was made: {shown}");
     assert_eq!(shown["scripts"], 1, "only the page's own script: {shown}");
     assert_eq!(shown["bold"], 0, "no markup from metadata: {shown}");
-    assert_eq!(shown["pwned"], Value::Null, "no registry string ran: {shown}");
+    assert_eq!(
+        shown["pwned"],
+        Value::Null,
+        "no registry string ran: {shown}"
+    );
     let text = page_text(&browser, "tr[data-instance=\"lorem/hostile\"]").await;
     assert!(
         text.contains(SCRIPT_TAG) && text.contains(IMG_META),
@@ -237,7 +271,10 @@ async fn the_live_page_in_a_real_browser() {
     let stdout = child.stdout.take().expect("stdout");
     let sdctl = Guard(Some(child));
     let line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().next().map(|l| l.unwrap_or_default())
+        BufReader::new(stdout)
+            .lines()
+            .next()
+            .map(|l| l.unwrap_or_default())
     })
     .await
     .unwrap()
@@ -262,7 +299,10 @@ async fn the_live_page_in_a_real_browser() {
 
     browser.close().await.expect("end the session");
     drop(driver);
-    hostile.deregister().await.expect("deregister the hostile one");
+    hostile
+        .deregister()
+        .await
+        .expect("deregister the hostile one");
     let report = load.stop().await;
     let _ = stop_gateway.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), gateway).await;

@@ -1,6 +1,6 @@
 //! `sdctl` as operators and scripts use it, against real servers started
 //! on loopback by the test kit (the memory backend is process-local, and
-//! checked for saying so): ls, watch, register, deregister, and clear
+//! checked for saying so): ls, watch, register, deregister, ui, and clear
 //! errors within the timeout for bad arguments, unknown services and
 //! unreachable registries.
 
@@ -47,6 +47,12 @@ fn bad_arguments_are_clear_errors() {
             "metadata \"zone\" must be KEY=VALUE",
         ),
         (&[], &["watch"], 2, "SERVICE"),
+        (
+            &[],
+            &["ui", "--listen", "nohost"],
+            2,
+            "invalid value 'nohost' for '--listen <HOST:PORT>'",
+        ),
         (&[], &["watch", "lorem", "--count", "0"], 2, "--count"),
         (
             &[],
@@ -136,6 +142,7 @@ fn unreachable_registries_fail_within_the_timeout() {
             &["ls"][..],
             &["watch", "lorem"],
             &["deregister", "lorem", "a"],
+            &["ui", "--listen", "127.0.0.1:0"],
         ] {
             let mut command = sdctl(&[
                 ("REGISTRY", backend),
@@ -158,6 +165,23 @@ fn unreachable_registries_fail_within_the_timeout() {
             );
         }
     }
+}
+
+#[test]
+fn ui_on_an_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut command = sdctl(&[("REGISTRY", "memory")]);
+    command.args(["ui", "--listen", &addr]);
+    let (output, _) = run_bounded(command, BOUND);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("sdctl: cannot listen on {addr}: "))
+            && stderr.contains("pick another address with --listen"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing on stdout: {stderr}");
 }
 
 /// The operator's session on a real backend: watch, register (held), ls

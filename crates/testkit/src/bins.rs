@@ -180,7 +180,11 @@ pub fn chromium_bin() -> Result<PathBuf> {
 /// If none is found; the message says how to install it.
 pub fn chromedriver_bin() -> Result<PathBuf> {
     find(
-        &usr_bin_lookup("chromedriver", "TESTKIT_CHROMEDRIVER_BIN", CHROMEDRIVER_HINT),
+        &usr_bin_lookup(
+            "chromedriver",
+            "TESTKIT_CHROMEDRIVER_BIN",
+            CHROMEDRIVER_HINT,
+        ),
         &process_env,
     )
 }

@@ -123,9 +123,14 @@ impl Chromedriver {
                 }
             }
         });
-        let value = call(&http, reqwest::Method::POST, &format!("{base}/session"), Some(capabilities))
-            .await
-            .with_context(|| format!("chromedriver could not start {}", self.chromium.display()))?;
+        let value = call(
+            &http,
+            reqwest::Method::POST,
+            &format!("{base}/session"),
+            Some(capabilities),
+        )
+        .await
+        .with_context(|| format!("chromedriver could not start {}", self.chromium.display()))?;
         let id = value["sessionId"]
             .as_str()
             .ok_or_else(|| anyhow!("chromedriver answered a new session without an id: {value}"))?;
@@ -156,7 +161,8 @@ fn status_ready(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
@@ -338,13 +344,8 @@ impl Browser {
     /// # Errors
     /// A WebDriver error.
     pub async fn close(self) -> Result<()> {
-        call(
-            &self.http,
-            reqwest::Method::DELETE,
-            &self.session,
-            None,
-        )
-        .await
-        .map(drop)
+        call(&self.http, reqwest::Method::DELETE, &self.session, None)
+            .await
+            .map(drop)
     }
 }

@@ -66,8 +66,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod browser;
 mod bins;
+pub mod browser;
 mod cluster;
 mod consul;
 mod etcd;

@@ -279,7 +279,10 @@ impl Hub {
                         .unwrap_or(0);
                     Some((
                         "outage-end",
-                        format!("registry reachable again after {:.1} s", lasted as f64 / 1e3),
+                        format!(
+                            "registry reachable again after {:.1} s",
+                            lasted as f64 / 1e3
+                        ),
                     ))
                 }
                 _ => None,
@@ -488,8 +491,7 @@ fn render(state: &State) -> String {
     };
     serde_json::to_string(&view).unwrap_or_else(|error| {
         // Only maps with non-string keys fail to serialise; ours have none.
-        serde_json::json!({ "title": "unrenderable state", "error": error.to_string() })
-            .to_string()
+        serde_json::json!({ "title": "unrenderable state", "error": error.to_string() }).to_string()
     })
 }
 
