@@ -1,6 +1,6 @@
 //! The `sdctl` commands behind its argument parsing, one function each, so
 //! that tests can call them: [`ls`], [`watch`], [`register`],
-//! [`deregister`], [`ui`] and [`bench`](bench()). Each reads the registry settings from the
+//! [`deregister`], [`ui`](ui()) and [`bench`](bench()). Each reads the registry settings from the
 //! environment ([`settings`]) and writes its results to `stdout`.
 
 use std::io::Write;

@@ -10,7 +10,7 @@
 //! - [`register`]: hold a registration while the command runs, and the
 //!   operator's removal of any instance (`sdctl register`, `sdctl deregister`).
 //! - `sdctl ui`: the live page of every service (crate `ui`), served by
-//!   [`commands::ui`].
+//!   [`commands::ui`](commands::ui()).
 //! - [`bench`](mod@bench): the same scenarios on memory, etcd, ZooKeeper and Consul,
 //!   one table row per backend, JSON and an SVG chart (`sdctl bench`).
 //! - [`commands`]: each command as one function, behind the binary's
