@@ -3,6 +3,7 @@
 //! number of viewers.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use balancer::Balancer;
@@ -25,15 +26,35 @@ pub const TRAFFIC_TICK: Duration = Duration::from_secs(1);
 /// services every [`RESCAN`], keeps one watch per service, and forgets a
 /// service once it has no instances and is no longer listed. Runs until
 /// dropped.
-pub async fn follow_registry<W: Watcher>(watcher: W, hub: Hub) {
+///
+/// The listing runs in a task of its own, so that a registry slow to
+/// answer it (up to its timeout, during an outage) never delays the
+/// watches' changes.
+pub async fn follow_registry<W: Watcher + 'static>(watcher: W, hub: Hub) {
+    let watcher = Arc::new(watcher);
+    let (listed, mut listings) = tokio::sync::mpsc::channel(1);
+    let lister = {
+        let watcher = watcher.clone();
+        crate::http::AbortOnDrop(tokio::spawn(async move {
+            loop {
+                if listed.send(watcher.services().await).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(RESCAN).await;
+            }
+        }))
+    };
+    let _lister = lister;
     let mut watches = StreamMap::new();
     let mut empty = BTreeSet::new();
-    let mut rescan = tokio::time::interval(RESCAN);
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listing_failed = false;
     loop {
         tokio::select! {
-            _ = rescan.tick() => match watcher.services().await {
+            Some(listing) = listings.recv() => match listing {
                 Ok(names) => {
+                    if std::mem::take(&mut listing_failed) {
+                        tracing::info!("the registry lists its services again");
+                    }
                     hub.listing(Health::fresh());
                     for name in &names {
                         if !watches.contains_key(name) {
@@ -52,7 +73,10 @@ pub async fn follow_registry<W: Watcher>(watcher: W, hub: Hub) {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot list the registry's services");
+                    // Once per outage; the page shows the error meanwhile.
+                    if !std::mem::replace(&mut listing_failed, true) {
+                        tracing::warn!(%error, "cannot list the registry's services; retrying");
+                    }
                     hub.listing(stale(&error));
                 }
             },
@@ -67,7 +91,8 @@ pub async fn follow_registry<W: Watcher>(watcher: W, hub: Hub) {
                     hub.health(&name, Health::fresh());
                 }
                 Err(error) => {
-                    tracing::warn!(service = %name, %error, "registry watch failed; it retries");
+                    // The registry's watch logs its outages itself.
+                    tracing::debug!(service = %name, %error, "registry watch failed; it retries");
                     hub.health(&name, stale(&error));
                 }
             },
@@ -116,5 +141,65 @@ pub async fn follow_balancer(balancer: Balancer, hub: Hub) {
                 hub.traffic(&service, &balancer.traffic());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use registry::{Instance, MemoryRegistry, Registrar};
+
+    use super::*;
+
+    async fn until(hub: &Hub, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut page = hub.subscribe();
+        loop {
+            let state: serde_json::Value = serde_json::from_str(&page.borrow_and_update()).unwrap();
+            if check(&state) {
+                return;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, page.changed())
+                    .await
+                    .is_ok(),
+                "{what}: not seen; last state {state}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_feed_finds_services_follows_them_and_forgets_them() {
+        let registry = MemoryRegistry::new(Duration::from_secs(10));
+        let a = registry
+            .register(Instance::new("lorem", "a", "127.0.0.1", 1))
+            .await
+            .unwrap();
+        let hub = Hub::new("test", "registry");
+        let feed = tokio::spawn(follow_registry(registry.clone(), hub.clone()));
+        until(&hub, "lorem with a", |s| {
+            s["services"][0]["name"] == "lorem" && s["services"][0]["count"] == 1
+        })
+        .await;
+        let b = registry
+            .register(Instance::new("lorem", "b", "127.0.0.1", 2))
+            .await
+            .unwrap();
+        until(&hub, "b added", |s| s["services"][0]["count"] == 2).await;
+        a.deregister().await.unwrap();
+        b.deregister().await.unwrap();
+        until(&hub, "lorem forgotten after the next listing", |s| {
+            s["services"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+        let state: serde_json::Value = serde_json::from_str(&hub.current()).unwrap();
+        let kinds: Vec<&str> = state["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["added", "added", "removed", "removed"], "{state}");
+        feed.abort();
     }
 }

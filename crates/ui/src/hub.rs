@@ -267,7 +267,7 @@ impl Hub {
                 (false, true) => Some((
                     "outage-start",
                     format!(
-                        "registry unreachable, serving the last known set: {}",
+                        "registry unreachable; the instances shown are the last known: {}",
                         health.last_error.as_deref().unwrap_or("no answer")
                     ),
                 )),
@@ -294,9 +294,18 @@ impl Hub {
         });
     }
 
-    /// Whether the registry's list of services could be read (`sdctl ui`).
-    pub fn listing(&self, health: Health) {
-        self.update(|state, _| state.listing = health);
+    /// Whether the registry's list of services could be read (`sdctl ui`);
+    /// an outage keeps the time it began.
+    pub fn listing(&self, mut health: Health) {
+        self.update(|state, _| {
+            if let (Some(was), Some(is)) = (
+                state.listing.stale_since_unix_ms,
+                health.stale_since_unix_ms,
+            ) {
+                health.stale_since_unix_ms = Some(was.min(is));
+            }
+            state.listing = health;
+        });
     }
 
     /// Forgets `service` (it has no instances and the registry no longer
