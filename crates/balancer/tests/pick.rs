@@ -232,3 +232,49 @@ async fn the_local_zone_is_preferred_while_half_of_it_is_healthy() {
         "healthy instances of both zones"
     );
 }
+
+#[tokio::test]
+async fn traffic_counts_each_instance_tries_and_its_ejection() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let _a = register(&registry, instance("a")).await;
+    let balancer = Balancer::new(
+        registry.clone(),
+        "lorem",
+        BalancerOptions {
+            ejection: ejecting(2),
+            ..BalancerOptions::default()
+        },
+    )
+    .expect("valid options");
+    wait_for(&balancer, 1).await;
+    for latency_ms in [2, 4] {
+        let p = balancer.acquire(&[]).await.unwrap().expect("a pick");
+        p.success(Duration::from_millis(latency_ms));
+    }
+    let in_flight = balancer.acquire(&[]).await.unwrap().expect("a pick");
+    let traffic = balancer.traffic();
+    assert_eq!(traffic.len(), 1);
+    assert_eq!(
+        (
+            traffic[0].id.as_str(),
+            traffic[0].answered,
+            traffic[0].failed
+        ),
+        ("a", 2, 0)
+    );
+    assert_eq!(traffic[0].latency_total, Duration::from_millis(6));
+    assert_eq!(traffic[0].in_flight, 1);
+    assert!(!traffic[0].ejected);
+    in_flight.failure(FailureKind::Unreachable, Duration::from_millis(1));
+    assert!(!balancer.traffic()[0].ejected, "one failure does not eject");
+    let p = balancer.acquire(&[]).await.unwrap().expect("a pick");
+    p.failure(FailureKind::Timeout, Duration::from_millis(1));
+    let traffic = balancer.traffic();
+    assert_eq!((traffic[0].answered, traffic[0].failed), (2, 2));
+    assert_eq!(traffic[0].in_flight, 0);
+    assert!(traffic[0].ejected, "two failures in a row eject it");
+    // An overload counts as a failed try too.
+    let p = balancer.acquire(&[]).await.unwrap().expect("a pick");
+    p.overloaded(None);
+    assert_eq!(balancer.traffic()[0].failed, 3);
+}
