@@ -57,6 +57,7 @@ impl Closer {
 #[derive(Clone)]
 struct Page {
     hub: Hub,
+    heartbeat: Duration,
     closing: watch::Receiver<bool>,
     viewers: Arc<Semaphore>,
     /// Stops the feed when the last clone of the router goes.
@@ -75,6 +76,11 @@ impl Drop for AbortOnDrop {
 /// The routes of the page over `hub`; `feed` is the task that fills the
 /// hub, stopped when the router (all its clones) is dropped.
 pub(crate) fn router(hub: Hub, feed: AbortOnDrop) -> (Router, Closer) {
+    router_with(hub, feed, HEARTBEAT)
+}
+
+/// [`router`] with another heartbeat interval (tests).
+fn router_with(hub: Hub, feed: AbortOnDrop, heartbeat: Duration) -> (Router, Closer) {
     let (closer, closing) = watch::channel(false);
     let router = Router::new()
         .route("/", get(index))
@@ -84,6 +90,7 @@ pub(crate) fn router(hub: Hub, feed: AbortOnDrop) -> (Router, Closer) {
         .route("/ui/events", get(events))
         .with_state(Page {
             hub,
+            heartbeat,
             closing,
             viewers: Arc::new(Semaphore::new(MAX_VIEWERS)),
             _feed: Arc::new(feed),
@@ -155,15 +162,84 @@ async fn events(State(page): State<Page>) -> Response {
     let closed = async move {
         let _ = closing.wait_for(|closed| *closed).await;
     };
-    sse(stream.take_until(closed))
+    sse(stream.take_until(closed), page.heartbeat)
 }
 
-fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+fn sse(
+    stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    heartbeat: Duration,
+) -> Response {
     let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Reads from `stream` until `text` has come (or the stream ends, or
+    /// 5 s pass); returns everything read.
+    async fn read_until(stream: &mut TcpStream, seen: &mut String, text: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 8192];
+        while !seen.contains(text) {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_sends_the_state_heartbeats_and_ends_on_close() {
+        let hub = Hub::new("test page", "registry");
+        let feed = AbortOnDrop(tokio::spawn(async {}));
+        let (router, closer) = router_with(hub.clone(), feed, Duration::from_millis(100));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /ui/events HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        assert!(
+            read_until(&mut stream, &mut seen, "\"title\":\"test page\"").await,
+            "{seen}"
+        );
+        assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+        assert!(seen.contains("event: state\ndata: {"), "{seen}");
+        hub.instances(
+            "lorem",
+            &[registry::Instance::new("lorem", "a", "127.0.0.1", 1)],
+        );
+        assert!(
+            read_until(&mut stream, &mut seen, "\"kind\":\"added\"").await,
+            "a change is pushed: {seen}"
+        );
+        assert!(
+            read_until(&mut stream, &mut seen, "heartbeat\n").await,
+            "a heartbeat while nothing changes: {seen}"
+        );
+        assert_eq!(hub.viewers(), 1, "this viewer");
+
+        closer.close();
+        // The chunked body ends with a zero-length chunk.
+        assert!(
+            read_until(&mut stream, &mut seen, "\r\n0\r\n\r\n").await,
+            "the stream ends on close: {seen}"
+        );
+        server.abort();
+    }
 }
