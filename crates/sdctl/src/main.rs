@@ -17,7 +17,8 @@ use sdctl::commands;
 use sdctl::register::InstanceSpec;
 
 /// One CLI for every registry backend: list, watch, register and
-/// deregister instances, and benchmark the backends side by side.
+/// deregister instances, serve a live page of them, and benchmark the
+/// backends side by side.
 ///
 /// The registry comes from the same settings as the servers': REGISTRY
 /// (memory, etcd, zookeeper or zk, consul), REGISTRY_ADDR, REGISTRY_CONFIG
