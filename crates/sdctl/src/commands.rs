@@ -169,7 +169,7 @@ pub async fn ui(listen: std::net::SocketAddr, stdout: &mut (dyn Write + Send)) -
             closer.close();
         })
         .await
-        .map_err(|e| Error::io(format!("the page at {addr}"), e))
+        .map_err(|source| Error::Listen { addr, source })
 }
 
 /// `sdctl bench`: runs `options`, prints the table, writes the JSON to
