@@ -115,6 +115,7 @@ use zookeeper_client as zk;
 
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
+use crate::interop::Interop;
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
@@ -177,6 +178,8 @@ struct Params {
     /// `REGISTRY_TTL`: sets how soon a watch reports a server that went
     /// silent ([`silence_limit`](crate::watch_sink::silence_limit)).
     ttl: Duration,
+    /// How foreign records are read and ours written.
+    interop: Arc<Interop>,
 }
 
 impl Params {
@@ -296,6 +299,7 @@ impl ZookeeperRegistry {
             timeout: timing.timeout,
             session_timeout: config.effective_session_timeout(timing.ttl),
             ttl: timing.ttl,
+            interop: Arc::new(config.interop.clone()),
         };
         let client = session::open_session(&params).await?;
         tracing::info!(
