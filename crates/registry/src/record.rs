@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::interop::{Interop, Layout as WriteLayout, Payload};
 use crate::model::{Instance, MAX_METADATA_KEYS};
 
 /// One instance as this registrar writes it: the instance's JSON plus an
@@ -25,6 +26,18 @@ pub(crate) struct Record {
     /// The registrar's token: `pid<process id>-<12 random hex digits>`,
     /// so that a person reading a refusal can find the holder.
     pub(crate) owner: Arc<str>,
+    /// When the record was made, in milliseconds since the Unix epoch:
+    /// Curator's `registrationTimeUTC`, fixed so that every encoding of the
+    /// record is the same bytes (the registrar compares them).
+    pub(crate) registered_ms: u64,
+}
+
+/// Which store a record is encoded for: ZooKeeper records always carry
+/// Curator's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    Etcd,
+    Zookeeper,
 }
 
 #[derive(Serialize)]
@@ -32,6 +45,44 @@ struct Stored<'a> {
     #[serde(flatten)]
     instance: &'a Instance,
     owner: &'a str,
+    /// Curator's and Kratos' name of the service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    kratos: Option<KratosFields<'a>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    curator: Option<CuratorFields<'a>>,
+}
+
+/// What Kratos' readers need beside `id`, `name` and `metadata`.
+#[derive(Serialize)]
+struct KratosFields<'a> {
+    version: &'a str,
+    endpoints: [String; 1],
+}
+
+/// What Curator x-discovery's `ServiceInstance` has beside `id`, `name`,
+/// `address` and `port`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CuratorFields<'a> {
+    ssl_port: Option<u16>,
+    payload: Option<SpringPayload<'a>>,
+    #[serde(rename = "registrationTimeUTC")]
+    registration_time_utc: u64,
+    service_type: &'static str,
+    uri_spec: serde_json::Value,
+}
+
+/// Spring Cloud Zookeeper's `ZookeeperInstance` payload, with Jackson's
+/// class tag.
+#[derive(Serialize)]
+struct SpringPayload<'a> {
+    #[serde(rename = "@class")]
+    class: &'static str,
+    id: &'a str,
+    name: &'a str,
+    metadata: BTreeMap<&'a str, &'a str>,
 }
 
 #[derive(Deserialize)]
@@ -43,15 +94,61 @@ struct OwnerOnly {
 impl Record {
     /// The record of `instance` written by the registrar `owner`.
     pub(crate) fn new(instance: Instance, owner: Arc<str>) -> Self {
-        Record { instance, owner }
+        let registered_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Record {
+            instance,
+            owner,
+            registered_ms,
+        }
     }
 
-    /// The stored JSON: the instance's fields and `owner`.
+    /// The stored JSON with only our fields: the instance's and `owner`.
+    #[cfg(test)]
     pub(crate) fn to_json(&self) -> Vec<u8> {
+        self.encode(&Interop::default(), Store::Etcd)
+    }
+
+    /// The stored value in `store`, as the interop settings lay it out
+    /// (see [`crate::interop`]): go-kit's plain `host:port`, or our JSON
+    /// with the fields other readers need beside ours.
+    pub(crate) fn encode(&self, interop: &Interop, store: Store) -> Vec<u8> {
+        let instance = &self.instance;
+        if interop.layout == WriteLayout::Gokit {
+            return instance.authority().into_bytes();
+        }
+        let kratos = interop.kratos.then(|| KratosFields {
+            version: instance.metadata.get("version").map_or("", String::as_str),
+            endpoints: [interop.kratos_endpoint(&instance.authority())],
+        });
+        let curator = (store == Store::Zookeeper).then(|| CuratorFields {
+            ssl_port: None,
+            payload: (interop.payload == Payload::Spring).then(|| SpringPayload {
+                class: "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance",
+                id: &instance.id,
+                name: &instance.service,
+                metadata: std::iter::once(("instance_status", "UP"))
+                    .chain(
+                        instance
+                            .metadata
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str())),
+                    )
+                    .collect(),
+            }),
+            registration_time_utc: self.registered_ms,
+            service_type: "DYNAMIC",
+            uri_spec: uri_spec(),
+        });
+        let name = (kratos.is_some() || curator.is_some()).then_some(instance.service.as_str());
         // Plain strings, numbers and maps: serialising cannot fail.
         serde_json::to_vec(&Stored {
-            instance: &self.instance,
+            instance,
             owner: &self.owner,
+            name,
+            kratos,
+            curator,
         })
         .unwrap_or_default()
     }
@@ -60,6 +157,20 @@ impl Record {
     pub(crate) fn key(&self) -> (String, String) {
         (self.instance.service.clone(), self.instance.id.clone())
     }
+}
+
+/// Curator's `UriSpec` of `{scheme}://{address}:{port}` (Spring Cloud
+/// Zookeeper's default), as Curator serialises it.
+fn uri_spec() -> serde_json::Value {
+    let part =
+        |value: &str, variable: bool| serde_json::json!({"value": value, "variable": variable});
+    serde_json::json!({"parts": [
+        part("scheme", true),
+        part("://", false),
+        part("address", true),
+        part(":", false),
+        part("port", true),
+    ]})
 }
 
 /// The owner token in stored JSON, if it has one (records written by tools
@@ -485,5 +596,80 @@ mod tests {
         assert!(crate::model::validate_id("..").is_err());
         assert!(crate::model::validate_id("a/b").is_err());
         assert!(Instance::new("lorem", "h:1", "h", 1).validate().is_ok());
+    }
+
+    #[test]
+    fn zookeeper_records_carry_curator_fields_and_read_back_as_ours() {
+        let instance = Instance::new("lorem", "a", "127.0.0.1", 8080).with_metadata("zone", "eu");
+        let record = Record::new(instance.clone(), "pid1-abc".into());
+        let bytes = record.encode(&Interop::default(), Store::Zookeeper);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["name"], "lorem");
+        assert_eq!(json["serviceType"], "DYNAMIC");
+        assert_eq!(json["sslPort"], serde_json::Value::Null);
+        assert_eq!(json["payload"], serde_json::Value::Null);
+        assert_eq!(json["registrationTimeUTC"], record.registered_ms);
+        assert_eq!(json["uriSpec"]["parts"][2]["value"], "address");
+        assert_eq!(owner_of(&bytes).as_deref(), Some("pid1-abc"));
+        // The same record always encodes to the same bytes.
+        assert_eq!(
+            bytes,
+            record.clone().encode(&Interop::default(), Store::Zookeeper)
+        );
+        assert_eq!(
+            read("lorem", "a", std::str::from_utf8(&bytes).unwrap()),
+            Some(instance.clone())
+        );
+        // etcd records stay ours only.
+        let etcd: serde_json::Value =
+            serde_json::from_slice(&record.encode(&Interop::default(), Store::Etcd)).unwrap();
+        assert!(etcd.get("name").is_none() && etcd.get("serviceType").is_none());
+
+        let spring = Interop {
+            payload: Payload::Spring,
+            ..Interop::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&record.encode(&spring, Store::Zookeeper)).unwrap();
+        assert_eq!(
+            json["payload"],
+            serde_json::json!({"@class": "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance",
+                "id": "a", "name": "lorem", "metadata": {"instance_status": "UP", "zone": "eu"}})
+        );
+    }
+
+    #[test]
+    fn kratos_fields_and_the_go_kit_layout_when_asked() {
+        let instance =
+            Instance::new("lorem", "a", "127.0.0.1", 8080).with_metadata("version", "v2");
+        let record = Record::new(instance.clone(), "pid1-abc".into());
+        let kratos = Interop {
+            kratos: true,
+            kratos_scheme: "grpc".into(),
+            ..Interop::default()
+        };
+        for store in [Store::Etcd, Store::Zookeeper] {
+            let bytes = record.encode(&kratos, store);
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["name"], "lorem");
+            assert_eq!(json["version"], "v2");
+            assert_eq!(
+                json["endpoints"],
+                serde_json::json!(["grpc://127.0.0.1:8080"])
+            );
+            assert_eq!(json["metadata"]["version"], "v2");
+            // Still ours when read back (`service` wins over `endpoints`).
+            assert_eq!(
+                read("lorem", "a", std::str::from_utf8(&bytes).unwrap()),
+                Some(instance.clone())
+            );
+        }
+        let gokit = Interop {
+            layout: WriteLayout::Gokit,
+            ..Interop::default()
+        };
+        assert_eq!(record.encode(&gokit, Store::Etcd), b"127.0.0.1:8080");
+        assert_eq!(record.encode(&gokit, Store::Zookeeper), b"127.0.0.1:8080");
+        assert_eq!(owner_of(b"127.0.0.1:8080"), None);
     }
 }

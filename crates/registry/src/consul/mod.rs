@@ -235,7 +235,8 @@ impl ConsulRegistry {
             .connect_timeout(timing.timeout)
             .build()
             .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
-        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout);
+        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout)
+            .with_interop(config.interop.clone());
 
         let leader = tokio::time::timeout(timing.timeout, api.leader())
             .await
