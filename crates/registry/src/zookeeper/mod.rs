@@ -20,8 +20,12 @@
 //! # Layout
 //!
 //! Each instance is an EPHEMERAL node `<prefix>/<service>/<id>` (prefix
-//! `REGISTRY_PREFIX`, default `/services`) whose data is the instance JSON;
-//! the parents are persistent and left in place. With `lorem` instances `a`
+//! `REGISTRY_PREFIX`, default `/services`) whose data is the instance JSON,
+//! the `owner` token, and Curator x-discovery's fields (`name`, `sslPort`,
+//! `payload`, `registrationTimeUTC`, `serviceType`, `uriSpec`), so that
+//! Curator, Spring Cloud Zookeeper and Dubbo 3 list our instances too
+//! (`docs/interop.md`, [`crate::interop`]); the parents are persistent and
+//! left in place. With `lorem` instances `a`
 //! and `b` registered, `zkCli.sh`:
 //!
 //! ```text
@@ -30,7 +34,7 @@
 //! [zk: 127.0.0.1:2181(CONNECTED) 1] ls /services/lorem
 //! [a, b]
 //! [zk: 127.0.0.1:2181(CONNECTED) 2] get /services/lorem/a
-//! {"id":"a","service":"lorem","address":"127.0.0.1","port":8080,"tags":["v1"],"metadata":{},"weight":1}
+//! {"id":"a","service":"lorem","address":"127.0.0.1","port":8080,"tags":["v1"],"metadata":{},"weight":1,"owner":"pid4242-5f0c2a9e1b7d","name":"lorem","sslPort":null,"payload":null,"registrationTimeUTC":1796563553564,"serviceType":"DYNAMIC","uriSpec":{"parts":[...]}}
 //! [zk: 127.0.0.1:2181(CONNECTED) 3] stat /services/lorem/a
 //! ...
 //! ephemeralOwner = 0x1000017d3f50000
