@@ -38,7 +38,16 @@ async fn curator_registrations_are_found_by_us() {
     let zk = zk();
     let peers = peers();
     let _held = hold(
-        peers.curator(&["register", &zk, "/services", "cur-a", "c1", "127.0.0.1", "18081", "zone=eu"]),
+        peers.curator(&[
+            "register",
+            &zk,
+            "/services",
+            "cur-a",
+            "c1",
+            "127.0.0.1",
+            "18081",
+            "zone=eu",
+        ]),
         "Curator register",
     );
     let ours = ours(config("/services", Default::default())).await;
@@ -76,8 +85,14 @@ async fn spring_registrations_are_found_by_us_with_their_metadata() {
     let zk = zk();
     let _held = hold(
         peers().spring(&[
-            "register", &zk, "/services", "spring-a", "5c3a8f2e-6b1d-4e0f-9a7c-2d4b6e8f0a1c",
-            "127.0.0.1", "18083", "zone=eu",
+            "register",
+            &zk,
+            "/services",
+            "spring-a",
+            "5c3a8f2e-6b1d-4e0f-9a7c-2d4b6e8f0a1c",
+            "127.0.0.1",
+            "18083",
+            "zone=eu",
         ]),
         "Spring register",
     );
@@ -87,13 +102,21 @@ async fn spring_registrations_are_found_by_us_with_their_metadata() {
     let one = &found[0];
     assert_eq!(one.id, "5c3a8f2e-6b1d-4e0f-9a7c-2d4b6e8f0a1c");
     assert_eq!((one.address.as_str(), one.port), ("127.0.0.1", 18083));
-    assert_eq!(one.metadata.get("zone").map(String::as_str), Some("eu"), "{one:?}");
+    assert_eq!(
+        one.metadata.get("zone").map(String::as_str),
+        Some("eu"),
+        "{one:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ours_are_found_by_spring_with_metadata_under_the_spring_payload() {
     let zk = zk();
-    let spring = ours(config("/services", interop(|i| i.payload = Payload::Spring))).await;
+    let spring = ours(config(
+        "/services",
+        interop(|i| i.payload = Payload::Spring),
+    ))
+    .await;
     let _with = spring
         .register(Instance::new("spring-b", "s1", "127.0.0.1", 18091).with_metadata("zone", "eu"))
         .await
@@ -109,7 +132,11 @@ async fn ours_are_found_by_spring_with_metadata_under_the_spring_payload() {
     );
     let rows = seen.as_array().expect("an array");
     assert_eq!(rows.len(), 2, "{seen}");
-    let row = |id: &str| rows.iter().find(|r| r["instanceId"] == id).unwrap_or_else(|| panic!("{id} in {seen}"));
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["instanceId"] == id)
+            .unwrap_or_else(|| panic!("{id} in {seen}"))
+    };
     let s1 = row("s1");
     assert_eq!(s1["serviceId"], "spring-b", "{seen}");
     assert_eq!(s1["host"], "127.0.0.1", "{seen}");
@@ -117,7 +144,11 @@ async fn ours_are_found_by_spring_with_metadata_under_the_spring_payload() {
     assert_eq!(s1["metadata"]["zone"], "eu", "{seen}");
     // Without the payload Spring still lists it, with no metadata.
     let s2 = row("s2");
-    assert_eq!((s2["host"].as_str(), s2["port"].as_u64()), (Some("127.0.0.1"), Some(18092)), "{seen}");
+    assert_eq!(
+        (s2["host"].as_str(), s2["port"].as_u64()),
+        (Some("127.0.0.1"), Some(18092)),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +157,23 @@ async fn go_kit_zk_both_ways() {
     let peers = peers();
     // Theirs: a protected ephemeral sequential node holding host:port.
     let _held = hold(
-        peers.go(&["gokit-zk-register", &zk, "/services", "gk-a", "127.0.0.1:18082"]),
+        peers.go(&[
+            "gokit-zk-register",
+            &zk,
+            "/services",
+            "gk-a",
+            "127.0.0.1:18082",
+        ]),
         "go-kit zk register",
     );
     let plain = ours(config("/services", Default::default())).await;
     let found = wait_instances(&plain, "gk-a", 1).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].id.starts_with("_c_"), "{found:?}");
-    assert_eq!((found[0].address.as_str(), found[0].port), ("127.0.0.1", 18082));
+    assert_eq!(
+        (found[0].address.as_str(), found[0].port),
+        ("127.0.0.1", 18082)
+    );
 
     // Ours, in go-kit's layout: its instancer hands out host:port.
     let gokit = ours(config("/services", interop(|i| i.layout = Layout::Gokit))).await;
@@ -154,7 +194,13 @@ async fn kratos_zk_both_ways() {
     let peers = peers();
     let _held = hold(
         peers.go(&[
-            "kratos-zk-register", &zk, "/microservices", "k1", "kr-a", "v1", "zone=eu",
+            "kratos-zk-register",
+            &zk,
+            "/microservices",
+            "k1",
+            "kr-a",
+            "v1",
+            "zone=eu",
             "http://127.0.0.1:18084,grpc://127.0.0.1:19084",
         ]),
         "Kratos zk register",
@@ -163,11 +209,17 @@ async fn kratos_zk_both_ways() {
     let found = wait_instances(&reader, "kr-a", 1).await;
     assert_eq!(
         found,
-        vec![Instance::new("kr-a", "k1", "127.0.0.1", 18084)
-            .with_metadata("zone", "eu")
-            .with_metadata("version", "v1")]
+        vec![
+            Instance::new("kr-a", "k1", "127.0.0.1", 18084)
+                .with_metadata("zone", "eu")
+                .with_metadata("version", "v1")
+        ]
     );
-    let grpc = ours(config("/microservices", interop(|i| i.kratos_scheme = "grpc".into()))).await;
+    let grpc = ours(config(
+        "/microservices",
+        interop(|i| i.kratos_scheme = "grpc".into()),
+    ))
+    .await;
     assert_eq!(wait_instances(&grpc, "kr-a", 1).await[0].port, 19084);
 
     let writer = ours(config("/microservices", interop(|i| i.kratos = true))).await;
@@ -186,7 +238,11 @@ async fn kratos_zk_both_ways() {
     assert_eq!(seen[0]["id"], "o1", "{seen}");
     assert_eq!(seen[0]["name"], "kr-b", "{seen}");
     assert_eq!(seen[0]["version"], "v2", "{seen}");
-    assert_eq!(seen[0]["endpoints"], serde_json::json!(["http://127.0.0.1:18094"]), "{seen}");
+    assert_eq!(
+        seen[0]["endpoints"],
+        serde_json::json!(["http://127.0.0.1:18094"]),
+        "{seen}"
+    );
     assert_eq!(seen[0]["metadata"]["zone"], "eu", "{seen}");
 }
 
@@ -197,7 +253,14 @@ async fn a_service_of_curator_and_our_instances_is_balanced_over_both() {
     let mine = lorem_server("ours-1").await;
     let _held = hold(
         peers().curator(&[
-            "register", &zk, "/services", "lorem-mixed", "curator-1", "127.0.0.1", &theirs.to_string(), "",
+            "register",
+            &zk,
+            "/services",
+            "lorem-mixed",
+            "curator-1",
+            "127.0.0.1",
+            &theirs.to_string(),
+            "",
         ]),
         "Curator register",
     );
@@ -207,5 +270,9 @@ async fn a_service_of_curator_and_our_instances_is_balanced_over_both() {
         .await
         .expect("register ours");
     let answers = balance(registry, "lorem-mixed", 2, 40).await;
-    assert_eq!(answers.keys().collect::<Vec<_>>(), ["curator-1", "ours-1"], "{answers:?}");
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        ["curator-1", "ours-1"],
+        "{answers:?}"
+    );
 }

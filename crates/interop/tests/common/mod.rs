@@ -305,7 +305,9 @@ pub fn list(mut command: Command, what: &str) -> serde_json::Value {
     let output = match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(output) => output.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("{what} ran for more than 60 s");
         }
     };
@@ -361,11 +363,17 @@ pub fn interop(f: impl FnOnce(&mut Interop)) -> Interop {
 /// A lorem server answering as `instance_id` on a free loopback port, in
 /// the current runtime; returns the port.
 pub async fn lorem_server(instance_id: &str) -> u16 {
+    lorem_server_named(|_| instance_id.to_owned()).await
+}
+
+/// A lorem server answering as `name(its port)` on a free loopback port,
+/// in the current runtime; returns the port.
+pub async fn lorem_server_named(name: impl FnOnce(u16) -> String) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
     let port = listener.local_addr().expect("local address").port();
-    let app = lorem::http::router(instance_id.to_owned());
+    let app = lorem::http::router(name(port));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
