@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -101,6 +102,13 @@ func main() {
 		printJSON(waitList(atoi(args[3]), func() ([]*registry.ServiceInstance, error) {
 			return kratosZkList(conn, args[1], args[2])
 		}))
+	case "kratos-consul-register": // ADDR ID NAME VERSION META ENDPOINTS
+		need(args, 6)
+		c := consulClient(args[0])
+		reg := kratosConsulRegistration(kratosInstance(args[1:]))
+		check(c.Agent().ServiceRegister(reg), "consul register")
+		hold()
+		_ = c.Agent().ServiceDeregister(reg.ID)
 	case "kratos-consul-list": // ADDR NAME WANT
 		need(args, 3)
 		c := consulClient(args[0])
@@ -221,6 +229,28 @@ func kratosZkList(conn *zk.Conn, namespace, name string) ([]*registry.ServiceIns
 		}
 	}
 	return items, nil
+}
+
+// kratosConsulRegistration builds what contrib/registry/consul Client.Register
+// sends (with its health check and heartbeat options off): every endpoint in
+// TaggedAddresses under its scheme, the first one's host and port as the
+// service address, a version= tag, the metadata as Meta.
+func kratosConsulRegistration(si *registry.ServiceInstance) *consulapi.AgentServiceRegistration {
+	addresses := map[string]consulapi.ServiceAddress{}
+	reg := &consulapi.AgentServiceRegistration{ID: si.ID, Name: si.Name, Meta: si.Metadata,
+		Tags: []string{fmt.Sprintf("version=%s", si.Version)}}
+	for i, endpoint := range si.Endpoints {
+		raw, err := url.Parse(endpoint)
+		check(err, "endpoint "+endpoint)
+		port, err := strconv.Atoi(raw.Port())
+		check(err, "endpoint port "+endpoint)
+		addresses[raw.Scheme] = consulapi.ServiceAddress{Address: endpoint, Port: port}
+		if i == 0 {
+			reg.Address, reg.Port = raw.Hostname(), port
+		}
+	}
+	reg.TaggedAddresses = addresses
+	return reg
 }
 
 // kratosConsulList reads like contrib/registry/consul Client.Service:

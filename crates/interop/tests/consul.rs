@@ -76,6 +76,32 @@ async fn go_kit_consul_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kratos_registrations_are_found_by_us() {
+    let consul = consul();
+    let _held = hold(
+        peers().go(&[
+            "kratos-consul-register",
+            &consul,
+            "k1",
+            "kr-d",
+            "v1",
+            "zone=eu",
+            "http://127.0.0.1:18088,grpc://127.0.0.1:19088",
+        ]),
+        "Kratos consul register",
+    );
+    let plain = ours(config(Default::default())).await;
+    assert_eq!(
+        wait_instances(&plain, "kr-d", 1).await,
+        vec![
+            Instance::new("kr-d", "k1", "127.0.0.1", 18088)
+                .with_tag("version=v1")
+                .with_metadata("zone", "eu")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kratos_and_spring_conventions_on_consul() {
     let consul = consul();
     let registry = ours(config(interop(|i| {
