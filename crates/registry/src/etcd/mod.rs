@@ -40,8 +40,11 @@
 //!
 //! Any tool can register an instance by writing that JSON under that key
 //! (with or without a lease): `etcdctl put /services/lorem/x '{"id":"x",...}'`.
-//! Values that are not an instance, or whose `service`/`id` differ from their
-//! key, are skipped with a warning.
+//! Kratos' `ServiceInstance` JSON and go-kit's plain `host:port` values are
+//! read too, and our values can carry Kratos' fields or be go-kit's plain
+//! value ([`crate::interop`]). Values that are none of these, or whose
+//! `service`/`id` differ from their key, are skipped with a warning (once per
+//! value at a key).
 //!
 //! # Recovery
 //!

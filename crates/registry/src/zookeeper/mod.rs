@@ -43,9 +43,11 @@
 //!
 //! Another tool may write instances in that layout (`create -e
 //! /services/lorem/c '{"id":"c",...}'`, ephemeral or not): they are discovered
-//! like ours. Children whose data is not an instance, or whose JSON names
-//! another service or id than its path, are skipped with a warning. (The
-//! model refuses the ids `.` and `..`, which cannot be node names.)
+//! like ours, and so are Curator x-discovery's (Spring Cloud Zookeeper,
+//! Dubbo 3), Kratos' and go-kit's records ([`crate::interop`]). Children
+//! whose data is none of these, or whose JSON names another service or id
+//! than its path, are skipped with a warning (once per content at a path).
+//! (The model refuses the ids `.` and `..`, which cannot be node names.)
 //!
 //! # Session timeout
 //!
