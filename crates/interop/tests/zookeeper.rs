@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::{Mutex, OnceLock};
 
-use common::{balance, hold, interop, list, lorem_server, ours, peers, wait_instances};
+use common::{balance, hold, interop, list, list_fails, lorem_server, ours, peers, wait_instances};
 use registry::interop::{Layout, Payload};
 use registry::{BackendConfig, Instance, zookeeper};
 use testkit::{RegistryServer, ZkServer};
@@ -149,6 +149,27 @@ async fn ours_are_found_by_spring_with_metadata_under_the_spring_payload() {
         (Some("127.0.0.1"), Some(18092)),
         "{seen}"
     );
+}
+
+// Why the Spring payload is opt-in: a plain Curator reader (without
+// Spring's class) fails on the whole service once one record carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spring_payload_breaks_plain_curator_readers() {
+    let zk = zk();
+    let spring = ours(config(
+        "/services",
+        interop(|i| i.payload = Payload::Spring),
+    ))
+    .await;
+    let _registration = spring
+        .register(Instance::new("cur-c", "s1", "127.0.0.1", 18099))
+        .await
+        .expect("register ours with the spring payload");
+    let stderr = list_fails(
+        peers().curator(&["list", &zk, "/services", "cur-c", "1"]),
+        "Curator list",
+    );
+    assert!(stderr.contains("ZookeeperInstance"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,7 +290,29 @@ impl Drop for Held {
 /// Runs a peer's list command (which waits for what it wants, 15 s at
 /// most) and returns the JSON it printed; fails the test with its output
 /// if it fails or runs past 60 s.
-pub fn list(mut command: Command, what: &str) -> serde_json::Value {
+pub fn list(command: Command, what: &str) -> serde_json::Value {
+    let (output, stdout) = run(command, what);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{what} printed {stdout:?}: {e}"))
+}
+
+/// Runs a peer's list command that must fail, and returns its stderr.
+pub fn list_fails(command: Command, what: &str) -> String {
+    let (output, stdout) = run(command, what);
+    assert!(
+        !output.status.success(),
+        "{what} should have failed; it printed {stdout}"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn run(mut command: Command, what: &str) -> (std::process::Output, String) {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -311,15 +333,8 @@ pub fn list(mut command: Command, what: &str) -> serde_json::Value {
             panic!("{what} ran for more than 60 s");
         }
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{what} printed {stdout:?}: {e}"))
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, stdout)
 }
 
 /// Our registry on `backend` (whose interop settings are set by the
