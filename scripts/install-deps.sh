@@ -6,9 +6,14 @@
 #   scripts/install-deps.sh test    also the real servers the tests start:
 #                                   etcd + etcdctl (etcd-server, etcd-client),
 #                                   ZooKeeper (zookeeper, a Java runtime),
-#                                   docker-compose (validates the compose files)
-#                                   and a headless browser for the live page's
-#                                   test (chromium, chromium-driver)
+#                                   docker-compose (validates the compose files),
+#                                   a headless browser for the live page's
+#                                   test (chromium, chromium-driver),
+#                                   a JDK and Maven (openjdk-17-jdk-headless,
+#                                   maven: the interop tests build small
+#                                   Curator / Spring Cloud Zookeeper programs;
+#                                   their Go programs use the Go toolchain
+#                                   scripts/build-consul.sh uses)
 # Works as root (CI: no stdin, no sudo) or as a user with sudo. Set DRY_RUN=1
 # to only report what would be installed. Consul is built separately, by
 # scripts/build-consul.sh.
@@ -50,6 +55,14 @@ if [[ "${mode}" == test ]]; then
   fi
   if ! have_or_override chromedriver "${TESTKIT_CHROMEDRIVER_BIN:-}"; then
     missing+=(chromedriver); packages+=(chromium-driver)
+  fi
+  # The interop tests (crates/interop) compile Java against Curator and
+  # Spring Cloud Zookeeper: a JDK (javac), not only a runtime, and Maven.
+  if ! have javac; then
+    missing+=(javac); packages+=(openjdk-17-jdk-headless)
+  fi
+  if ! have mvn; then
+    missing+=(mvn); packages+=(maven)
   fi
 fi
 if ! have protoc; then

@@ -17,6 +17,11 @@
 #   Consul 1.14.11    built once with Go by scripts/build-consul.sh
 #   Chromium          Debian packages chromium, chromium-driver (the live
 #                     page's browser test, crates/client/tests/ui_browser.rs)
+#   JDK 17 + Maven    openjdk-17-jdk-headless, maven: the interop tests
+#                     (crates/interop) build Curator / Spring Cloud
+#                     Zookeeper programs (downloads cached in ~/.m2) and
+#                     go-kit / Kratos programs with the same Go (module
+#                     cache in Go's default GOMODCACHE, ~/go/pkg/mod)
 #
 # Works as root (CI: no stdin, no sudo) or as a user with sudo. Set
 # DRY_RUN=1 to only report what would be installed, then stop.

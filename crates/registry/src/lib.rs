@@ -68,6 +68,7 @@
 mod backoff;
 mod endpoint;
 mod error;
+pub mod interop;
 mod model;
 mod record;
 mod registrar;
@@ -92,7 +93,7 @@ pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
 pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
-    MAX_TAG_LEN, MAX_TAGS, validate_name,
+    MAX_TAG_LEN, MAX_TAGS, validate_id, validate_name,
 };
 pub use settings::{BACKEND_NAMES, BackendConfig, DynRegistry, Settings, connect};
 pub use timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_DURATION, Timing};

@@ -43,11 +43,13 @@ pub const MAX_TAG_LEN: usize = 255;
 /// registers) or [`Instance::from_json`] to enforce the rules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Instance {
-    /// Unique within its service; `[A-Za-z0-9._-]{1,128}`. The balancer and
+    /// Unique within its service; `[A-Za-z0-9._:-]{1,128}` (`:` for ids
+    /// such as Dubbo's and go-kit's `host:port`). The balancer and
     /// the `x-instance-id` header report it, so keep it stable across
     /// restarts of the same logical instance.
     pub id: String,
-    /// The service name clients look up; same alphabet as `id`.
+    /// The service name clients look up; `[A-Za-z0-9._-]{1,128}` (as `id`
+    /// without `:`, which service names never need).
     pub service: String,
     /// A host name or IP address only: no scheme, no port.
     pub address: String,
@@ -123,7 +125,7 @@ impl Instance {
     /// # Errors
     /// [`Error::InvalidInstance`] naming the first field that breaks a rule.
     pub fn validate(&self) -> Result<()> {
-        validate_name("id", &self.id)?;
+        validate_id(&self.id)?;
         validate_name("service", &self.service)?;
         validate_host(&self.address)?;
         if self.port == 0 {
@@ -202,11 +204,36 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     }
 }
 
-/// Checks an id or a service name: `[A-Za-z0-9._-]{1,128}`.
+/// Checks an instance id: `[A-Za-z0-9._:-]{1,128}`, not `.` or `..`.
+///
+/// # Errors
+/// [`Error::InvalidInstance`] naming the id.
+pub fn validate_id(value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value.len() <= MAX_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "id {value:?} must match [A-Za-z0-9._:-]{{1,{MAX_NAME_LEN}}} and not be . or .."
+        )))
+    }
+}
+
+/// Checks a service name (or, with `what` = `"id"`, an id: see
+/// [`validate_id`]): `[A-Za-z0-9._-]{1,128}`.
 ///
 /// # Errors
 /// [`Error::InvalidInstance`] naming `what` and the value.
 pub fn validate_name(what: &str, value: &str) -> Result<()> {
+    if what == "id" {
+        return validate_id(value);
+    }
     // `.` and `..` are valid characters but not valid path segments (etcd
     // keys, ZooKeeper nodes, Consul URLs), so they are refused everywhere.
     let ok = !value.is_empty()

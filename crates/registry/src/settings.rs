@@ -16,6 +16,13 @@
 //! | `REGISTRY_TTL`     | `ttl`             | lease / check TTL / memory expiry (`10s`)         |
 //! | `REGISTRY_TIMEOUT` | `timeout`         | deadline of every registry call (`5s`)           |
 //! | `REGISTRY_CONFIG`  |                   | path of the TOML file                            |
+//! | `REGISTRY_PAYLOAD` | `backend.payload` | `none`/`spring`: Spring's payload (ZooKeeper), `Meta.secure` (Consul) |
+//! | `REGISTRY_KRATOS`  | `backend.kratos`  | `true`: Kratos' fields / Consul conventions in what we write |
+//! | `REGISTRY_KRATOS_SCHEME` | `backend.kratos_scheme` | endpoint scheme of Kratos records (`http`) |
+//! | `REGISTRY_LAYOUT`  | `backend.layout`  | `json`/`gokit`: go-kit's plain `host:port` values (etcd, ZooKeeper) |
+//!
+//! The last four are the interop settings ([`crate::interop`],
+//! `docs/interop.md`): foreign records are read without any of them.
 //!
 //! No setting uses the `ETCD_` prefix: etcd reads every such variable as one
 //! of its own flags.
@@ -157,6 +164,10 @@ impl Settings {
                 "REGISTRY_PREFIX",
                 "REGISTRY_TTL",
                 "REGISTRY_TIMEOUT",
+                "REGISTRY_PAYLOAD",
+                "REGISTRY_KRATOS",
+                "REGISTRY_KRATOS_SCHEME",
+                "REGISTRY_LAYOUT",
             ])
             .map(|key| {
                 let mapped = match key.as_str().to_ascii_lowercase().as_str() {
@@ -165,6 +176,10 @@ impl Settings {
                     "registry_prefix" => "backend.prefix",
                     "registry_ttl" => "ttl",
                     "registry_timeout" => "timeout",
+                    "registry_payload" => "backend.payload",
+                    "registry_kratos" => "backend.kratos",
+                    "registry_kratos_scheme" => "backend.kratos_scheme",
+                    "registry_layout" => "backend.layout",
                     _ => return key.into(),
                 };
                 mapped.into()
@@ -311,7 +326,8 @@ mod tests {
             s.backend,
             BackendConfig::Etcd(etcd::Config {
                 addr: vec!["127.0.0.1:2379".into(), "http://127.0.0.1:22379".into()],
-                prefix: "/services".into()
+                prefix: "/services".into(),
+                interop: Default::default(),
             })
         );
         assert_eq!(s.ttl, Duration::from_secs(3));
@@ -351,6 +367,69 @@ mod tests {
             zookeeper::Config::default().effective_session_timeout(Duration::from_secs(2)),
             Duration::from_secs(6)
         );
+    }
+
+    #[test]
+    fn interop_settings_from_env_and_file() {
+        use crate::interop::{Interop, Layout, Payload};
+        let s = load(
+            None,
+            &[
+                ("REGISTRY", "zookeeper"),
+                ("REGISTRY_PAYLOAD", "spring"),
+                ("REGISTRY_KRATOS", "true"),
+                ("REGISTRY_KRATOS_SCHEME", "grpc"),
+                ("REGISTRY_LAYOUT", "gokit"),
+            ],
+        )
+        .unwrap();
+        let BackendConfig::Zookeeper(zk) = &s.backend else {
+            panic!("expected zookeeper, got {:?}", s.backend)
+        };
+        assert_eq!(
+            zk.interop,
+            Interop {
+                payload: Payload::Spring,
+                kratos: true,
+                kratos_scheme: "grpc".into(),
+                layout: Layout::Gokit,
+            }
+        );
+        let file = r#"
+            [backend]
+            type = "etcd"
+            kratos = true
+            layout = "json"
+        "#;
+        let s = load(Some(file), &[]).unwrap();
+        let BackendConfig::Etcd(etcd) = &s.backend else {
+            panic!("expected etcd, got {:?}", s.backend)
+        };
+        assert!(etcd.interop.kratos);
+        assert_eq!(etcd.interop.kratos_scheme, "http");
+        let s = load(
+            None,
+            &[("REGISTRY", "consul"), ("REGISTRY_PAYLOAD", "spring")],
+        )
+        .unwrap();
+        let BackendConfig::Consul(consul) = &s.backend else {
+            panic!("expected consul, got {:?}", s.backend)
+        };
+        assert_eq!(consul.interop.payload, Payload::Spring);
+        let err = load(
+            None,
+            &[("REGISTRY", "etcd"), ("REGISTRY_PAYLOAD", "jackson")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("payload") && err.contains("spring"), "{err}");
+        let err = load(
+            None,
+            &[("REGISTRY", "etcd"), ("REGISTRY_KRATOS_SCHEME", "h p")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kratos_scheme"), "{err}");
     }
 
     #[test]

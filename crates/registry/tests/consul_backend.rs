@@ -45,6 +45,7 @@ fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (consul::Config, 
     let config = consul::Config {
         addr: vec![addr.to_owned()],
         token: token.map(str::to_owned),
+        ..consul::Config::default()
     };
     let settings = Settings {
         backend: BackendConfig::Consul(config.clone()),

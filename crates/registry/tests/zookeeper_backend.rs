@@ -595,14 +595,19 @@ async fn layout_matches_zkcli() {
     assert!(ls.lines().any(|l| l.trim() == "[a, b]"), "{ls}");
     let get = zkcli("get /services/lorem/a").await;
     println!("zkCli get /services/lorem/a:\n{get}");
-    // The instance's JSON, plus the owner token of the registrar.
+    // The instance's JSON, plus the owner token of the registrar, then
+    // Curator x-discovery's fields (docs/interop.md).
     let json = String::from_utf8(a.to_json()).unwrap();
     let json = format!(
-        "{},\"owner\":\"{}\"}}",
+        "{},\"owner\":\"{}\",\"name\":\"lorem\",\"sslPort\":null,\"payload\":null,\"registrationTimeUTC\":",
         json.trim_end_matches('}'),
         registry.owner()
     );
-    assert!(get.lines().any(|l| l.trim() == json), "{get}");
+    assert!(
+        get.lines().any(|l| l.trim().starts_with(&json)
+            && l.contains(r#""serviceType":"DYNAMIC","uriSpec":{"parts":["#)),
+        "{get}"
+    );
     let stat = zkcli("stat /services/lorem/a").await;
     assert!(
         stat.lines()

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::model::{Instance, OWNER_METADATA_KEY, validate_name};
+use crate::interop::{Interop, Payload};
+use crate::model::{Instance, MAX_METADATA_KEYS, OWNER_METADATA_KEY, validate_name};
 
 /// The backend's name in errors and logs.
 pub(super) const BACKEND: &str = "consul";
@@ -78,6 +79,8 @@ pub(super) struct Api {
     addr: String,
     /// `REGISTRY_TIMEOUT`: the timeout of every non-blocking request.
     timeout: Duration,
+    /// What registrations carry for other frameworks' readers.
+    interop: Interop,
 }
 
 impl Api {
@@ -92,7 +95,15 @@ impl Api {
             base,
             addr,
             timeout,
+            interop: Interop::default(),
         }
+    }
+
+    /// Sets what registrations carry for other frameworks' readers
+    /// (Spring's `Meta.secure`, Kratos' tagged addresses and version tag).
+    pub(super) fn with_interop(mut self, interop: Interop) -> Self {
+        self.interop = interop;
+        self
     }
 
     /// The agent's address, as given.
@@ -298,10 +309,10 @@ impl Api {
             "{}/v1/agent/service/register?replace-existing-checks=true",
             self.base
         );
-        let request = self
-            .http
-            .put(url)
-            .json(&registration_body(instance, owner, ttl));
+        let request =
+            self.http
+                .put(url)
+                .json(&registration_body(instance, owner, ttl, &self.interop));
         let (status, _, body) = self.send("register", request, self.timeout).await?;
         if status.is_success() {
             Ok(())
@@ -428,17 +439,41 @@ pub(super) fn deregister_after(ttl: Duration) -> Duration {
 }
 
 /// The JSON of `PUT /v1/agent/service/register` for `instance`, written by
-/// the registrar `owner`.
-fn registration_body(instance: &Instance, owner: &str, ttl: Duration) -> serde_json::Value {
+/// the registrar `owner`, with what `interop` asks other frameworks'
+/// readers to find: Spring Cloud Consul's `Meta.secure` (`false`: we serve
+/// plain HTTP; left out when the instance sets it, or when Consul's 64 keys
+/// are taken), Kratos' `TaggedAddresses[<scheme>]` (its reader takes the
+/// instance's endpoints from there) and `version=<v>` tag.
+fn registration_body(
+    instance: &Instance,
+    owner: &str,
+    ttl: Duration,
+    interop: &Interop,
+) -> serde_json::Value {
     let mut meta = instance.metadata.clone();
     meta.insert(OWNER_METADATA_KEY.to_owned(), owner.to_owned());
+    if interop.payload == Payload::Spring && meta.len() < MAX_METADATA_KEYS + 1 {
+        meta.entry("secure".to_owned())
+            .or_insert_with(|| "false".to_owned());
+    }
+    let mut tags = instance.tags.clone();
+    let mut tagged = serde_json::Map::new();
+    if interop.kratos {
+        let version = instance.metadata.get("version").map_or("", String::as_str);
+        tags.push(format!("version={version}"));
+        tagged.insert(
+            interop.kratos_scheme.clone(),
+            json!({"Address": interop.kratos_endpoint(&instance.authority()), "Port": instance.port}),
+        );
+    }
     json!({
         "ID": instance.id,
         "Name": instance.service,
         "Address": instance.address,
         "Port": instance.port,
-        "Tags": instance.tags,
+        "Tags": tags,
         "Meta": meta,
+        "TaggedAddresses": tagged,
         "Weights": { "Passing": instance.weight, "Warning": 1 },
         "Check": {
             "CheckID": check_id(&instance.id),
@@ -660,13 +695,37 @@ mod tests {
     }
 
     #[test]
+    fn registration_json_carries_kratos_and_spring_conventions_when_asked() {
+        let instance = Instance::new("lorem", "a", "127.0.0.1", 8080)
+            .with_tag("v1")
+            .with_metadata("version", "1.2");
+        let interop = Interop {
+            payload: Payload::Spring,
+            kratos: true,
+            kratos_scheme: "grpc".into(),
+            ..Interop::default()
+        };
+        let body = registration_body(&instance, "pid1-abc", Duration::from_secs(3), &interop);
+        assert_eq!(body["Tags"], json!(["v1", "version=1.2"]));
+        assert_eq!(
+            body["TaggedAddresses"],
+            json!({"grpc": {"Address": "grpc://127.0.0.1:8080", "Port": 8080}})
+        );
+        assert_eq!(body["Meta"]["secure"], "false");
+        assert_eq!(body["Meta"]["version"], "1.2");
+    }
+
+    #[test]
     fn registration_json_has_a_passing_ttl_check() {
         let instance = Instance::new("lorem", "a", "127.0.0.1", 8080).with_weight(2);
         let body = registration_body(
             &instance.clone().with_metadata("zone", "eu"),
             "pid1-abc",
             Duration::from_millis(1500),
+            &Interop::default(),
         );
+        assert_eq!(body["TaggedAddresses"], json!({}));
+        assert_eq!(body["Tags"], json!([]));
         assert_eq!(body["Weights"], json!({"Passing": 2, "Warning": 1}));
         assert_eq!(
             body["Meta"],

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ConsulRegistry;
 use crate::endpoint::{Endpoint, addrs};
 use crate::error::Result;
+use crate::interop::Interop;
 use crate::timing::Timing;
 
 /// Which agent, and the ACL token (`[backend]` with `type = "consul"` in a
@@ -22,6 +23,11 @@ pub struct Config {
     /// ACL token sent as `X-Consul-Token`; default `CONSUL_HTTP_TOKEN`.
     #[serde(default)]
     pub token: Option<String>,
+    /// How foreign records are read and what ours carry for other
+    /// frameworks' readers (`payload`, `kratos`, `kratos_scheme`, `layout`
+    /// in the same table): see [`Interop`].
+    #[serde(flatten)]
+    pub interop: Interop,
 }
 
 impl std::fmt::Debug for Config {
@@ -29,6 +35,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("interop", &self.interop)
             .finish()
     }
 }
@@ -43,7 +50,7 @@ impl Config {
         for addr in &self.addr {
             Endpoint::parse(addr)?;
         }
-        Ok(())
+        self.interop.validate()
     }
 }
 
@@ -58,6 +65,13 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// Sets how foreign records are read and what ours carry for other
+    /// frameworks (default: plain reading, our layout): see [`Interop`].
+    pub fn interop(mut self, interop: Interop) -> Self {
+        self.config.interop = interop;
+        self
+    }
+
     /// Sets the agent's address (default `CONSUL_HTTP_ADDR`, else
     /// 127.0.0.1:8500).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {

@@ -235,7 +235,8 @@ impl ConsulRegistry {
             .connect_timeout(timing.timeout)
             .build()
             .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
-        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout);
+        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout)
+            .with_interop(config.interop.clone());
 
         let leader = tokio::time::timeout(timing.timeout, api.leader())
             .await
@@ -562,12 +563,14 @@ mod tests {
         let two = Config {
             addr: vec!["127.0.0.1:8500".into(), "127.0.0.1:8501".into()],
             token: None,
+            ..Config::default()
         };
         let err = agent_endpoint(&two).unwrap_err().to_string();
         assert!(err.contains("exactly one agent address"), "{err}");
         let one = Config {
             addr: vec!["http://127.0.0.1:8500/".into()],
             token: None,
+            ..Config::default()
         };
         assert_eq!(
             agent_endpoint(&one).unwrap().url("http"),
@@ -580,6 +583,7 @@ mod tests {
         let config = Config {
             addr: vec!["https://127.0.0.1:8501".into()],
             token: None,
+            ..Config::default()
         };
         let err = ConsulRegistry::connect(&config, Timing::default())
             .await
@@ -598,6 +602,7 @@ mod tests {
         let config = Config {
             addr: vec![format!("127.0.0.1:{port}")],
             token: None,
+            ..Config::default()
         };
         let timing = Timing {
             timeout: Duration::from_secs(2),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::EtcdRegistry;
 use crate::endpoint::{Endpoint, addrs};
 use crate::error::Result;
+use crate::interop::Interop;
 use crate::model::validate_prefix;
 use crate::timing::Timing;
 
@@ -19,6 +20,11 @@ pub struct Config {
     /// Keys are `<prefix>/<service>/<id>`; default `/services`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// How foreign records are read and what ours carry for other
+    /// frameworks' readers (`payload`, `kratos`, `kratos_scheme`, `layout`
+    /// in the same table): see [`Interop`].
+    #[serde(flatten)]
+    pub interop: Interop,
 }
 
 fn default_prefix() -> String {
@@ -30,6 +36,7 @@ impl Default for Config {
         Config {
             addr: Vec::new(),
             prefix: default_prefix(),
+            interop: Interop::default(),
         }
     }
 }
@@ -44,6 +51,7 @@ impl Config {
         for addr in &self.addr {
             Endpoint::parse(addr)?;
         }
+        self.interop.validate()?;
         validate_prefix(&self.prefix)
     }
 }
@@ -71,6 +79,13 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// Sets how foreign records are read and what ours carry for other
+    /// frameworks (default: plain reading, our layout): see [`Interop`].
+    pub fn interop(mut self, interop: Interop) -> Self {
+        self.config.interop = interop;
+        self
+    }
+
     /// Adds a client endpoint (any number; default 127.0.0.1:2379).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.config.addr.push(addr.into());

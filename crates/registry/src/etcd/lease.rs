@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::{BACKEND, Ctx};
 use crate::error::{Error, Result};
-use crate::record::owner_of;
+use crate::record::{Store, owner_of};
 use crate::registrar::{Backend, Found, Record, Renewal};
 
 /// Gets per transaction when checking our keys (etcd allows 128 operations
@@ -172,7 +172,7 @@ impl Backend for Leases {
     /// its revision; another registrar's token is a refusal.
     async fn put(&self, lease: &i64, record: &Record) -> Result<()> {
         let key = self.ctx.instance_key(&record.instance);
-        let value = record.to_json();
+        let value = record.encode(&self.ctx.interop, Store::Etcd);
         let on_lease = || Some(PutOptions::new().with_lease(*lease));
         let mut txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
@@ -248,7 +248,7 @@ impl Backend for Leases {
             .when([Compare::lease(key.as_str(), CompareOp::Equal, *lease)])
             .and_then([TxnOp::put(
                 key.as_str(),
-                record.to_json(),
+                record.encode(&self.ctx.interop, Store::Etcd),
                 Some(PutOptions::new().with_lease(expiring)),
             )]);
         self.txn("abandon", txn).await.map(drop)
@@ -292,7 +292,11 @@ impl Backend for Leases {
                     None => Found::Missing,
                     Some((on, value)) => match owner_of(value) {
                         Some(holder) if *holder != *record.owner => Found::Held { holder },
-                        _ if *on != *lease || *value != record.to_json() => Found::Changed,
+                        _ if *on != *lease
+                            || *value != record.encode(&self.ctx.interop, Store::Etcd) =>
+                        {
+                            Found::Changed
+                        }
                         _ => Found::Ours,
                     },
                 });

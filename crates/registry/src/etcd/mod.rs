@@ -40,8 +40,11 @@
 //!
 //! Any tool can register an instance by writing that JSON under that key
 //! (with or without a lease): `etcdctl put /services/lorem/x '{"id":"x",...}'`.
-//! Values that are not an instance, or whose `service`/`id` differ from their
-//! key, are skipped with a warning.
+//! Kratos' `ServiceInstance` JSON and go-kit's plain `host:port` values are
+//! read too, and our values can carry Kratos' fields or be go-kit's plain
+//! value ([`crate::interop`]). Values that are none of these, or whose
+//! `service`/`id` differ from their key, are skipped with a warning (once per
+//! value at a key).
 //!
 //! # Recovery
 //!
@@ -105,6 +108,7 @@ use futures::stream::FuturesUnordered;
 use crate::backoff::Backoff;
 use crate::endpoint::endpoints_or_default;
 use crate::error::{Error, Result, with_deadline};
+use crate::interop::Interop;
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
@@ -214,6 +218,8 @@ struct Ctx {
     page_size: usize,
     /// Test knob: a pause between a watch's snapshot and its watch request.
     watch_start_delay: Duration,
+    /// How foreign records are read and ours written.
+    interop: Arc<Interop>,
 }
 
 impl Ctx {
@@ -551,6 +557,7 @@ impl EtcdRegistry {
             attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
+            interop: Arc::new(config.interop.clone()),
         };
         probe(&ctx).await?;
         tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, "connected to etcd");
@@ -682,6 +689,7 @@ mod tests {
             attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
+            interop: Arc::default(),
         }
     }
 

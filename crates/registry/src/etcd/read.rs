@@ -141,13 +141,18 @@ async fn scan<S: Default>(
 }
 
 /// Decodes one key/value found under `<prefix>/<service>/`.
-fn decode(service_prefix: &str, service: &str, kv: &KeyValue) -> Option<(String, Instance)> {
+fn decode(
+    service_prefix: &str,
+    service: &str,
+    kv: &KeyValue,
+    kratos_scheme: &str,
+) -> Option<(String, Instance)> {
     let Ok(key) = std::str::from_utf8(kv.key()) else {
         tracing::warn!(backend = BACKEND, key = ?String::from_utf8_lossy(kv.key()), "skipping a key that is not UTF-8 under the registry prefix");
         return None;
     };
     let id = key.strip_prefix(service_prefix)?;
-    let instance = decode_record(BACKEND, key, service, id, kv.value())?;
+    let instance = decode_record(BACKEND, key, service, id, kv.value(), kratos_scheme)?;
     Some((key.to_owned(), instance))
 }
 
@@ -159,7 +164,8 @@ pub(super) async fn snapshot(ctx: &Ctx, service: &str) -> Result<(Instances, i64
         &prefix,
         prefix_end(&prefix),
         |instances: &mut Instances, kv| {
-            if let Some((key, instance)) = decode(&prefix, service, kv) {
+            if let Some((key, instance)) = decode(&prefix, service, kv, &ctx.interop.kratos_scheme)
+            {
                 instances.insert(key, instance);
             }
         },
@@ -191,7 +197,7 @@ pub(super) async fn services(ctx: &Ctx) -> Result<BTreeSet<String>> {
                 return;
             }
             let service_prefix = format!("{root}{service}/");
-            if decode(&service_prefix, &service, kv).is_some() {
+            if decode(&service_prefix, &service, kv, &ctx.interop.kratos_scheme).is_some() {
                 found.insert(service);
             }
         },
@@ -424,7 +430,8 @@ async fn watch_round(
             let found = if kv.version() == 0 {
                 None
             } else {
-                decode(&prefix, service, kv).map(|(_, instance)| instance)
+                decode(&prefix, service, kv, &ctx.interop.kratos_scheme)
+                    .map(|(_, instance)| instance)
             };
             changed |= match found {
                 Some(instance) => {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ZookeeperRegistry;
 use crate::endpoint::{Endpoint, addrs};
 use crate::error::{Error, Result};
+use crate::interop::Interop;
 use crate::model::validate_prefix;
 use crate::timing::{MAX_DURATION, Timing};
 
@@ -33,6 +34,11 @@ pub struct Config {
     /// The server clamps it to 2-20 x its `tickTime`.
     #[serde(default, with = "crate::timing::opt_duration")]
     pub session_timeout: Option<Duration>,
+    /// How foreign records are read and what ours carry for other
+    /// frameworks' readers (`payload`, `kratos`, `kratos_scheme`, `layout`
+    /// in the same table): see [`Interop`].
+    #[serde(flatten)]
+    pub interop: Interop,
 }
 
 fn default_prefix() -> String {
@@ -44,6 +50,7 @@ impl Default for Config {
         Config {
             addr: Vec::new(),
             prefix: default_prefix(),
+            interop: Interop::default(),
             session_timeout: None,
         }
     }
@@ -66,6 +73,7 @@ impl Config {
                 Endpoint::parse(addr)?;
             }
         }
+        self.interop.validate()?;
         validate_prefix(&self.prefix)?;
         if let Some(session) = self.session_timeout {
             if session < Duration::from_secs(1) || session > MAX_DURATION {
@@ -91,6 +99,13 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// Sets how foreign records are read and what ours carry for other
+    /// frameworks (default: plain reading, our layout): see [`Interop`].
+    pub fn interop(mut self, interop: Interop) -> Self {
+        self.config.interop = interop;
+        self
+    }
+
     /// Adds an ensemble member (any number; default 127.0.0.1:2181).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.config.addr.push(addr.into());

@@ -20,8 +20,12 @@
 //! # Layout
 //!
 //! Each instance is an EPHEMERAL node `<prefix>/<service>/<id>` (prefix
-//! `REGISTRY_PREFIX`, default `/services`) whose data is the instance JSON;
-//! the parents are persistent and left in place. With `lorem` instances `a`
+//! `REGISTRY_PREFIX`, default `/services`) whose data is the instance JSON,
+//! the `owner` token, and Curator x-discovery's fields (`name`, `sslPort`,
+//! `payload`, `registrationTimeUTC`, `serviceType`, `uriSpec`), so that
+//! Curator, Spring Cloud Zookeeper and Dubbo 3 list our instances too
+//! (`docs/interop.md`, [`crate::interop`]); the parents are persistent and
+//! left in place. With `lorem` instances `a`
 //! and `b` registered, `zkCli.sh`:
 //!
 //! ```text
@@ -30,7 +34,7 @@
 //! [zk: 127.0.0.1:2181(CONNECTED) 1] ls /services/lorem
 //! [a, b]
 //! [zk: 127.0.0.1:2181(CONNECTED) 2] get /services/lorem/a
-//! {"id":"a","service":"lorem","address":"127.0.0.1","port":8080,"tags":["v1"],"metadata":{},"weight":1}
+//! {"id":"a","service":"lorem","address":"127.0.0.1","port":8080,"tags":["v1"],"metadata":{},"weight":1,"owner":"pid4242-5f0c2a9e1b7d","name":"lorem","sslPort":null,"payload":null,"registrationTimeUTC":1796563553564,"serviceType":"DYNAMIC","uriSpec":{"parts":[...]}}
 //! [zk: 127.0.0.1:2181(CONNECTED) 3] stat /services/lorem/a
 //! ...
 //! ephemeralOwner = 0x1000017d3f50000
@@ -39,9 +43,11 @@
 //!
 //! Another tool may write instances in that layout (`create -e
 //! /services/lorem/c '{"id":"c",...}'`, ephemeral or not): they are discovered
-//! like ours. Children whose data is not an instance, or whose JSON names
-//! another service or id than its path, are skipped with a warning. (The
-//! model refuses the ids `.` and `..`, which cannot be node names.)
+//! like ours, and so are Curator x-discovery's (Spring Cloud Zookeeper,
+//! Dubbo 3), Kratos' and go-kit's records ([`crate::interop`]). Children
+//! whose data is none of these, or whose JSON names another service or id
+//! than its path, are skipped with a warning (once per content at a path).
+//! (The model refuses the ids `.` and `..`, which cannot be node names.)
 //!
 //! # Session timeout
 //!
@@ -115,6 +121,7 @@ use zookeeper_client as zk;
 
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
+use crate::interop::Interop;
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
 use crate::timing::Timing;
@@ -177,6 +184,8 @@ struct Params {
     /// `REGISTRY_TTL`: sets how soon a watch reports a server that went
     /// silent ([`silence_limit`](crate::watch_sink::silence_limit)).
     ttl: Duration,
+    /// How foreign records are read and ours written.
+    interop: Arc<Interop>,
 }
 
 impl Params {
@@ -296,6 +305,7 @@ impl ZookeeperRegistry {
             timeout: timing.timeout,
             session_timeout: config.effective_session_timeout(timing.ttl),
             ttl: timing.ttl,
+            interop: Arc::new(config.interop.clone()),
         };
         let client = session::open_session(&params).await?;
         tracing::info!(

@@ -78,7 +78,14 @@ async fn read_nodes(
         for (((service, id), path), result) in chunk.iter().zip(&paths).zip(results) {
             match result {
                 zk::MultiReadResult::Data { data, .. } => {
-                    if let Some(instance) = decode_record(BACKEND, path, service, id, &data) {
+                    if let Some(instance) = decode_record(
+                        BACKEND,
+                        path,
+                        service,
+                        id,
+                        &data,
+                        &params.interop.kratos_scheme,
+                    ) {
                         found.insert(instance.id.clone(), instance);
                     }
                 }

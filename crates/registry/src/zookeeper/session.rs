@@ -17,7 +17,7 @@ use zookeeper_client as zk;
 use super::{BACKEND, Params};
 use crate::backoff::{Backoff, Outage};
 use crate::error::{Error, Result};
-use crate::record::owner_of;
+use crate::record::{Store, owner_of};
 use crate::registrar::{Backend, Found, LeaseEvent, Record, Renewal};
 
 /// Our nodes: ephemeral, readable and writable by anyone (like the parents),
@@ -282,7 +282,11 @@ impl Backend for Sessions {
                 found.push(match result {
                     zk::MultiReadResult::Data { stat, data } => match owner_of(&data) {
                         Some(holder) if *holder != *record.owner => Found::Held { holder },
-                        _ if stat.ephemeral_owner == me && data == record.to_json() => Found::Ours,
+                        _ if stat.ephemeral_owner == me
+                            && data == record.encode(&self.params.interop, Store::Zookeeper) =>
+                        {
+                            Found::Ours
+                        }
                         _ => Found::Changed,
                     },
                     zk::MultiReadResult::Error {
@@ -347,7 +351,7 @@ async fn ensure_node(
     record: &Record,
 ) -> Result<Ensured> {
     let me = client.session_id().0;
-    let data = &record.to_json()[..];
+    let data = &record.encode(&params.interop, Store::Zookeeper)[..];
     let fail = |operation, error| params.error(operation, error);
     for _ in 0..MAX_RACES {
         match client.create(path, data, &EPHEMERAL).await {
