@@ -19,8 +19,10 @@
 //!
 //! - **axum** (feature `axum`, on by default): [`Lifecycle::serve`] runs the
 //!   whole life in one call; [`Lifecycle::spawn`] returns a [`Server`] to
-//!   stop later. The serve helper owns the accept loop, so the options of a
-//!   connection (limits, timeouts) have one place to live.
+//!   stop later. The serve helper owns the accept loop ([`HttpServer`], also
+//!   usable alone by a server that registers nothing), so the options of a
+//!   connection ([`HttpLimits`]: timeouts, a connection cap, size limits)
+//!   have one place to live; see [`http`] for what each one does.
 //! - **anything else** (hyper, tonic, a custom accept loop):
 //!   [`Lifecycle::start`] once listening, then await
 //!   [`Handle::shutdown`] inside the server's graceful-shutdown future.
@@ -69,6 +71,8 @@
 mod connect;
 mod register;
 #[cfg(feature = "axum")]
+pub mod http;
+#[cfg(feature = "axum")]
 mod serve;
 mod signal;
 
@@ -85,6 +89,8 @@ use crate::{Instance, Registrar};
 
 pub use connect::ConnectOnDemand;
 pub use register::Handle;
+#[cfg(feature = "axum")]
+pub use http::{HttpLimits, HttpServer};
 #[cfg(feature = "axum")]
 pub use serve::Server;
 pub use signal::{Signals, shutdown_signal};
@@ -111,6 +117,8 @@ pub struct Lifecycle<R> {
     registered: Arc<watch::Sender<bool>>,
     drain_delay: Duration,
     shutdown_timeout: Duration,
+    #[cfg(feature = "axum")]
+    http_limits: HttpLimits,
 }
 
 impl<R: Registrar + 'static> Lifecycle<R> {
@@ -129,6 +137,8 @@ impl<R: Registrar + 'static> Lifecycle<R> {
             registered: Arc::new(watch::channel(false).0),
             drain_delay: DEFAULT_DRAIN_DELAY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            #[cfg(feature = "axum")]
+            http_limits: HttpLimits::default(),
         }
     }
 
