@@ -508,9 +508,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, router: axum::R
                 };
                 if *shared.open.borrow() > max {
                     if !shared.at_limit.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(max_connections = max,
+                        tracing::warn!(
+                            max_connections = max,
                             "connection limit reached: closing the oldest idle or header-pending \
-                             connection for each new one (logged once until well under the limit)");
+                             connection for each new one (logged once until well under the limit)"
+                        );
                     }
                     shared.evict_oldest();
                 }

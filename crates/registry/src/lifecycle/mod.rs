@@ -69,9 +69,9 @@
 //! ```
 
 mod connect;
-mod register;
 #[cfg(feature = "axum")]
 pub mod http;
+mod register;
 #[cfg(feature = "axum")]
 mod serve;
 mod signal;
@@ -88,9 +88,9 @@ use tokio::sync::watch;
 use crate::{Instance, Registrar};
 
 pub use connect::ConnectOnDemand;
-pub use register::Handle;
 #[cfg(feature = "axum")]
 pub use http::{HttpLimits, HttpServer};
+pub use register::Handle;
 #[cfg(feature = "axum")]
 pub use serve::Server;
 pub use signal::{Signals, shutdown_signal};
