@@ -11,29 +11,31 @@ use registry::lifecycle::{HttpLimits, HttpServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Ten chunks, 150 ms apart: longer than the idle timeout below.
+fn chunks() -> Body {
+    Body::from_stream(futures::stream::unfold(0u32, |n| async move {
+        if n == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("data: {n}\n\n"))),
+            n + 1,
+        ))
+    }))
+}
+
 fn router() -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
-            "/stream",
-            get(|| async {
-                // Ten chunks, 150 ms apart: longer than the idle timeout below.
-                let chunks = futures::stream::unfold(0u32, |n| async move {
-                    if n == 10 {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    Some((
-                        Ok::<_, std::io::Error>(Bytes::from(format!("data: {n}\n\n"))),
-                        n + 1,
-                    ))
-                });
-                (
-                    [("content-type", "text/event-stream")],
-                    Body::from_stream(chunks),
-                )
-            }),
+            "/events",
+            get(|| async { ([("content-type", "text/event-stream")], chunks()) }),
+        )
+        .route(
+            "/download",
+            get(|| async { ([("content-type", "application/octet-stream")], chunks()) }),
         )
 }
 
@@ -157,7 +159,7 @@ async fn a_streamed_response_outlives_the_idle_timeout() {
     let server = start(limits()).await;
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
     stream
-        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut all = Vec::new();
@@ -257,7 +259,7 @@ async fn oversized_requests_get_json_errors_before_the_body_is_read() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_idle_connections_at_once_and_finishes_busy_ones() {
+async fn shutdown_closes_idle_connections_and_event_streams_at_once_and_finishes_busy_ones() {
     let server = start(limits()).await;
     let addr = server.local_addr();
     let mut idle = TcpStream::connect(addr).await.unwrap();
@@ -266,7 +268,12 @@ async fn shutdown_closes_idle_connections_at_once_and_finishes_busy_ones() {
     let mut pending = TcpStream::connect(addr).await.unwrap();
     pending.write_all(b"GET /hel").await.unwrap();
     let mut busy = TcpStream::connect(addr).await.unwrap();
-    busy.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    busy.write_all(b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut events = TcpStream::connect(addr).await.unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -275,7 +282,9 @@ async fn shutdown_closes_idle_connections_at_once_and_finishes_busy_ones() {
     let stop = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     closed_within(&mut idle, Duration::from_millis(300)).await;
     closed_within(&mut pending, Duration::from_millis(300)).await;
-    // The stream in flight is answered to its end, then closed.
+    // A server-sent-event stream is not waited for.
+    closed_within(&mut events, Duration::from_millis(300)).await;
+    // The download in flight is answered to its end, then closed.
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut all))
         .await

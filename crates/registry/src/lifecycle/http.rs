@@ -10,7 +10,7 @@
 //! | out of file descriptors        | `accept` failing with `EMFILE`/`ENFILE` closes the oldest idle connection and backs off (10 ms, doubling to 1 s), logged once per episode: never a busy loop |
 //! | large requests                 | a URI over [`HttpLimits::max_uri_bytes`] gets 414, headers over [`HttpLimits::max_header_bytes`] 431, a declared `Content-Length` over [`HttpLimits::max_body_bytes`] 413 before the body is read (and a body that grows past it 413 too); past hyper's own hard limit (64 KiB of head) hyper answers plainly |
 //! | error answers                  | those above are JSON `{"error": "..."}`; a plain-text error answer of the router (axum's extractor rejections) is turned into the same JSON, with its status |
-//! | shutdown                       | stops accepting, closes idle and header-pending connections at once, lets in-flight requests finish (their connections close after the answer), cuts what is left after the timeout |
+//! | shutdown                       | stops accepting, closes idle and header-pending connections (and server-sent-event streams, below) at once, lets in-flight requests finish (their connections close after the answer), cuts what is left after the timeout |
 //!
 //! **Long-lived responses** (server-sent events, any streamed body) are
 //! exempt from the idle timeout by construction: a connection is *busy*
@@ -19,6 +19,12 @@
 //! eviction ever touches a busy connection. A handler that streams needs no
 //! marker. The flip side: a client that reads a response very slowly keeps
 //! its connection busy (there is no write timeout).
+//!
+//! **Server-sent events at shutdown**: a response whose `Content-Type` is
+//! `text/event-stream` never ends by itself, so the shutdown does not wait
+//! for it: its connection is closed with the idle ones (an `EventSource`
+//! reconnects on its own, to an instance that is still up). Any other
+//! streamed body is waited for, up to the shutdown timeout.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -120,6 +126,25 @@ pub fn default_max_connections() -> usize {
     }
 }
 
+/// Parses a header-read or idle timeout as users write it (`500ms`, `10s`,
+/// `2m`): more than zero (zero would close every connection at once) and at
+/// most a day. The value parser of the binaries' flags.
+///
+/// # Errors
+/// A message naming the text.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("{text:?} is not a duration ({error}); write it like 500ms, 10s or 2m")
+    })?;
+    if value.is_zero() {
+        return Err("a connection timeout must be more than zero".to_owned());
+    }
+    if value > Duration::from_secs(24 * 3600) {
+        return Err(format!("{text:?} is longer than a day"));
+    }
+    Ok(value)
+}
+
 /// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (no `unsafe` needed);
 /// "unlimited" reads as `u64::MAX`.
 fn open_file_limit() -> Option<u64> {
@@ -209,12 +234,12 @@ impl HttpServer {
         let accepted = accept.await;
         if busy == 0 {
             tracing::info!(
-                closed_idle = idle,
-                "no longer accepting connections; no request in flight"
+                closed = idle,
+                "no longer accepting connections; closed the idle ones; no request in flight"
             );
         } else {
-            tracing::info!(closed_idle = idle, in_flight = busy, timeout = ?timeout,
-                "no longer accepting connections; finishing the requests in flight");
+            tracing::info!(closed = idle, in_flight = busy, timeout = ?timeout,
+                "no longer accepting connections; closed the idle ones; finishing the requests in flight");
         }
         let mut open = shared.open.subscribe();
         let finished = tokio::time::timeout(timeout, open.wait_for(|n| *n == 0))
@@ -289,6 +314,7 @@ impl Shared {
                 phase: Phase::HeaderPending,
                 since: Instant::now(),
                 in_flight: 0,
+                event_streams: 0,
                 evicted: false,
             }),
             changed: Notify::new(),
@@ -351,14 +377,11 @@ impl Shared {
         true
     }
 
-    /// Idle (or header-pending) and busy connections now.
+    /// Connections closed at once on shutdown (idle, header-pending,
+    /// event streams), and busy ones (waited for), now.
     fn census(&self) -> (usize, usize) {
         let table = self.lock();
-        let busy = table
-            .conns
-            .values()
-            .filter(|c| c.state().phase == Phase::Busy)
-            .count();
+        let busy = table.conns.values().filter(|c| c.is_busy()).count();
         (table.conns.len() - busy, busy)
     }
 
@@ -402,6 +425,8 @@ struct ConnState {
     phase: Phase,
     since: Instant,
     in_flight: usize,
+    /// Of those, server-sent-event streams: not waited for at shutdown.
+    event_streams: usize,
     evicted: bool,
 }
 
@@ -420,8 +445,11 @@ impl Conn {
         }
     }
 
+    /// Busy with something the shutdown waits for: a request other than
+    /// a server-sent-event stream.
     fn is_busy(&self) -> bool {
-        self.state().phase == Phase::Busy
+        let state = self.state();
+        state.phase == Phase::Busy && state.in_flight > state.event_streams
     }
 
     /// Bytes arrived: after an idle spell, a new request head begins.
@@ -439,23 +467,42 @@ impl Conn {
         let mut state = self.state();
         state.in_flight += 1;
         state.phase = Phase::Busy;
-        InFlight(self.clone())
+        InFlight {
+            conn: self.clone(),
+            event_stream: false,
+        }
     }
 }
 
 /// A request being answered; dropped with its response body.
 #[derive(Debug)]
-struct InFlight(Arc<Conn>);
+struct InFlight {
+    conn: Arc<Conn>,
+    event_stream: bool,
+}
+
+impl InFlight {
+    /// Its answer is a server-sent-event stream.
+    fn mark_event_stream(&mut self) {
+        if !self.event_stream {
+            self.event_stream = true;
+            self.conn.state().event_streams += 1;
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = self.0.state();
+        let mut state = self.conn.state();
         state.in_flight = state.in_flight.saturating_sub(1);
+        if self.event_stream {
+            state.event_streams = state.event_streams.saturating_sub(1);
+        }
         if state.in_flight == 0 {
             state.phase = Phase::Idle;
             state.since = Instant::now();
             drop(state);
-            self.0.changed.notify_one();
+            self.conn.changed.notify_one();
         }
     }
 }
@@ -632,7 +679,7 @@ async fn handle(
     mut router: axum::Router,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let in_flight = conn.begin_request();
+    let mut in_flight = conn.begin_request();
     let limits = &shared.limits;
     let response = match refuse(&request, limits) {
         Some(response) => response,
@@ -646,6 +693,9 @@ async fn handle(
             json_errors(response).await
         }
     };
+    if is_event_stream(response.headers()) {
+        in_flight.mark_event_stream();
+    }
     Ok(response.map(|body| {
         Body::new(Tracked {
             inner: body,
@@ -726,6 +776,19 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| {
             let essence = v.split(';').next().unwrap_or("").trim();
             essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")
+        })
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/event-stream")
         })
 }
 
