@@ -36,9 +36,9 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
+use registry::lifecycle::{DEFAULT_SHUTDOWN_TIMEOUT, HttpLimits, HttpServer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use registry::lifecycle::{DEFAULT_SHUTDOWN_TIMEOUT, HttpLimits, HttpServer};
 use tokio::net::TcpListener;
 
 use crate::client::{LoremClient, LoremRequest, parse_kind};
