@@ -116,8 +116,7 @@ pub async fn run_gateway(
     limits: registry::lifecycle::HttpLimits,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(options).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = registry::lifecycle::http::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     gateway::serve_with(listener, client, limits, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -54,7 +54,6 @@ use std::time::Duration;
 
 use registry::lifecycle::{HttpLimits, Lifecycle, LifecycleError, Server};
 use registry::{Instance, Registrar};
-use tokio::net::TcpListener;
 
 use crate::metrics::ServerMetrics;
 
@@ -194,9 +193,7 @@ pub async fn start<R: Registrar + 'static>(
         addr: options.listen,
         source,
     };
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(bind_error)?;
+    let listener = registry::lifecycle::http::bind(options.listen).map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (address, port) = match &options.advertise {
         Some(value) => parse_advertise(value, local_addr.port())?,

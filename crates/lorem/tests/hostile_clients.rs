@@ -142,10 +142,17 @@ fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
         report.summary()
     );
     let log = server.log();
-    assert_eq!(
-        log.matches("connection limit reached").count(),
-        1,
-        "the cap is logged once per episode: {log}"
+    // Once per episode, never once per connection: an episode ends (with
+    // an info line) well under the limit, when the header-read timeout has
+    // closed the flood; another may begin if the backlog still held some.
+    let reached = log.matches("connection limit reached").count();
+    let ended = log.matches("back under the connection limit").count();
+    eprintln!("connection-limit episodes logged: {reached} started, {ended} ended");
+    // (1,100 is over the limit of 768: it was reached, unless the flood's
+    // own connects failed so slowly that the header-read timeout kept up.)
+    assert!(
+        (reached >= 1 || report.connect_failed > 0) && reached <= ended + 1 && reached <= 3,
+        "the cap is logged once per episode ({reached} starts, {ended} ends): {log}"
     );
     assert!(
         log.matches("out of file descriptors").count() <= 1,

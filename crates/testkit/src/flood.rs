@@ -244,6 +244,8 @@ pub struct FloodReport {
     pub opened: usize,
     /// Connects of the flood that failed or timed out.
     pub connect_failed: usize,
+    /// How long opening the flood took.
+    pub flood_took: Duration,
     /// Each probe (a new `GET` while the flood is held): its status (0 if
     /// it failed) and how long it took.
     pub probes: Vec<(u16, Duration)>,
@@ -276,11 +278,12 @@ impl FloodReport {
             .copied()
             .unwrap_or_default();
         format!(
-            "flood: {} connections held ({} connects failed); probes answered 200: {}/{} \
+            "flood: {} connections held ({} connects failed, opened in {:?}); probes answered 200: {}/{} \
              (median {:?}, slowest {:?}); RSS before {}, during {}, after {}; \
              closed by the server after the probes: {}",
             self.opened,
             self.connect_failed,
+            self.flood_took,
             self.probes.iter().filter(|(s, _)| *s == 200).count(),
             self.probes.len(),
             median,
@@ -309,7 +312,9 @@ pub fn hold_and_probe(
     close_wait: Duration,
 ) -> FloodReport {
     let rss_before = rss_kib(pid);
+    let started = Instant::now();
     let mut flood = Flood::open(addr, count, Duration::from_secs(20));
+    let flood_took = started.elapsed();
     // Let the server take in the whole backlog.
     std::thread::sleep(Duration::from_millis(300));
     let mut answers = Vec::with_capacity(probes);
@@ -330,6 +335,7 @@ pub fn hold_and_probe(
     FloodReport {
         opened,
         connect_failed,
+        flood_took,
         probes: answers,
         rss_kib: [rss_before, rss_during, rss_kib(pid)],
         closed_by_server,

@@ -145,6 +145,32 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// The listen backlog [`bind`] asks for (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default on Linux since 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for an [`HttpServer`], with a listen backlog of
+/// [`LISTEN_BACKLOG`] rather than the 1024 of `TcpListener::bind`.
+///
+/// Why: a burst of connections (a flood, a fleet of clients reconnecting
+/// at once) larger than the backlog overflows it while the accept loop
+/// catches up, and every overflowed client, legitimate ones included, waits
+/// a whole second for its SYN to be retransmitted.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (no `unsafe` needed);
 /// "unlimited" reads as `u64::MAX`.
 fn open_file_limit() -> Option<u64> {
