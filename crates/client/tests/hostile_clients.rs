@@ -127,6 +127,7 @@ fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
     let report = flood::hold_and_probe(
         server.addr,
         pid,
+        Some("/sd-lorem"),
         1100,
         20,
         "/health",
@@ -183,13 +184,13 @@ fn sigterm_with_idle_connections_open_stops_at_once() {
             .unwrap();
         held.push(stream);
     }
-    let hostile = flood::Flood::open(server.addr, 100, Duration::from_secs(10));
+    let hostile = flood::Flood::open(server.addr, 150, Duration::from_secs(10), Some("/sd-lorem"));
     assert_eq!(hostile.failed, 0);
     std::thread::sleep(Duration::from_millis(200));
 
     let (stopped, status) = server.terminate();
     eprintln!(
-        "the gateway with 150 idle connections stopped {stopped:?} after SIGTERM (drain {drain:?})"
+        "the gateway with 200 idle or half-sent connections opened stopped {stopped:?} after SIGTERM (drain {drain:?})"
     );
     assert!(status.success(), "{status}: {}", server.log());
     assert!(

@@ -136,6 +136,34 @@ async fn half_sent_headers_are_closed_after_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_that_never_completes_is_closed_after_the_header_read_timeout() {
+    let server = start(limits()).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let after = closed_within(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed too early: {after:?}"
+    );
+    // A body sent in time is answered, and the connection stays usable.
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"defghij").await.unwrap();
+    let (status, _, body) = read_response(&mut stream).await;
+    assert_eq!((status, body.as_str()), (200, "abcdefghij"));
+    let (status, _, _) = request(&mut stream, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let server = start(limits()).await;
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
@@ -267,6 +295,11 @@ async fn shutdown_closes_idle_connections_and_event_streams_at_once_and_finishes
     assert_eq!(status, 200);
     let mut pending = TcpStream::connect(addr).await.unwrap();
     pending.write_all(b"GET /hel").await.unwrap();
+    let mut body_pending = TcpStream::connect(addr).await.unwrap();
+    body_pending
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
     let mut busy = TcpStream::connect(addr).await.unwrap();
     busy.write_all(b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -282,6 +315,8 @@ async fn shutdown_closes_idle_connections_and_event_streams_at_once_and_finishes
     let stop = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     closed_within(&mut idle, Duration::from_millis(300)).await;
     closed_within(&mut pending, Duration::from_millis(300)).await;
+    // A request whose body is still arriving was not processed: cut too.
+    closed_within(&mut body_pending, Duration::from_millis(300)).await;
     // A server-sent-event stream is not waited for.
     closed_within(&mut events, Duration::from_millis(300)).await;
     // The download in flight is answered to its end, then closed.

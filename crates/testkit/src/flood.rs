@@ -71,6 +71,8 @@ pub enum Hostile {
     Silent,
     /// Sends the start of a request head and never finishes it.
     HalfSent,
+    /// Sends a whole `POST` head declaring a 100-byte body, and 3 bytes of it.
+    HalfSentBody,
 }
 
 /// Connections held open against a server; dropping it closes them.
@@ -83,10 +85,25 @@ pub struct Flood {
 }
 
 impl Flood {
-    /// Opens up to `count` connections to `addr`, alternating silent and
-    /// half-sent ones, each connect bounded by 1 s and the whole flood by
-    /// `within`.
-    pub fn open(addr: SocketAddr, count: usize, within: Duration) -> Flood {
+    /// Opens up to `count` connections to `addr`, in turn silent, with a
+    /// half-sent head and (with `post_path`) with a half-sent body to that
+    /// path, each connect bounded by 1 s and the whole flood by `within`.
+    pub fn open(
+        addr: SocketAddr,
+        count: usize,
+        within: Duration,
+        post_path: Option<&str>,
+    ) -> Flood {
+        let kinds: &[Hostile] = if post_path.is_some() {
+            &[Hostile::Silent, Hostile::HalfSent, Hostile::HalfSentBody]
+        } else {
+            &[Hostile::Silent, Hostile::HalfSent]
+        };
+        let post = format!(
+            "POST {} HTTP/1.1\r\nHost: flood\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"r",
+            post_path.unwrap_or("/")
+        );
         let deadline = Instant::now() + within;
         let mut streams = Vec::with_capacity(count);
         let mut failed = 0;
@@ -95,17 +112,16 @@ impl Flood {
                 failed += count - i;
                 break;
             }
-            let kind = if i % 2 == 0 {
-                Hostile::Silent
-            } else {
-                Hostile::HalfSent
-            };
+            let kind = kinds[i % kinds.len()];
             match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 Ok(mut stream) => {
-                    if kind == Hostile::HalfSent {
-                        let _ =
-                            stream.write_all(b"GET /health HTTP/1.1\r\nHost: flood\r\nX-Slow: ");
-                    }
+                    let _ = match kind {
+                        Hostile::Silent => Ok(()),
+                        Hostile::HalfSent => {
+                            stream.write_all(b"GET /health HTTP/1.1\r\nHost: flood\r\nX-Slow: ")
+                        }
+                        Hostile::HalfSentBody => stream.write_all(post.as_bytes()),
+                    };
                     streams.push(stream);
                 }
                 Err(_) => failed += 1,
@@ -297,7 +313,7 @@ impl FloodReport {
 }
 
 /// Holds `count` idle and half-sent connections against the server at
-/// `addr` (process `pid`), sends `probes` new `GET probe_path` requests one
+/// `addr` (process `pid`; half-sent bodies go to `post_path`), sends `probes` new `GET probe_path` requests one
 /// after the other meanwhile (each bounded by 1 s), checks how many flood
 /// connections the server closes by itself (each waited for up to
 /// `close_wait`), then lets the flood go. Bounded: the flood by 20 s, the
@@ -306,6 +322,7 @@ impl FloodReport {
 pub fn hold_and_probe(
     addr: SocketAddr,
     pid: u32,
+    post_path: Option<&str>,
     count: usize,
     probes: usize,
     probe_path: &str,
@@ -313,7 +330,7 @@ pub fn hold_and_probe(
 ) -> FloodReport {
     let rss_before = rss_kib(pid);
     let started = Instant::now();
-    let mut flood = Flood::open(addr, count, Duration::from_secs(20));
+    let mut flood = Flood::open(addr, count, Duration::from_secs(20), post_path);
     let flood_took = started.elapsed();
     // Let the server take in the whole backlog.
     std::thread::sleep(Duration::from_millis(300));

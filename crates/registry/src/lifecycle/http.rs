@@ -5,12 +5,13 @@
 //! | concern                        | what [`HttpServer`] does                                                        |
 //! |--------------------------------|---------------------------------------------------------------------------------|
 //! | headers that never complete    | a connection must send a whole request head within the header-read timeout, counted from the accept or from the first byte after an idle spell, else it is closed |
+//! | bodies that never complete     | once the head is in, a request body the handler reads must arrive within another header-read timeout, else the connection is closed; such a connection counts as header-pending for the eviction |
 //! | idle keep-alive connections    | closed after the idle timeout                                                   |
-//! | too many connections           | at [`HttpLimits::max_connections`] the oldest idle or header-pending connection is closed for each new one (logged once per episode); while every connection is busy, new ones wait in the listen backlog |
+//! | too many connections           | at [`HttpLimits::max_connections`] the oldest idle or header-pending (or body-pending) connection is closed for each new one (logged once per episode); while every connection is busy, new ones wait in the listen backlog |
 //! | out of file descriptors        | `accept` failing with `EMFILE`/`ENFILE` closes the oldest idle connection and backs off (10 ms, doubling to 1 s), logged once per episode: never a busy loop |
 //! | large requests                 | a URI over [`HttpLimits::max_uri_bytes`] gets 414, headers over [`HttpLimits::max_header_bytes`] 431, a declared `Content-Length` over [`HttpLimits::max_body_bytes`] 413 before the body is read (and a body that grows past it 413 too); past hyper's own hard limit (64 KiB of head) hyper answers plainly |
 //! | error answers                  | those above are JSON `{"error": "..."}`; a plain-text error answer of the router (axum's extractor rejections) is turned into the same JSON, with its status |
-//! | shutdown                       | stops accepting, closes idle and header-pending connections (and server-sent-event streams, below) at once, lets in-flight requests finish (their connections close after the answer), cuts what is left after the timeout |
+//! | shutdown                       | stops accepting, closes idle, header-pending and body-pending connections (and server-sent-event streams, below) at once, lets in-flight requests finish (their connections close after the answer), cuts what is left after the timeout |
 //!
 //! **Long-lived responses** (server-sent events, any streamed body) are
 //! exempt from the idle timeout by construction: a connection is *busy*
@@ -341,6 +342,8 @@ impl Shared {
                 since: Instant::now(),
                 in_flight: 0,
                 event_streams: 0,
+                bodies_pending: 0,
+                body_since: Instant::now(),
                 evicted: false,
             }),
             changed: Notify::new(),
@@ -388,8 +391,13 @@ impl Shared {
                 .values()
                 .filter_map(|conn| {
                     let state = conn.state();
-                    (state.phase != Phase::Busy && !state.evicted)
-                        .then(|| (state.since, conn.clone()))
+                    let since = match state.phase {
+                        _ if state.evicted => return None,
+                        Phase::Busy if state.bodies_pending > 0 => state.body_since,
+                        Phase::Busy => return None,
+                        Phase::HeaderPending | Phase::Idle => state.since,
+                    };
+                    Some((since, conn.clone()))
                 })
                 .min_by_key(|(since, _)| *since)
                 .map(|(_, conn)| conn)
@@ -453,6 +461,10 @@ struct ConnState {
     in_flight: usize,
     /// Of those, server-sent-event streams: not waited for at shutdown.
     event_streams: usize,
+    /// Request bodies being received, and since when the oldest was
+    /// awaited: the body-read deadline runs.
+    bodies_pending: usize,
+    body_since: Instant,
     evicted: bool,
 }
 
@@ -467,15 +479,40 @@ impl Conn {
         match state.phase {
             Phase::HeaderPending => Some(state.since + limits.header_read_timeout),
             Phase::Idle => Some(state.since + limits.idle_timeout),
+            Phase::Busy if state.bodies_pending > 0 => {
+                Some(state.body_since + limits.header_read_timeout)
+            }
             Phase::Busy => None,
         }
     }
 
-    /// Busy with something the shutdown waits for: a request other than
-    /// a server-sent-event stream.
+    /// A request body starts being awaited.
+    fn body_started(&self) {
+        let mut state = self.state();
+        if state.bodies_pending == 0 {
+            state.body_since = Instant::now();
+        }
+        state.bodies_pending += 1;
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// A request body arrived whole, failed, or was dropped unread.
+    fn body_ended(&self) {
+        let mut state = self.state();
+        state.bodies_pending = state.bodies_pending.saturating_sub(1);
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// Busy with something the shutdown waits for: a request whose body
+    /// has arrived (or that has none), other than a server-sent-event
+    /// stream.
     fn is_busy(&self) -> bool {
         let state = self.state();
-        state.phase == Phase::Busy && state.in_flight > state.event_streams
+        state.phase == Phase::Busy
+            && state.in_flight > state.event_streams
+            && state.bodies_pending == 0
     }
 
     /// Bytes arrived: after an idle spell, a new request head begins.
@@ -711,7 +748,13 @@ async fn handle(
         Some(response) => response,
         None => {
             let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-            let request = request.map(|body| Body::new(Limited::new(body, max)));
+            let request = request.map(|body| {
+                if http_body::Body::is_end_stream(&body) {
+                    Body::new(Limited::new(body, max))
+                } else {
+                    Body::new(Pending::new(Limited::new(body, max), conn.clone()))
+                }
+            });
             let response = match router.call(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
@@ -877,6 +920,60 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body being received: its connection's body-read deadline
+/// runs until it ends, fails or is dropped.
+struct Pending {
+    inner: Limited<Incoming>,
+    /// `None` once ended.
+    conn: Option<Arc<Conn>>,
+}
+
+impl Pending {
+    fn new(inner: Limited<Incoming>, conn: Arc<Conn>) -> Self {
+        conn.body_started();
+        Pending {
+            inner,
+            conn: Some(conn),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.body_ended();
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl http_body::Body for Pending {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.end();
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
