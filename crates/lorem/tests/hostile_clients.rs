@@ -34,10 +34,15 @@ impl Drop for Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        Server::start_with_open_files(1024, args)
+    }
+
+    /// Under `ulimit -n nofile`.
+    fn start_with_open_files(nofile: u64, args: &[&str]) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
             .parse()
             .unwrap();
-        let mut command = flood::command_with_open_file_limit(BIN, 1024);
+        let mut command = flood::command_with_open_file_limit(BIN, nofile);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("REGISTRY") || key.starts_with("LOREM_") {
@@ -311,4 +316,63 @@ fn every_error_answer_is_json() {
     ));
     let (_, status) = server.terminate();
     assert!(status.success());
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_evicts_and_backs_off_without_spinning() {
+    // A connection cap far above what `ulimit -n 64` allows: accept fails
+    // with "too many open files" long before the cap.
+    let mut server = Server::start_with_open_files(
+        64,
+        &[
+            "--max-connections",
+            "1000",
+            "--header-read-timeout",
+            "3s",
+            "--drain-delay",
+            "0s",
+        ],
+    );
+    let pid = server.child.id();
+    let cpu_before = cpu_ticks(pid);
+    let report = flood::hold_and_probe(
+        server.addr,
+        pid,
+        None,
+        150,
+        10,
+        "/health",
+        Duration::from_secs(6),
+    );
+    eprintln!("lorem-server (ulimit -n 64): {}", report.summary());
+    for (status, took) in &report.probes {
+        assert_eq!(*status, 200, "{}\n{}", report.summary(), server.log());
+        assert!(*took < Duration::from_secs(1), "{}", report.summary());
+    }
+    let log = server.log();
+    let episodes = log.matches("out of file descriptors accepting").count();
+    let failures = log.matches("Too many open files").count();
+    eprintln!(
+        "descriptor-exhaustion episodes logged: {episodes}; lines naming the error: {failures}"
+    );
+    assert!(episodes >= 1, "the limit was hit: {log}");
+    assert!(
+        episodes <= 3,
+        "logged once per episode, not per accept: {log}"
+    );
+    // No busy loop: the whole run (flood, probes, 3 s of waiting for the
+    // header-read timeout) used well under a CPU second.
+    let cpu = cpu_ticks(pid).saturating_sub(cpu_before);
+    eprintln!("lorem-server CPU during the run: {} ms", cpu * 10);
+    assert!(cpu < 300, "{} ms of CPU: a busy loop? {log}", cpu * 10);
+    let (_, status) = server.terminate();
+    assert!(status.success(), "{status}: {}", server.log());
+}
+
+/// utime + stime of process `pid`, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

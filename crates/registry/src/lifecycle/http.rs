@@ -8,7 +8,7 @@
 //! | bodies that never complete     | once the head is in, a request body the handler reads must arrive within another header-read timeout, else the connection is closed; such a connection counts as header-pending for the eviction |
 //! | idle keep-alive connections    | closed after the idle timeout                                                   |
 //! | too many connections           | at [`HttpLimits::max_connections`] the oldest idle or header-pending (or body-pending) connection is closed for each new one (logged once per episode); while every connection is busy, new ones wait in the listen backlog |
-//! | out of file descriptors        | `accept` failing with `EMFILE`/`ENFILE` closes the oldest idle connection and backs off (10 ms, doubling to 1 s), logged once per episode: never a busy loop |
+//! | out of file descriptors        | `accept` failing with `EMFILE`/`ENFILE` closes the oldest idle connection and accepts again once it is closed; with none to close it backs off (10 ms, doubling to 1 s); logged once per episode: never a busy loop |
 //! | large requests                 | a URI over [`HttpLimits::max_uri_bytes`] gets 414, headers over [`HttpLimits::max_header_bytes`] 431, a declared `Content-Length` over [`HttpLimits::max_body_bytes`] 413 before the body is read (and a body that grows past it 413 too); past hyper's own hard limit (64 KiB of head) hyper answers plainly |
 //! | error answers                  | those above are JSON `{"error": "..."}`; a plain-text error answer of the router (axum's extractor rejections) is turned into the same JSON, with its status |
 //! | shutdown                       | stops accepting, closes idle, header-pending and body-pending connections (and server-sent-event streams, below) at once, lets in-flight requests finish (their connections close after the answer), cuts what is left after the timeout |
@@ -589,8 +589,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, router: axum::R
     let mut open = shared.open.subscribe();
     let max = shared.limits.max_connections;
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    // Running out of file descriptors: when it started, how many accepts failed.
-    let mut exhausted: Option<(Instant, u64)> = None;
+    // Running out of file descriptors: when it started, how many accepts
+    // failed, when the last one did. The episode ends at the first accept a
+    // second after the last failure: a server at the descriptor limit fails
+    // and succeeds in turn, and must not log each turn.
+    let mut exhausted: Option<(Instant, u64, Instant)> = None;
     loop {
         // Room first: connections evicted for the last accepted ones close
         // within moments; while every connection is busy, new ones wait in
@@ -607,9 +610,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, router: axum::R
         };
         match accepted {
             Ok((stream, remote)) => {
-                if let Some((since, failures)) = exhausted.take() {
-                    tracing::info!(failed_accepts = failures, lasted = ?since.elapsed(),
-                        "accepting connections again after running out of file descriptors");
+                if let Some((since, failures, last)) = exhausted {
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        exhausted = None;
+                        tracing::info!(failed_accepts = failures, lasted = ?last - since,
+                            "accepting connections again after running out of file descriptors");
+                    }
                 }
                 backoff = ACCEPT_BACKOFF_MIN;
                 let _ = stream.set_nodelay(true);
@@ -638,20 +644,30 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, router: axum::R
                 let episode = exhausted.get_or_insert_with(|| {
                     tracing::warn!(%error, open = *shared.open.borrow(),
                         "out of file descriptors accepting a connection: closing the oldest idle \
-                         connection and backing off (logged once until accepts work again)");
-                    (Instant::now(), 0)
+                         connection for each new one and backing off (logged once until accepts \
+                         have worked for a second)");
+                    (Instant::now(), 0, Instant::now())
                 });
                 episode.1 += 1;
-                let pause = if shared.evict_oldest() {
-                    ACCEPT_BACKOFF_MIN
+                episode.2 = Instant::now();
+                let before = *shared.open.borrow();
+                if shared.evict_oldest() {
+                    // Accept again as soon as the evicted connection has
+                    // given its descriptor back (within moments): no sleep,
+                    // and no spin either, since each turn closes one.
+                    tokio::select! {
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                        _ = tokio::time::timeout(
+                            ACCEPT_BACKOFF_MAX,
+                            open.wait_for(|n| *n < before),
+                        ) => {}
+                    }
                 } else {
-                    let pause = backoff;
+                    tokio::select! {
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    pause
-                };
-                tokio::select! {
-                    _ = stopping.wait_for(|stop| *stop) => return,
-                    () = tokio::time::sleep(pause) => {}
                 }
             }
             Err(error) if is_connection_error(&error) => {
