@@ -110,6 +110,8 @@ impl Server {
     }
 }
 
+/// Every test of this file calls it: they run in parallel in one process,
+/// and the flood's 1,100 connections come on top of the others'.
 fn need_fds() {
     let soft = flood::raise_open_file_limit(4096);
     assert!(
@@ -171,6 +173,7 @@ fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
 
 #[test]
 fn sigterm_with_idle_connections_open_stops_at_once() {
+    need_fds();
     // The gateway registers nothing, so it has no drain.
     let drain = Duration::ZERO;
     let mut server = Server::start(&[]);
@@ -238,6 +241,7 @@ fn json_error(status: u16, head: &str, body: &str) -> String {
 
 #[test]
 fn every_error_answer_is_json() {
+    need_fds();
     let mut server = Server::start(&[]);
     let addr = server.addr;
     let timeout = Duration::from_secs(5);

@@ -111,6 +111,8 @@ impl Server {
     }
 }
 
+/// Every test of this file calls it: they run in parallel in one process,
+/// and the flood's 1,100 connections come on top of the others'.
 fn need_fds() {
     let soft = flood::raise_open_file_limit(4096);
     assert!(
@@ -175,6 +177,7 @@ fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
 
 #[test]
 fn sigterm_with_idle_connections_open_stops_within_the_drain() {
+    need_fds();
     let drain = Duration::from_secs(1);
     let mut server = Server::start(&["--drain-delay", "1s"]);
     // Keep-alive connections that served a request, and hostile ones.
@@ -246,6 +249,7 @@ fn json_error(status: u16, head: &str, body: &str) -> String {
 
 #[test]
 fn every_error_answer_is_json() {
+    need_fds();
     let mut server = Server::start(&["--drain-delay", "0s"]);
     let addr = server.addr;
     let timeout = Duration::from_secs(5);
@@ -320,6 +324,7 @@ fn every_error_answer_is_json() {
 
 #[test]
 fn out_of_file_descriptors_the_accept_loop_evicts_and_backs_off_without_spinning() {
+    need_fds();
     // A connection cap far above what `ulimit -n 64` allows: accept fails
     // with "too many open files" long before the cap.
     let mut server = Server::start_with_open_files(
