@@ -28,6 +28,14 @@ fn chunks() -> Body {
 fn router() -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/panic",
+            get(|| async {
+                panic!("a handler bug");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
             "/events",
@@ -332,4 +340,26 @@ async fn shutdown_closes_idle_connections_and_event_streams_at_once_and_finishes
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gives_its_place_under_the_cap_back() {
+    let mut limits = limits();
+    limits.max_connections = 2;
+    let server = start(limits).await;
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+        stream
+            .write_all(b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        closed_within(&mut stream, Duration::from_secs(3)).await;
+    }
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (status, _, _) = request(&mut stream, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.open_connections(), 0);
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
 }

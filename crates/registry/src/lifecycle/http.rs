@@ -693,6 +693,13 @@ async fn serve_connection(
     stream: TcpStream,
     router: axum::Router,
 ) {
+    // Counted out however the task ends, a panic in a handler included:
+    // a connection that stayed counted would hold a place under the cap for
+    // ever.
+    let _counted = Counted {
+        shared: shared.clone(),
+        id: conn.id,
+    };
     let io = TokioIo::new(Watched {
         inner: stream,
         conn: conn.clone(),
@@ -712,7 +719,9 @@ async fn serve_connection(
         .header_read_timeout(None);
     // Boxed so that it can be dropped (closing the socket) before the
     // connection is counted out.
-    let mut connection = Box::pin(builder.serve_connection(io, service));
+    // With upgrades, as `axum::serve` (WebSocket routes work; an upgraded
+    // connection leaves the server's count once handed over).
+    let mut connection = Box::pin(builder.serve_connection(io, service).with_upgrades());
     let mut stopping = shared.stopping.subscribe();
     let mut graceful = false;
     let far = Duration::from_secs(24 * 3600);
@@ -745,9 +754,21 @@ async fn serve_connection(
             }
         }
     }
-    // Dropping the connection closes the socket.
+    // Dropping the connection closes the socket, before `_counted` counts
+    // it out.
     drop(connection);
-    shared.remove(conn.id);
+}
+
+/// Counts a connection out of its server when dropped.
+struct Counted {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.remove(self.id);
+    }
 }
 
 /// Answers one request: our own limits first, then the router, with
