@@ -12,7 +12,7 @@
 //! |-----------------|------------------------------------------------------------------------------|
 //! | start           | the caller binds and serves; the instance is then registered in the background, retried with backoff ([`REGISTER_BACKOFF_BASE`] doubling to [`REGISTER_BACKOFF_MAX`]) while the registry refuses; an instance the registry rejects as invalid is logged and not retried |
 //! | running         | [`Readiness`] says whether the registry holds the instance (false while it is being restored after a loss); a registration displaced by another registrar is registered again once the id is free |
-//! | shutdown        | deregister (bounded by the shutdown timeout), keep serving for the drain delay so that watchers move away, stop accepting, finish in-flight requests (up to the shutdown timeout), cut the rest |
+//! | shutdown        | deregister (bounded by the shutdown timeout), keep serving for the drain delay so that watchers move away, stop accepting, close idle connections at once, finish in-flight requests (up to the shutdown timeout), cut the rest |
 //! | crash (tests)   | stop the keep-alive without deregistering; the instance expires after its TTL |
 //!
 //! Two ways in:
