@@ -6,129 +6,46 @@
 //! The registry is not what is tested here: the server registers in its
 //! own in-process one (`REGISTRY=memory`), as in `binary.rs`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use testkit::flood;
+use testkit::flood::{self, ServerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lorem-server");
 
-/// The server, SIGKILLed if the test ends before it exits, and its log.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
+/// `lorem-server` with `args` under `ulimit -n 1024`, serving.
+fn start(args: &[&str]) -> ServerProcess {
+    start_with_open_files(1024, args)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+/// `lorem-server` with `args` under `ulimit -n nofile`, serving, with no
+/// inherited registry or lorem settings.
+fn start_with_open_files(nofile: u64, args: &[&str]) -> ServerProcess {
+    let addr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .expect("an address");
+    let mut command = flood::command_with_open_file_limit(BIN, nofile);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("REGISTRY") || key.starts_with("LOREM_") {
+            command.env_remove(key);
         }
     }
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        Server::start_with_open_files(1024, args)
-    }
-
-    /// Under `ulimit -n nofile`.
-    fn start_with_open_files(nofile: u64, args: &[&str]) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let mut command = flood::command_with_open_file_limit(BIN, nofile);
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("REGISTRY") || key.starts_with("LOREM_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
-            .args(["--listen", &addr.to_string()])
-            .args(args)
-            .env("REGISTRY", "memory")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lorem-server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let server = Server { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(
-            flood::get(addr, "/health", Duration::from_secs(1)),
-            Ok((200, _, _))
-        ) {
-            assert!(
-                Instant::now() < deadline,
-                "lorem-server never answered: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// SIGTERM, then the time to exit (bounded by 20 s) and its status.
-    fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
-        let started = Instant::now();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return (started.elapsed(), status);
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no exit within 20 s of SIGTERM: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Every test of this file calls it: they run in parallel in one process,
-/// and the flood's 1,100 connections come on top of the others'.
-fn need_fds() {
-    let soft = flood::raise_open_file_limit(4096);
-    assert!(
-        soft >= 1300,
-        "this test holds 1,100 connections and needs an open-file limit of at least 1300 \
-         (it is {soft}); raise the hard limit (ulimit -Hn) of the test run"
-    );
+    command
+        .args(["--listen", &addr.to_string()])
+        .args(args)
+        .env("REGISTRY", "memory")
+        .env("RUST_LOG", "info");
+    ServerProcess::start("lorem-server", command, addr)
 }
 
 #[test]
 fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
-    need_fds();
-    let mut server = Server::start(&["--header-read-timeout", "4s", "--drain-delay", "1s"]);
-    let pid = server.child.id();
+    flood::need_open_files(1300);
+    let mut server = start(&["--header-read-timeout", "4s", "--drain-delay", "1s"]);
+    let pid = server.pid();
     let report = flood::hold_and_probe(
-        server.addr,
+        server.addr(),
         pid,
         // No half-sent bodies: lorem's routes read none, so such a request
         // is answered at once and its connection closed; they would not
@@ -177,13 +94,13 @@ fn a_flood_of_idle_and_half_sent_connections_locks_no_client_out() {
 
 #[test]
 fn sigterm_with_idle_connections_open_stops_within_the_drain() {
-    need_fds();
+    flood::need_open_files(1300);
     let drain = Duration::from_secs(1);
-    let mut server = Server::start(&["--drain-delay", "1s"]);
+    let mut server = start(&["--drain-delay", "1s"]);
     // Keep-alive connections that served a request, and hostile ones.
     let mut held = Vec::new();
     for _ in 0..50 {
-        let (stream, status) = keep_alive_request(server.addr);
+        let (status, stream) = flood::keep_alive_get(server.addr(), "/health");
         assert_eq!(status, 200);
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -191,7 +108,7 @@ fn sigterm_with_idle_connections_open_stops_within_the_drain() {
         held.push(stream);
     }
     let hostile = flood::Flood::open(
-        server.addr,
+        server.addr(),
         150,
         Duration::from_secs(10),
         Some("/lorem/word/1/5"),
@@ -216,42 +133,11 @@ fn sigterm_with_idle_connections_open_stops_within_the_drain() {
     assert!(!log.contains("cutting"), "{log}");
 }
 
-/// A request on a keep-alive connection, its answer read; the connection
-/// is returned open.
-fn keep_alive_request(addr: SocketAddr) -> (std::net::TcpStream, u16) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&data).contains("{\"status\":true}") {
-        let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
-    }
-    let status = String::from_utf8_lossy(&data[9..12]).parse().unwrap();
-    (stream, status)
-}
-
-fn json_error(status: u16, head: &str, body: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {head}\n{body}"));
-    value["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error string: {body}"))
-        .to_owned()
-}
-
 #[test]
 fn every_error_answer_is_json() {
-    need_fds();
-    let mut server = Server::start(&["--drain-delay", "0s"]);
-    let addr = server.addr;
+    flood::need_open_files(1300);
+    let mut server = start(&["--drain-delay", "0s"]);
+    let addr = server.addr();
     let timeout = Duration::from_secs(5);
     let cases: Vec<(u16, Vec<u8>)> = vec![
         (404, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
@@ -284,7 +170,7 @@ fn every_error_answer_is_json() {
     for (want, request) in cases {
         let (status, head, body) = flood::raw(addr, &request, timeout).expect("an answer");
         assert_eq!(status, want, "{head}\n{body}");
-        json_error(status, &head, &body);
+        flood::json_error(status, &head, &body);
     }
     // A declared 10 GB body, never sent: refused at once, before reading it.
     let started = Instant::now();
@@ -296,7 +182,7 @@ fn every_error_answer_is_json() {
     .expect("an answer");
     assert_eq!(status, 413, "{head}\n{body}");
     assert!(
-        json_error(status, &head, &body).contains("10000000000"),
+        flood::json_error(status, &head, &body).contains("10000000000"),
         "{body}"
     );
     assert!(
@@ -324,10 +210,10 @@ fn every_error_answer_is_json() {
 
 #[test]
 fn out_of_file_descriptors_the_accept_loop_evicts_and_backs_off_without_spinning() {
-    need_fds();
+    flood::need_open_files(1300);
     // A connection cap far above what `ulimit -n 64` allows: accept fails
     // with "too many open files" long before the cap.
-    let mut server = Server::start_with_open_files(
+    let mut server = start_with_open_files(
         64,
         &[
             "--max-connections",
@@ -338,10 +224,10 @@ fn out_of_file_descriptors_the_accept_loop_evicts_and_backs_off_without_spinning
             "0s",
         ],
     );
-    let pid = server.child.id();
-    let cpu_before = cpu_ticks(pid);
+    let pid = server.pid();
+    let cpu_before = flood::cpu_ticks(pid);
     let report = flood::hold_and_probe(
-        server.addr,
+        server.addr(),
         pid,
         None,
         150,
@@ -367,17 +253,9 @@ fn out_of_file_descriptors_the_accept_loop_evicts_and_backs_off_without_spinning
     );
     // No busy loop: the whole run (flood, probes, 3 s of waiting for the
     // header-read timeout) used well under a CPU second.
-    let cpu = cpu_ticks(pid).saturating_sub(cpu_before);
+    let cpu = flood::cpu_ticks(pid).saturating_sub(cpu_before);
     eprintln!("lorem-server CPU during the run: {} ms", cpu * 10);
     assert!(cpu < 300, "{} ms of CPU: a busy loop? {log}", cpu * 10);
     let (_, status) = server.terminate();
     assert!(status.success(), "{status}: {}", server.log());
-}
-
-/// utime + stime of process `pid`, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

@@ -5,9 +5,194 @@
 //!
 //! Everything is loopback only and bounded in count and time.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A server process under test (`lorem-server`, the gateway), SIGKILLed
+/// if the test ends before it exits, with its stderr captured.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Spawns `command` (stdin and stdout closed, stderr captured) and
+    /// waits, up to 20 s, for `GET /health` on `addr` to answer 200.
+    ///
+    /// # Panics
+    /// If it cannot be spawned or never answers (quoting its log).
+    pub fn start(name: &str, mut command: Command, addr: SocketAddr) -> ServerProcess {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let server = ServerProcess {
+            name: name.to_owned(),
+            child,
+            addr,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(
+            get(addr, "/health", Duration::from_secs(1)),
+            Ok((200, _, _))
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never answered on {addr}: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the exit: how long it took,
+    /// and the status.
+    ///
+    /// # Panics
+    /// If it does not exit within 20 s (quoting its log).
+    pub fn terminate(&mut self) -> (Duration, ExitStatus) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {} failed", self.child.id());
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (started.elapsed(), status);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} did not exit within 20 s of SIGTERM: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Raises this process's open-file limit to at least `want` (see
+/// [`raise_open_file_limit`]), or panics saying how to allow it.
+pub fn need_open_files(want: u64) {
+    let soft = raise_open_file_limit(want.max(4096));
+    assert!(
+        soft >= want,
+        "this test holds many connections and needs an open-file limit of at least {want} \
+         (it is {soft}); raise the hard limit (ulimit -Hn) of the test run"
+    );
+}
+
+/// `GET path` on a new keep-alive connection, its answer read; returns the
+/// status and the connection, left open (idle).
+///
+/// # Panics
+/// If no whole answer comes within 5 s.
+pub fn keep_alive_get(addr: SocketAddr, path: &str) -> (u16, TcpStream) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut data = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&data).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|n| body.len() >= n) {
+                let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                return (status, stream);
+            }
+        }
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed before a whole answer: {text}");
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The `error` string of a JSON error answer.
+///
+/// # Panics
+/// If `body` is not JSON with an `error` string (quoting the answer).
+pub fn json_error(status: u16, head: &str, body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {head}\n{body}"));
+    value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error string: {body}"))
+        .to_owned()
+}
+
+/// The CPU time (user + system) process `pid` has used, in clock ticks
+/// (1/100 s on Linux); 0 where it cannot be read.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(rest) = stat.rfind(')').and_then(|at| stat.get(at + 2..)) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tick(11) + tick(12)
+}
 
 /// Raises this process's soft open-file limit to `want` (or to the hard
 /// limit, if lower; as root the hard limit is raised too). Returns the soft
