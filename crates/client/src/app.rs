@@ -104,18 +104,21 @@ pub async fn run_loop(
     }
 }
 
-/// `lorem-client gateway`: serves the gateway on `listen` until
-/// SIGINT/SIGTERM.
+/// `lorem-client gateway`: serves the gateway on `listen`, its connections
+/// held to `limits`, until SIGINT/SIGTERM.
 ///
 /// # Errors
 ///
 /// As [`connect`], an address it cannot listen on, or a failed server.
-pub async fn run_gateway(options: &AppOptions, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+pub async fn run_gateway(
+    options: &AppOptions,
+    listen: SocketAddr,
+    limits: registry::lifecycle::HttpLimits,
+) -> anyhow::Result<ExitCode> {
     let client = connect(options).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = registry::lifecycle::http::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    gateway::serve(listener, client, shutdown_signal()).await?;
+    gateway::serve_with(listener, client, limits, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,7 +19,13 @@
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for a body that is not such a
 //! request (an instance's own 400 is passed through as is), 503 when no
-//! instance appeared within the wait, 502 when every attempt failed.
+//! instance appeared within the wait, 502 when every attempt failed, 404 for
+//! an unknown route, 405 for a known route with the wrong method, and the
+//! serve helper's own 413, 414 and 431 (see [`registry::lifecycle::http`]).
+//!
+//! It is served by the same accept loop as `lorem-server`
+//! ([`registry::lifecycle::HttpServer`]): header-read and idle timeouts, a
+//! connection cap, size limits, idle connections closed at once on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,10 +33,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
+use registry::lifecycle::{DEFAULT_SHUTDOWN_TIMEOUT, HttpLimits, HttpServer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -92,6 +99,8 @@ fn routes(client: LoremClient) -> (Router, ui::Closer) {
         .route("/instances", get(instances))
         .route("/metrics", get(metrics_text))
         .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(Gateway {
             client,
             metrics: Arc::new(metrics),
@@ -100,26 +109,51 @@ fn routes(client: LoremClient) -> (Router, ui::Closer) {
     (router, closer)
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then lets
-/// requests in flight finish (the live page's event streams end at once:
-/// an open page does not hold the gateway up).
+/// Serves the gateway on `listener` with the default [`HttpLimits`] until
+/// `shutdown` completes: [`serve_with`].
 ///
 /// # Errors
-/// An I/O error if serving fails.
+/// As [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     client: LoremClient,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, service = %client.balancer().service(), "gateway listening");
+    serve_with(listener, client, HttpLimits::default(), shutdown).await
+}
+
+/// Serves the gateway on `listener` with `limits` until `shutdown`
+/// completes, then ends the live page's event streams and closes idle
+/// connections at once (an open page does not hold the gateway up), and
+/// lets requests in flight finish (up to [`DEFAULT_SHUTDOWN_TIMEOUT`], then
+/// cuts them).
+///
+/// # Errors
+/// An I/O error if the listener's address cannot be read or the server's
+/// task failed.
+pub async fn serve_with(
+    listener: TcpListener,
+    client: LoremClient,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = client.balancer().service().to_owned();
     let (router, closer) = routes(client);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closer.close();
-        })
-        .await?;
+    let server = HttpServer::spawn(listener, router, limits)?;
+    let addr = server.local_addr();
+    let limits = server.limits();
+    tracing::info!(%addr, %service,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        max_connections = limits.max_connections,
+        max_body_bytes = limits.max_body_bytes,
+        "gateway listening");
+    shutdown.await;
+    closer.close();
+    server
+        .shutdown(DEFAULT_SHUTDOWN_TIMEOUT)
+        .await
+        .map_err(std::io::Error::other)?;
     tracing::info!(%addr, "gateway stopped");
     Ok(())
 }
@@ -211,4 +245,29 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
 
 async fn health() -> Response {
     axum::Json(json!({ "status": true })).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {method} {}; try POST /sd-lorem, GET /instances, GET /metrics or GET /health",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allowed = if uri.path() == "/sd-lorem" {
+        "POST"
+    } else {
+        "GET"
+    };
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {method} is not allowed on {}; use {allowed}",
+            uri.path()
+        ),
+    )
 }

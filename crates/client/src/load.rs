@@ -79,7 +79,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// The outcome of a load run. Serialises to the JSON that
 /// `lorem-client load --json` prints: `ok`, `failed`, `retries`, `p50_ms`,
-/// `p99_ms`, `rps`, `per_instance`, `instances` and `set_changes`, plus
+/// `p99_ms`, `p999_ms`, `max_ms`, `rps`, `per_instance`, `instances` and `set_changes`, plus
 /// `error` when the run could not start or went wrong itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadReport {
@@ -102,6 +102,12 @@ pub struct LoadReport {
     pub p50_ms: f64,
     /// 99th percentile latency of the successful requests, in milliseconds.
     pub p99_ms: f64,
+    /// 99.9th percentile latency of the successful requests, in milliseconds.
+    pub p999_ms: f64,
+    /// The slowest successful request, in milliseconds: a stall that the
+    /// percentiles of a short run hide (4 requests of 2 s among 10,000 do
+    /// not move the p99) shows here.
+    pub max_ms: f64,
     /// Finished requests (ok and failed) per second of the run.
     pub rps: f64,
     /// Successful requests by the registry id of the instance that
@@ -168,8 +174,8 @@ impl fmt::Display for LoadReport {
         )?;
         writeln!(
             f,
-            "latency: p50={:.2}ms p99={:.2}ms",
-            self.p50_ms, self.p99_ms
+            "latency: p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+            self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms
         )?;
         writeln!(f, "throughput: {:.1} requests/s", self.rps)?;
         if self.foreign > 0 {
@@ -286,6 +292,8 @@ impl Totals {
         self.latencies.sort_unstable();
         self.report.p50_ms = percentile_ms(&self.latencies, 0.50);
         self.report.p99_ms = percentile_ms(&self.latencies, 0.99);
+        self.report.p999_ms = percentile_ms(&self.latencies, 0.999);
+        self.report.max_ms = percentile_ms(&self.latencies, 1.0);
         self.report
     }
 }
@@ -583,6 +591,18 @@ mod tests {
         let sorted: Vec<Duration> = (1..=100).map(ms).collect();
         assert_eq!(percentile_ms(&sorted, 0.5), 50.0);
         assert_eq!(percentile_ms(&sorted, 0.99), 99.0);
+        assert_eq!(percentile_ms(&sorted, 1.0), 100.0);
+        // 4 stalls of 2 s among 10,000 requests of 1 ms: p99 and p99.9 stay
+        // at 1 ms (the stalls are the top 0.04 %), the max shows them.
+        let mut stalled: Vec<Duration> = vec![ms(1); 9_996];
+        stalled.extend([ms(2000); 4]);
+        assert_eq!(percentile_ms(&stalled, 0.99), 1.0);
+        assert_eq!(percentile_ms(&stalled, 0.999), 1.0);
+        assert_eq!(percentile_ms(&stalled, 1.0), 2000.0);
+        let mut stalled: Vec<Duration> = vec![ms(1); 990];
+        stalled.extend([ms(2000); 10]);
+        assert_eq!(percentile_ms(&stalled, 0.99), 1.0);
+        assert_eq!(percentile_ms(&stalled, 0.999), 2000.0);
         assert_eq!(percentile_ms(&[ms(7)], 0.99), 7.0);
         assert_eq!(percentile_ms(&[], 0.5), 0.0);
     }
@@ -670,8 +690,10 @@ mod tests {
         let always = [
             "failed",
             "instances",
+            "max_ms",
             "ok",
             "p50_ms",
+            "p999_ms",
             "p99_ms",
             "per_instance",
             "retries",

@@ -75,7 +75,7 @@ fn no_success_report(stdout: &str, failed: u64) -> Value {
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     assert_eq!(report["ok"], 0, "{report}");
     assert_eq!(report["failed"], failed, "{report}");
-    for key in ["p50_ms", "p99_ms", "rps"] {
+    for key in ["p50_ms", "p99_ms", "p999_ms", "max_ms", "rps"] {
         assert!(report[key].is_number(), "{key} in {report}");
     }
     assert!(report["per_instance"].is_object(), "{report}");

@@ -35,9 +35,14 @@ async fn load_reports_counts_latency_and_spread() {
         assert!(*count >= 80, "round-robin spreads the load: {report}");
     }
     assert!(
-        report.p50_ms > 0.0 && report.p99_ms >= report.p50_ms,
+        report.p50_ms > 0.0
+            && report.p99_ms >= report.p50_ms
+            && report.p999_ms >= report.p99_ms
+            && report.max_ms >= report.p999_ms,
         "{report}"
     );
+    assert!(report.to_string().contains(" p99.9="), "{report}");
+    assert!(report.to_string().contains(" max="), "{report}");
     assert!(report.rps > 0.0);
 
     // A duration bound alone stops the run too.

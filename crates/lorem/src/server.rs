@@ -13,7 +13,7 @@
 //!
 //! | call                          | registry                         | HTTP                                                  |
 //! |-------------------------------|----------------------------------|-------------------------------------------------------|
-//! | [`RunningServer::shutdown`]   | deregistered first               | serves `drain_delay` more, stops accepting, finishes in-flight requests (up to `shutdown_timeout`) |
+//! | [`RunningServer::shutdown`]   | deregistered first               | serves `drain_delay` more, stops accepting, closes idle connections, finishes in-flight requests (up to `shutdown_timeout`) |
 //! | [`RunningServer::shutdown_with`] | deregistered first            | as `shutdown`, but the drain ends as soon as the given future completes |
 //! | [`RunningServer::crash`]      | left to expire (TTL)             | stops at once; open connections are cut              |
 //! | dropping the handle           | deregistered (best effort)       | stops at once                                         |
@@ -52,9 +52,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::lifecycle::{Lifecycle, LifecycleError, Server};
+use registry::lifecycle::{HttpLimits, Lifecycle, LifecycleError, Server};
 use registry::{Instance, Registrar};
-use tokio::net::TcpListener;
 
 use crate::metrics::ServerMetrics;
 
@@ -87,11 +86,15 @@ pub struct ServerOptions {
     /// How long in-flight requests may take to finish once the server stops
     /// accepting; connections still open after it are cut.
     pub shutdown_timeout: Duration,
+    /// The connections' timeouts, cap and size limits (see
+    /// [`registry::lifecycle::http`]).
+    pub http: HttpLimits,
 }
 
 impl ServerOptions {
     /// Defaults: listen on 127.0.0.1:8080, service `lorem`, no tags, no
-    /// advertised address, drain 2 s, shutdown timeout 10 s.
+    /// advertised address, drain 2 s, shutdown timeout 10 s, the default
+    /// [`HttpLimits`].
     pub fn new(id: impl Into<String>) -> Self {
         ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -103,6 +106,7 @@ impl ServerOptions {
             id: id.into(),
             drain_delay: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -189,9 +193,7 @@ pub async fn start<R: Registrar + 'static>(
         addr: options.listen,
         source,
     };
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(bind_error)?;
+    let listener = registry::lifecycle::http::bind(options.listen).map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (address, port) = match &options.advertise {
         Some(value) => parse_advertise(value, local_addr.port())?,
@@ -218,7 +220,8 @@ pub async fn start<R: Registrar + 'static>(
 
     let lifecycle = Lifecycle::new(registrar, instance)
         .drain_delay(options.drain_delay)
-        .shutdown_timeout(options.shutdown_timeout);
+        .shutdown_timeout(options.shutdown_timeout)
+        .http_limits(options.http.clone());
     let metrics = ServerMetrics::new();
     let app = crate::http::router_with_readiness(
         options.id.clone(),

@@ -163,13 +163,23 @@ pub async fn ui(listen: std::net::SocketAddr, stdout: &mut (dyn Write + Send)) -
         stdout,
         &format!("serving the page of {described} at http://{addr}/\n"),
     )?;
-    axum::serve(listener, page)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closer.close();
-        })
+    // The same accept loop as lorem-server and the gateway: header-read and
+    // idle timeouts (the event streams exempt), a connection cap, JSON errors.
+    let server = registry::lifecycle::HttpServer::spawn(
+        listener,
+        page,
+        registry::lifecycle::HttpLimits::default(),
+    )
+    .map_err(|source| Error::Listen { addr, source })?;
+    shutdown.await;
+    closer.close();
+    server
+        .shutdown(registry::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT)
         .await
-        .map_err(|source| Error::Listen { addr, source })
+        .map_err(|e| Error::Listen {
+            addr,
+            source: std::io::Error::other(e),
+        })
 }
 
 /// `sdctl bench`: runs `options`, prints the table, writes the JSON to

@@ -21,6 +21,9 @@
 //!   [`chromedriver_bin`] find them.
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
+//! - [`flood`]: hostile clients (idle and half-sent connections held
+//!   against a server), new requests timed meanwhile, a process's RSS and
+//!   the open-file limit a flooding test needs.
 //! - [`topology`]: the lorem topology of the compose files (a registry,
 //!   two `lorem-server`s, the gateway) as processes on 127.0.0.1, run by
 //!   the `local-topology` binary (`deploy/local.sh`).
@@ -71,6 +74,7 @@ pub mod browser;
 mod cluster;
 mod consul;
 mod etcd;
+pub mod flood;
 mod process;
 pub mod topology;
 mod zookeeper;

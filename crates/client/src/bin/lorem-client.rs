@@ -119,6 +119,27 @@ enum Command {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "GATEWAY_LISTEN")]
         listen: SocketAddr,
+        /// How long a client may take to send a whole request head; slower
+        /// (or silent) connections are closed.
+        #[arg(long, default_value = "10s", env = "GATEWAY_HEADER_READ_TIMEOUT",
+            value_parser = registry::lifecycle::http::parse_timeout)]
+        header_read_timeout: Duration,
+        /// How long a keep-alive connection may stay idle between requests.
+        #[arg(long, default_value = "60s", env = "GATEWAY_IDLE_TIMEOUT",
+            value_parser = registry::lifecycle::http::parse_timeout)]
+        idle_timeout: Duration,
+        /// The most connections open at once; at the limit the oldest idle
+        /// or header-pending one is closed for each new one [default: 3/4 of
+        /// the open-file limit, 768 under ulimit -n 1024, at most 10000].
+        #[arg(long, env = "GATEWAY_MAX_CONNECTIONS",
+            value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: Option<u32>,
+        /// The largest request body in bytes; a larger declared
+        /// Content-Length is refused with 413 before the body is read.
+        #[arg(long, env = "GATEWAY_MAX_BODY_SIZE",
+            default_value_t = registry::lifecycle::http::DEFAULT_MAX_BODY_BYTES,
+            value_parser = clap::value_parser!(u64).range(1..))]
+        max_body_size: u64,
     },
     /// Bounded load through the balancer, with a latency and spread report
     /// (Ctrl-C or SIGTERM stops it early and still prints the report).
@@ -200,7 +221,22 @@ async fn main() -> ExitCode {
             count,
             request,
         } => app::run_loop(&options, interval, count, request.request()).await,
-        Command::Gateway { listen } => app::run_gateway(&options, listen).await,
+        Command::Gateway {
+            listen,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_body_size,
+        } => {
+            let mut limits = registry::lifecycle::HttpLimits::default();
+            limits.header_read_timeout = header_read_timeout;
+            limits.idle_timeout = idle_timeout;
+            if let Some(max) = max_connections {
+                limits.max_connections = max as usize;
+            }
+            limits.max_body_bytes = max_body_size;
+            app::run_gateway(&options, listen, limits).await
+        }
     };
     match outcome {
         Ok(code) => code,

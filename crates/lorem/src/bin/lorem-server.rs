@@ -5,6 +5,8 @@
 //! lorem-server [--listen 127.0.0.1:8080] [--advertise host:port] [--service lorem]
 //!              [--tags a,b] [--metadata k=v,k2=v2] [--weight 1] [--id ID]
 //!              [--drain-delay 2s] [--shutdown-timeout 10s]
+//!              [--header-read-timeout 10s] [--idle-timeout 60s]
+//!              [--max-connections N] [--max-body-size 1048576]
 //! lorem-server healthcheck [--url http://127.0.0.1:8080/ready] [--timeout 2s]
 //! ```
 //!
@@ -71,6 +73,30 @@ struct Cli {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "LOREM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+
+    /// How long a client may take to send a whole request head; slower
+    /// (or silent) connections are closed.
+    #[arg(long, env = "LOREM_HEADER_READ_TIMEOUT", default_value = "10s",
+        value_parser = registry::lifecycle::http::parse_timeout)]
+    header_read_timeout: Duration,
+
+    /// How long a keep-alive connection may stay idle between requests.
+    #[arg(long, env = "LOREM_IDLE_TIMEOUT", default_value = "60s",
+        value_parser = registry::lifecycle::http::parse_timeout)]
+    idle_timeout: Duration,
+
+    /// The most connections open at once; at the limit the oldest idle or
+    /// header-pending one is closed for each new one [default: 3/4 of the
+    /// open-file limit, 768 under ulimit -n 1024, at most 10000].
+    #[arg(long, env = "LOREM_MAX_CONNECTIONS",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+
+    /// The largest request body in bytes; a larger declared Content-Length
+    /// is refused with 413 before the body is read.
+    #[arg(long, env = "LOREM_MAX_BODY_SIZE", default_value_t = registry::lifecycle::http::DEFAULT_MAX_BODY_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_size: u64,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -153,6 +179,16 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     options.weight = cli.weight;
     options.drain_delay = cli.drain_delay;
     options.shutdown_timeout = cli.shutdown_timeout;
+    options.http.header_read_timeout = cli.header_read_timeout;
+    options.http.idle_timeout = cli.idle_timeout;
+    if let Some(max) = cli.max_connections {
+        options.http.max_connections = max as usize;
+    }
+    options.http.max_body_bytes = cli.max_body_size;
+    tracing::info!(header_read_timeout = ?options.http.header_read_timeout,
+        idle_timeout = ?options.http.idle_timeout,
+        max_connections = options.http.max_connections,
+        max_body_bytes = options.http.max_body_bytes, "connection limits");
 
     let server = start(options, ConnectOnDemand::new(settings)).await?;
     let signal = signals.next().await;

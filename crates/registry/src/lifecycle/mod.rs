@@ -12,15 +12,17 @@
 //! |-----------------|------------------------------------------------------------------------------|
 //! | start           | the caller binds and serves; the instance is then registered in the background, retried with backoff ([`REGISTER_BACKOFF_BASE`] doubling to [`REGISTER_BACKOFF_MAX`]) while the registry refuses; an instance the registry rejects as invalid is logged and not retried |
 //! | running         | [`Readiness`] says whether the registry holds the instance (false while it is being restored after a loss); a registration displaced by another registrar is registered again once the id is free |
-//! | shutdown        | deregister (bounded by the shutdown timeout), keep serving for the drain delay so that watchers move away, stop accepting, finish in-flight requests (up to the shutdown timeout), cut the rest |
+//! | shutdown        | deregister (bounded by the shutdown timeout), keep serving for the drain delay so that watchers move away, stop accepting, close idle connections at once, finish in-flight requests (up to the shutdown timeout), cut the rest |
 //! | crash (tests)   | stop the keep-alive without deregistering; the instance expires after its TTL |
 //!
 //! Two ways in:
 //!
 //! - **axum** (feature `axum`, on by default): [`Lifecycle::serve`] runs the
 //!   whole life in one call; [`Lifecycle::spawn`] returns a [`Server`] to
-//!   stop later. The serve helper owns the accept loop, so the options of a
-//!   connection (limits, timeouts) have one place to live.
+//!   stop later. The serve helper owns the accept loop ([`HttpServer`], also
+//!   usable alone by a server that registers nothing), so the options of a
+//!   connection ([`HttpLimits`]: timeouts, a connection cap, size limits)
+//!   have one place to live; see [`http`] for what each one does.
 //! - **anything else** (hyper, tonic, a custom accept loop):
 //!   [`Lifecycle::start`] once listening, then await
 //!   [`Handle::shutdown`] inside the server's graceful-shutdown future.
@@ -67,6 +69,8 @@
 //! ```
 
 mod connect;
+#[cfg(feature = "axum")]
+pub mod http;
 mod register;
 #[cfg(feature = "axum")]
 mod serve;
@@ -84,6 +88,8 @@ use tokio::sync::watch;
 use crate::{Instance, Registrar};
 
 pub use connect::ConnectOnDemand;
+#[cfg(feature = "axum")]
+pub use http::{HttpLimits, HttpServer};
 pub use register::Handle;
 #[cfg(feature = "axum")]
 pub use serve::Server;
@@ -111,6 +117,8 @@ pub struct Lifecycle<R> {
     registered: Arc<watch::Sender<bool>>,
     drain_delay: Duration,
     shutdown_timeout: Duration,
+    #[cfg(feature = "axum")]
+    http_limits: HttpLimits,
 }
 
 impl<R: Registrar + 'static> Lifecycle<R> {
@@ -129,6 +137,8 @@ impl<R: Registrar + 'static> Lifecycle<R> {
             registered: Arc::new(watch::channel(false).0),
             drain_delay: DEFAULT_DRAIN_DELAY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            #[cfg(feature = "axum")]
+            http_limits: HttpLimits::default(),
         }
     }
 
