@@ -29,6 +29,9 @@
 //!   listening, retry while the registry is down, readiness, deregister,
 //!   drain, stop), the axum serve helper (feature `axum`, on by default)
 //!   and the one SIGTERM/SIGINT helper.
+//! - [`security`]: TLS files, users, passwords and tokens of secured
+//!   registries, one [`Security`] in every backend's `Config`; secrets are
+//!   [`Secret`]s, redacted in `Debug`.
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -80,6 +83,7 @@ pub mod consul;
 pub mod etcd;
 pub mod lifecycle;
 pub mod memory;
+pub mod security;
 pub mod zookeeper;
 
 pub use consul::ConsulRegistry;
@@ -91,6 +95,7 @@ pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
     MAX_TAG_LEN, MAX_TAGS, validate_name,
 };
+pub use security::{Secret, Security};
 pub use settings::{BACKEND_NAMES, BackendConfig, DynRegistry, Settings, connect};
 pub use timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_DURATION, Timing};
 pub use tower_discover::ServiceDiscover;

@@ -16,6 +16,17 @@
 //! | `REGISTRY_TTL`     | `ttl`             | lease / check TTL / memory expiry (`10s`)         |
 //! | `REGISTRY_TIMEOUT` | `timeout`         | deadline of every registry call (`5s`)           |
 //! | `REGISTRY_CONFIG`  |                   | path of the TOML file                            |
+//! | `REGISTRY_CA`      | `backend.ca`      | PEM file of the CA that signed the servers       |
+//! | `REGISTRY_CERT`    | `backend.cert`    | PEM client certificate (mutual TLS)              |
+//! | `REGISTRY_KEY`     | `backend.key`     | PEM private key of that certificate              |
+//! | `REGISTRY_TLS_SERVER_NAME` | `backend.tls_server_name` | name expected in the server's certificate |
+//! | `REGISTRY_USER`    | `backend.user`    | etcd user / ZooKeeper digest user                |
+//! | `REGISTRY_PASSWORD`| `backend.password`| its password (`REGISTRY_PASSWORD_FILE`, `backend.password_file`: from a file) |
+//! | `REGISTRY_TOKEN`   | `backend.token`   | Consul ACL token (`REGISTRY_TOKEN_FILE`, `backend.token_file`: from a file) |
+//!
+//! The security settings are described in [`security`](crate::security)
+//! (what each backend does with them; Consul's own `CONSUL_*` variables);
+//! secrets are [`Secret`](crate::security::Secret)s, never shown by `Debug`.
 //!
 //! No setting uses the `ETCD_` prefix: etcd reads every such variable as one
 //! of its own flags.
@@ -157,6 +168,15 @@ impl Settings {
                 "REGISTRY_PREFIX",
                 "REGISTRY_TTL",
                 "REGISTRY_TIMEOUT",
+                "REGISTRY_CA",
+                "REGISTRY_CERT",
+                "REGISTRY_KEY",
+                "REGISTRY_TLS_SERVER_NAME",
+                "REGISTRY_USER",
+                "REGISTRY_PASSWORD",
+                "REGISTRY_PASSWORD_FILE",
+                "REGISTRY_TOKEN",
+                "REGISTRY_TOKEN_FILE",
             ])
             .map(|key| {
                 let mapped = match key.as_str().to_ascii_lowercase().as_str() {
@@ -165,6 +185,15 @@ impl Settings {
                     "registry_prefix" => "backend.prefix",
                     "registry_ttl" => "ttl",
                     "registry_timeout" => "timeout",
+                    "registry_ca" => "backend.ca",
+                    "registry_cert" => "backend.cert",
+                    "registry_key" => "backend.key",
+                    "registry_tls_server_name" => "backend.tls_server_name",
+                    "registry_user" => "backend.user",
+                    "registry_password" => "backend.password",
+                    "registry_password_file" => "backend.password_file",
+                    "registry_token" => "backend.token",
+                    "registry_token_file" => "backend.token_file",
                     _ => return key.into(),
                 };
                 mapped.into()
@@ -311,7 +340,8 @@ mod tests {
             s.backend,
             BackendConfig::Etcd(etcd::Config {
                 addr: vec!["127.0.0.1:2379".into(), "http://127.0.0.1:22379".into()],
-                prefix: "/services".into()
+                prefix: "/services".into(),
+                ..etcd::Config::default()
             })
         );
         assert_eq!(s.ttl, Duration::from_secs(3));

@@ -184,7 +184,7 @@ impl Harness {
             ConsulAgent::start().expect("start Consul (run scripts/build-consul.sh to build it)");
         let config = consul::Config {
             addr: vec![server.registry_addr()],
-            token: None,
+            ..consul::Config::default()
         };
         let pid = server.pid();
         Harness::real(

@@ -31,6 +31,7 @@ fn settings(addr: &str) -> (etcd::Config, Settings) {
     let config = etcd::Config {
         addr: addr.split(',').map(str::to_owned).collect(),
         prefix: "/services".to_owned(),
+        ..etcd::Config::default()
     };
     let settings = Settings {
         backend: BackendConfig::Etcd(config.clone()),

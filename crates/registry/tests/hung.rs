@@ -45,6 +45,7 @@ async fn connect(endpoints: &[String], ttl: Duration) -> registry::Result<EtcdRe
     let config = etcd::Config {
         addr: endpoints.to_vec(),
         prefix: "/services".to_owned(),
+        ..etcd::Config::default()
     };
     let settings = Settings {
         backend: BackendConfig::Etcd(config.clone()),

@@ -15,6 +15,9 @@
 //!   [`consul_bin`]: where the binaries are; a missing one is an error
 //!   saying how to install it (`bins`); [`sdctl_bin`]: this workspace's
 //!   `sdctl`, for tests of other packages that spawn it.
+//! - [`Pki`], [`SecuredEtcd`], [`SecuredConsul`], [`SecuredZk`]: secured
+//!   servers (TLS with certificates made at test time, users, tokens,
+//!   ACLs) for the secured-registry tests (`secured`).
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
 //! - [`topology`]: the lorem topology of the compose files (a registry,
@@ -67,6 +70,7 @@ mod cluster;
 mod consul;
 mod etcd;
 mod process;
+mod secured;
 pub mod topology;
 mod zookeeper;
 
@@ -74,6 +78,10 @@ pub use bins::{consul_bin, etcd_bin, etcdctl_bin, java_bin, sdctl_bin, zk_classp
 pub use consul::{ConsulAgent, ConsulCluster, ConsulRole};
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::free_port;
+pub use secured::{
+    CONSUL_SERVICE_PREFIX, ETCD_PREFIX, ETCD_READER, ETCD_ROOT, ETCD_USER, Pki, SecuredConsul,
+    SecuredEtcd, SecuredZk,
+};
 pub use zookeeper::{ZkEnsemble, ZkServer};
 
 /// A registry server (or cluster) this kit started; implemented by every

@@ -94,7 +94,10 @@ pub fn settings(backend: &str, server: &dyn RegistryServer) -> Settings {
                 addr,
                 ..zookeeper::Config::default()
             }),
-            _ => BackendConfig::Consul(consul::Config { addr, token: None }),
+            _ => BackendConfig::Consul(consul::Config {
+                addr,
+                ..consul::Config::default()
+            }),
         },
         ttl: humantime::parse_duration(TTL).expect("a duration"),
         timeout: Duration::from_secs(5),
