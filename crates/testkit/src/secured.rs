@@ -48,7 +48,7 @@ pub const ETCD_ROOT: (&str, &str) = ("root", "root-pw");
 /// The key prefix [`ETCD_USER`]'s role covers.
 pub const ETCD_PREFIX: &str = "/services/";
 /// The service-name prefix the Consul writer token may register.
-pub const CONSUL_SERVICE_PREFIX: &str = "sec-";
+pub const CONSUL_SERVICE_PREFIX: &str = "svc";
 
 /// Certificates and keys for one test run, as PEM files in a temp dir:
 /// a CA, a server certificate for `localhost` and `127.0.0.1` signed by it,
