@@ -80,7 +80,7 @@ impl Target {
             }),
             Backend::Consul => BackendConfig::Consul(consul::Config {
                 addr: addrs,
-                token: None,
+                ..consul::Config::default()
             }),
             Backend::Memory => BackendConfig::default(),
         };
