@@ -371,6 +371,70 @@ pub(crate) fn diagnose(chain: &str) -> Option<&'static str> {
         .map(|(_, hint)| *hint)
 }
 
+/// Finds out why a TLS connection to `host:port` with `tls` fails, by doing
+/// one handshake of our own (and reading for a moment, since with TLS 1.3 a
+/// refused client certificate only shows after the handshake): for client
+/// libraries that only say "no available hosts" or "connection closed".
+/// Returns the failure with the likely cause in our settings' words, or
+/// `None` if the handshake works (or the server cannot be reached at all).
+pub(crate) async fn tls_failure(
+    host: &str,
+    port: u16,
+    tls: &TlsFiles,
+    within: std::time::Duration,
+) -> Option<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls.ca.as_deref()?.as_bytes()).flatten() {
+        let _ = roots.add(cert);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
+    let config = match &tls.identity {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .flatten()
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = tls.server_name.as_deref().unwrap_or(host).to_owned();
+    let name = ServerName::try_from(name).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(error) => return Some(chain(&error)),
+        };
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            stream.read(&mut byte),
+        )
+        .await
+        {
+            Ok(Err(error)) => Some(chain(&error)),
+            _ => None,
+        }
+    };
+    let failure = tokio::time::timeout(within, attempt)
+        .await
+        .ok()??;
+    Some(match diagnose(&failure) {
+        Some(hint) => format!("TLS: {failure} (likely: {hint})"),
+        None => format!("TLS: {failure}"),
+    })
+}
+
 /// The whole `source` chain of an error, `: `-separated.
 pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();

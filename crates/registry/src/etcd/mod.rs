@@ -472,8 +472,8 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
 /// The first refusal (`Rejected`: authentication is not supported...) if a
 /// member refused; otherwise [`Error::Unavailable`] naming every endpoint
 /// and what each one did.
-async fn probe(ctx: &Ctx) -> Result<()> {
-    let result = probe_members(ctx).await;
+async fn probe(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
+    let result = probe_members(ctx, tls).await;
     if result.is_ok() && ctx.credentials.is_some() {
         // Members that did not answer in time authenticate in the
         // background, so that calls failing over to them carry a token.
@@ -537,7 +537,7 @@ async fn authenticate_later(
 }
 
 /// The probe of [`probe`]: the first member to answer wins.
-async fn probe_members(ctx: &Ctx) -> Result<()> {
+async fn probe_members(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
     let root = format!("{}/", ctx.prefix);
     let deadline = tokio::time::Instant::now() + ctx.timeout;
     let mut probes: FuturesUnordered<_> = ctx
@@ -594,6 +594,25 @@ async fn probe_members(ctx: &Ctx) -> Result<()> {
     if let Some(error) = refused {
         return Err(error);
     }
+    // tonic may say only "connection closed" when the member refused our
+    // client certificate: find out which TLS setting is wrong with a
+    // handshake of our own.
+    let undiagnosed = failures
+        .iter()
+        .all(|f| crate::security::diagnose(f).is_none());
+    if let (Some(tls), true) = (tls, undiagnosed) {
+        if let Some(member) = ctx.members.list.first() {
+            let url = member.endpoint.trim_start_matches("https://");
+            if let Some(endpoint) = crate::endpoint::Endpoint::parse(url).ok() {
+                let within = Duration::from_secs(1);
+                if let Some(failure) =
+                    crate::security::tls_failure(&endpoint.host, endpoint.port, tls, within).await
+                {
+                    failures.push(failure);
+                }
+            }
+        }
+    }
     Err(Error::unavailable(
         BACKEND,
         &*ctx.addr,
@@ -647,6 +666,7 @@ impl EtcdRegistry {
             .with_keep_alive_while_idle(false)
             .with_require_leader(true)
             .with_auto_token_refresh(credentials.is_some());
+        let tls_files = tls.clone();
         match (tls, https != 0) {
             (Some(tls), true) => options = options.with_tls(tls_options(tls)?),
             (Some(_), false) => {
@@ -701,7 +721,7 @@ impl EtcdRegistry {
             watch_start_delay: Duration::ZERO,
             credentials,
         };
-        probe(&ctx).await?;
+        probe(&ctx, tls_files.as_ref()).await?;
         tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, tls = https != 0,
             user = ctx.credentials.as_ref().map(|c| c.0.as_str()), "connected to etcd");
 

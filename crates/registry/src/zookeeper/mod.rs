@@ -180,6 +180,11 @@ struct Params {
     ttl: Duration,
     /// TLS to the ensemble's `secureClientPort`, if a CA is set.
     tls: Option<zk::TlsOptions>,
+    /// The files behind `tls`, to find out why a handshake fails
+    /// (zookeeper-client only says "no available hosts").
+    tls_files: Option<crate::security::TlsFiles>,
+    /// The first member, for that diagnosis.
+    first: (String, u16),
     /// The digest identity (`REGISTRY_USER`, `REGISTRY_PASSWORD`), if set:
     /// sent with every session, and owner of our instance nodes' ACL.
     digest: Option<Digest>,
@@ -351,6 +356,7 @@ impl ZookeeperRegistry {
                 endpoint.url("http")
             )));
         }
+        let tls_files = tls.clone();
         let tls = tls.map(zk_tls).transpose()?;
         let digest = config
             .security
@@ -367,6 +373,8 @@ impl ZookeeperRegistry {
             session_timeout: config.effective_session_timeout(timing.ttl),
             ttl: timing.ttl,
             tls,
+            tls_files,
+            first: (endpoints[0].host.clone(), endpoints[0].port),
             digest,
         };
         let client = session::open_session(&params).await?;

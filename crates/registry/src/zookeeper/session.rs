@@ -80,12 +80,27 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
         }
         let delay = backoff.next_delay();
         if matches!(last, zk::Error::AuthFailed) || Instant::now() + delay >= deadline {
+            // A TLS failure is hidden behind "no available hosts": find
+            // out which setting is wrong with a handshake of our own.
+            let mut cause = String::new();
+            if let Some(tls) = &params.tls_files {
+                let within = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(500));
+                let (host, port) = &params.first;
+                if let Some(failure) =
+                    crate::security::tls_failure(host, *port, tls, within).await
+                {
+                    cause = format!("; {failure}");
+                }
+            }
             return Err(Error::unavailable(
                 BACKEND,
                 params.connect_string.clone(),
                 NoSession {
                     timeout: params.timeout,
                     source: last,
+                    cause,
                 },
             ));
         }
@@ -96,9 +111,11 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
 
 /// Why [`open_session`] gave up.
 #[derive(Debug, thiserror::Error)]
-#[error("could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}")]
+#[error("could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}{cause}")]
 struct NoSession {
     timeout: Duration,
+    /// What our own TLS handshake found, if TLS is on and it failed.
+    cause: String,
     #[source]
     source: zk::Error,
 }
