@@ -174,14 +174,12 @@ impl Security {
             }
         }
         match backend {
-            "consul" => {
-                if self.user.is_some() || has_password {
-                    return bad(
-                        "Consul authenticates with an ACL token (token, token_file or CONSUL_HTTP_TOKEN), \
-                         not with user/password"
-                            .to_owned(),
-                    );
-                }
+            "consul" if self.user.is_some() || has_password => {
+                return bad(
+                    "Consul authenticates with an ACL token (token, token_file or CONSUL_HTTP_TOKEN), \
+                     not with user/password"
+                        .to_owned(),
+                );
             }
             "etcd" | "zookeeper" => {
                 if has_token {
@@ -337,23 +335,49 @@ pub(crate) fn diagnose(chain: &str) -> Option<&'static str> {
     let lower = chain.to_ascii_lowercase();
     let rules: &[(&[&str], &str)] = &[
         (
-            &["unknownissuer", "unknown issuer", "unknownca", "unknown ca", "badsignature"],
+            &[
+                "unknownissuer",
+                "unknown issuer",
+                "unknownca",
+                "unknown ca",
+                "badsignature",
+            ],
             "the server's certificate is not signed by the CA in ca (REGISTRY_CA)",
         ),
         (
-            &["notvalidforname", "not valid for name", "certificate is not valid for"],
+            &[
+                "notvalidforname",
+                "not valid for name",
+                "certificate is not valid for",
+            ],
             "the server's certificate does not name this host; set tls_server_name (REGISTRY_TLS_SERVER_NAME) to a name it has",
         ),
         (
-            &["certificaterequired", "certificate required", "bad certificate", "badcertificate"],
+            &[
+                "certificaterequired",
+                "certificate required",
+                "bad certificate",
+                "badcertificate",
+            ],
             "the server requires a client certificate it accepts: set cert and key (REGISTRY_CERT, REGISTRY_KEY) to one signed by its CA",
         ),
         (
-            &["invalidcontenttype", "corrupt message", "received corrupt message", "invalid http version", "http2 error", "frame with invalid size"],
+            &[
+                "invalidcontenttype",
+                "corrupt message",
+                "received corrupt message",
+                "invalid http version",
+                "http2 error",
+                "frame with invalid size",
+            ],
             "TLS and plain-text do not match: the address's scheme (http/https) or the TLS settings disagree with what the server speaks",
         ),
         (
-            &["authentication failed", "invalid user id or password", "invalid password"],
+            &[
+                "authentication failed",
+                "invalid user id or password",
+                "invalid password",
+            ],
             "the user or password (REGISTRY_USER, REGISTRY_PASSWORD) is wrong",
         ),
         (
@@ -426,9 +450,7 @@ pub(crate) async fn tls_failure(
             _ => None,
         }
     };
-    let failure = tokio::time::timeout(within, attempt)
-        .await
-        .ok()??;
+    let failure = tokio::time::timeout(within, attempt).await.ok()??;
     Some(match diagnose(&failure) {
         Some(hint) => format!("TLS: {failure} (likely: {hint})"),
         None => format!("TLS: {failure}"),
@@ -475,25 +497,47 @@ mod tests {
             cert: Some("c.pem".into()),
             ..Security::default()
         };
-        assert!(cert_only.validate("etcd").unwrap_err().to_string().contains("key"));
+        assert!(
+            cert_only
+                .validate("etcd")
+                .unwrap_err()
+                .to_string()
+                .contains("key")
+        );
         let token = Security {
             token: Some("t".into()),
             ..Security::default()
         };
         assert!(token.validate("consul").is_ok());
-        assert!(token.validate("etcd").unwrap_err().to_string().contains("token is for Consul"));
+        assert!(
+            token
+                .validate("etcd")
+                .unwrap_err()
+                .to_string()
+                .contains("token is for Consul")
+        );
         let user = Security {
             user: Some("u".into()),
             ..Security::default()
         };
-        assert!(user.validate("etcd").unwrap_err().to_string().contains("go together"));
+        assert!(
+            user.validate("etcd")
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
         let both = Security {
             user: Some("u".into()),
             password: Some("p".into()),
             password_file: Some("f".into()),
             ..Security::default()
         };
-        assert!(both.validate("zookeeper").unwrap_err().to_string().contains("not both"));
+        assert!(
+            both.validate("zookeeper")
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
     }
 
     #[test]
@@ -511,8 +555,14 @@ mod tests {
             ..Security::default()
         };
         let err = security.tls_files("etcd").unwrap_err().to_string();
-        assert!(err.contains("ca (REGISTRY_CA)") && err.contains("no PEM"), "{err}");
-        assert_eq!(security.password("etcd").unwrap().unwrap().expose(), "pa55word");
+        assert!(
+            err.contains("ca (REGISTRY_CA)") && err.contains("no PEM"),
+            "{err}"
+        );
+        assert_eq!(
+            security.password("etcd").unwrap().unwrap().expose(),
+            "pa55word"
+        );
         let missing = Security {
             ca: Some(dir.join("absent.pem")),
             ..Security::default()
@@ -524,8 +574,16 @@ mod tests {
 
     #[test]
     fn diagnoses_name_the_setting() {
-        assert!(diagnose("invalid peer certificate: UnknownIssuer").unwrap().contains("REGISTRY_CA"));
-        assert!(diagnose("received fatal alert: CertificateRequired").unwrap().contains("REGISTRY_CERT"));
+        assert!(
+            diagnose("invalid peer certificate: UnknownIssuer")
+                .unwrap()
+                .contains("REGISTRY_CA")
+        );
+        assert!(
+            diagnose("received fatal alert: CertificateRequired")
+                .unwrap()
+                .contains("REGISTRY_CERT")
+        );
         assert!(
             diagnose("etcdserver: authentication failed, invalid user ID or password")
                 .unwrap()

@@ -27,8 +27,8 @@ use registry::{
     consul, etcd, zookeeper,
 };
 use testkit::{
-    ConsulAgent, ETCD_USER, EtcdServer, Pki, RegistryServer, SecuredConsul, SecuredEtcd,
-    SecuredZk, ZkServer,
+    ConsulAgent, ETCD_USER, EtcdServer, Pki, RegistryServer, SecuredConsul, SecuredEtcd, SecuredZk,
+    ZkServer,
 };
 
 mod common;

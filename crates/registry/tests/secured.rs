@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use registry::{
     BackendConfig, Error, Registrar, Security, Settings, Timing, Watcher, consul, etcd, zookeeper,
 };
-use testkit::{
-    ETCD_READER, ETCD_USER, Pki, RegistryServer, SecuredConsul, SecuredEtcd, SecuredZk,
-};
+use testkit::{ETCD_READER, ETCD_USER, Pki, RegistryServer, SecuredConsul, SecuredEtcd, SecuredZk};
 
 mod common;
 use common::{await_snapshot, blocking, ids, instance};
@@ -155,7 +153,8 @@ async fn etcd_wrong_settings_are_named() {
     expect_error(
         "etcd without a user",
         async {
-            let registry = etcd::EtcdRegistry::connect(&etcd_config(&server, no_user), timing()).await?;
+            let registry =
+                etcd::EtcdRegistry::connect(&etcd_config(&server, no_user), timing()).await?;
             registry.register(instance("svc-nouser", "a", 9100)).await
         },
         &["etcd"],
@@ -191,12 +190,18 @@ async fn etcd_identity_without_write_permission_cannot_touch_our_record() {
     )
     .await
     .unwrap();
-    let _ours = owner.register(instance("svc-perm", "a", 9110)).await.unwrap();
+    let _ours = owner
+        .register(instance("svc-perm", "a", 9110))
+        .await
+        .unwrap();
 
     // The reader sees it (discovery works for it)...
     assert_eq!(ids(&reader.instances("svc-perm").await.unwrap()), ["a"]);
     // ...but may neither delete nor overwrite it.
-    let err = reader.deregister_instance("svc-perm", "a").await.unwrap_err();
+    let err = reader
+        .deregister_instance("svc-perm", "a")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
     let err = reader
         .register(instance("svc-perm", "a", 9999))
@@ -204,7 +209,10 @@ async fn etcd_identity_without_write_permission_cannot_touch_our_record() {
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
     let err = server
-        .etcdctl_as(Some(ETCD_READER), &["del".into(), "/services/svc-perm/a".into()])
+        .etcdctl_as(
+            Some(ETCD_READER),
+            &["del".into(), "/services/svc-perm/a".into()],
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("permission denied"), "{err}");
@@ -231,10 +239,17 @@ async fn etcd_identity_without_write_permission_cannot_touch_our_record() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("permission denied"), "{stderr}");
-    assert!(!stderr.contains(ETCD_READER.1), "no password in sdctl's output: {stderr}");
+    assert!(
+        !stderr.contains(ETCD_READER.1),
+        "no password in sdctl's output: {stderr}"
+    );
 }
 
-fn sdctl_etcd(server: &SecuredEtcd, pki: &Pki, (user, password): (&str, &str)) -> std::process::Command {
+fn sdctl_etcd(
+    server: &SecuredEtcd,
+    pki: &Pki,
+    (user, password): (&str, &str),
+) -> std::process::Command {
     let mut command = std::process::Command::new(testkit::sdctl_bin().unwrap());
     command
         .env("REGISTRY", "etcd")
@@ -281,26 +296,49 @@ async fn etcd_expired_auth_tokens_are_refreshed() {
     )
     .await
     .expect("raw etcd client");
-    raw.get("/services/x", None).await.expect("fresh token works");
+    raw.get("/services/x", None)
+        .await
+        .expect("fresh token works");
 
-    let registry = etcd::EtcdRegistry::connect(&config, timing()).await.unwrap();
-    let watcher = etcd::EtcdRegistry::connect(&config, timing()).await.unwrap();
-    let _a = registry.register(instance("svc-token", "a", 9120)).await.unwrap();
+    let registry = etcd::EtcdRegistry::connect(&config, timing())
+        .await
+        .unwrap();
+    let watcher = etcd::EtcdRegistry::connect(&config, timing())
+        .await
+        .unwrap();
+    let _a = registry
+        .register(instance("svc-token", "a", 9120))
+        .await
+        .unwrap();
     let mut watch = watcher.watch("svc-token");
     await_snapshot(&mut watch, TIMEOUT, "a", |s| ids(s) == ["a"]).await;
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let err = raw.get("/services/x", None).await.unwrap_err().to_string();
-    assert!(err.contains("invalid auth token"), "the token did not expire: {err}");
+    assert!(
+        err.contains("invalid auth token"),
+        "the token did not expire: {err}"
+    );
 
     // Every kind of call still works, and nothing was lost.
     assert_eq!(ids(&registry.instances("svc-token").await.unwrap()), ["a"]);
-    let b = registry.register(instance("svc-token", "b", 9121)).await.unwrap();
+    let b = registry
+        .register(instance("svc-token", "b", 9121))
+        .await
+        .unwrap();
     await_snapshot(&mut watch, TIMEOUT, "a and b", |s| ids(s) == ["a", "b"]).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    b.deregister().await.expect("deregister after another expiry");
+    b.deregister()
+        .await
+        .expect("deregister after another expiry");
     await_snapshot(&mut watch, TIMEOUT, "a alone", |s| ids(s) == ["a"]).await;
-    assert!(watcher.services().await.unwrap().contains(&"svc-token".to_owned()));
+    assert!(
+        watcher
+            .services()
+            .await
+            .unwrap()
+            .contains(&"svc-token".to_owned())
+    );
     // The registration lived through several TTLs and token expiries.
     assert_eq!(ids(&watcher.instances("svc-token").await.unwrap()), ["a"]);
 }
@@ -352,7 +390,10 @@ async fn consul_wrong_settings_and_permissions() {
         &["ACL token is not accepted", "REGISTRY_TOKEN"],
     )
     .await;
-    assert!(!err.to_string().contains("00000000-1111"), "no token in errors: {err}");
+    assert!(
+        !err.to_string().contains("00000000-1111"),
+        "no token in errors: {err}"
+    );
 
     // A token file works like the token.
     let token_file = pki.dir().join("writer.token");
@@ -365,7 +406,10 @@ async fn consul_wrong_settings_and_permissions() {
     let owner = consul::ConsulRegistry::connect(&consul_config(&server, from_file), timing())
         .await
         .expect("connect with a token file");
-    let _ours = owner.register(instance("svc-perm", "a", 9130)).await.unwrap();
+    let _ours = owner
+        .register(instance("svc-perm", "a", 9130))
+        .await
+        .unwrap();
 
     // A read-only token sees it but may neither remove nor overwrite it.
     let reader = consul::ConsulRegistry::connect(
@@ -375,7 +419,10 @@ async fn consul_wrong_settings_and_permissions() {
     .await
     .unwrap();
     assert_eq!(ids(&reader.instances("svc-perm").await.unwrap()), ["a"]);
-    let err = reader.deregister_instance("svc-perm", "a").await.unwrap_err();
+    let err = reader
+        .deregister_instance("svc-perm", "a")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("Permission denied"), "{err}");
     // Overwriting our id is refused (it is another registrar's), and so is
     // any registration with a read-only token.
@@ -388,13 +435,19 @@ async fn consul_wrong_settings_and_permissions() {
         .register(instance("svc-perm", "b", 9999))
         .await
         .unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("permission denied"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("permission denied"),
+        "{err}"
+    );
     // The writer may not register outside its services either.
     let err = owner
         .register(instance("other-service", "x", 9131))
         .await
         .unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("permission denied"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("permission denied"),
+        "{err}"
+    );
     let seen = owner.instances("svc-perm").await.unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].port, 9130, "our record is untouched");
@@ -444,7 +497,10 @@ async fn zookeeper_wrong_settings_and_acls() {
     };
     expect_error(
         "zookeeper with the wrong CA",
-        zookeeper::ZookeeperRegistry::connect(&zk_config(&server, secure.clone(), wrong_ca), timing()),
+        zookeeper::ZookeeperRegistry::connect(
+            &zk_config(&server, secure.clone(), wrong_ca),
+            timing(),
+        ),
         &["zookeeper", "REGISTRY_CA"],
     )
     .await;
@@ -455,7 +511,10 @@ async fn zookeeper_wrong_settings_and_acls() {
     };
     expect_error(
         "zookeeper without a client certificate",
-        zookeeper::ZookeeperRegistry::connect(&zk_config(&server, secure.clone(), no_cert), timing()),
+        zookeeper::ZookeeperRegistry::connect(
+            &zk_config(&server, secure.clone(), no_cert),
+            timing(),
+        ),
         &["zookeeper", "REGISTRY_CERT"],
     )
     .await;
@@ -466,7 +525,10 @@ async fn zookeeper_wrong_settings_and_acls() {
     )
     .await
     .unwrap();
-    let _a = owner.register(instance("svc-acl", "a", 9140)).await.unwrap();
+    let _a = owner
+        .register(instance("svc-acl", "a", 9140))
+        .await
+        .unwrap();
 
     // The instance node carries the ACL, its parents do not.
     let intruder = zookeeper_client::Client::connector()
@@ -480,8 +542,16 @@ async fn zookeeper_wrong_settings_and_acls() {
         .map(|a| format!("{}:{}:{}", a.scheme(), a.id(), a.permission()))
         .collect();
     assert_eq!(shown.len(), 2, "{shown:?}");
-    assert!(shown.iter().any(|a| a.starts_with("world:anyone:") && a.ends_with("READ")), "{shown:?}");
-    assert!(shown.iter().any(|a| a.starts_with("digest:registry:")), "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|a| a.starts_with("world:anyone:") && a.ends_with("READ")),
+        "{shown:?}"
+    );
+    assert!(
+        shown.iter().any(|a| a.starts_with("digest:registry:")),
+        "{shown:?}"
+    );
     let (parent_acl, _) = intruder.get_acl("/services/svc-acl").await.unwrap();
     assert!(
         parent_acl.iter().all(|a| a.scheme() == "world"),
@@ -497,19 +567,32 @@ async fn zookeeper_wrong_settings_and_acls() {
         .unwrap_err();
     assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err}");
     let err = intruder
-        .set_acl("/services/svc-acl/a", &zookeeper_client::Acls::anyone_all(), None)
+        .set_acl(
+            "/services/svc-acl/a",
+            &zookeeper_client::Acls::anyone_all(),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err}");
     let _ = stat;
     // Another registrar with another identity cannot take the id either.
     let other = zookeeper::ZookeeperRegistry::connect(
-        &zk_config(&server, secure.clone(), with_user(mtls(&pki), ("intruder", "intruder-pw"))),
+        &zk_config(
+            &server,
+            secure.clone(),
+            with_user(mtls(&pki), ("intruder", "intruder-pw")),
+        ),
         timing(),
     )
     .await
     .unwrap();
-    assert!(other.register(instance("svc-acl", "a", 9999)).await.is_err());
+    assert!(
+        other
+            .register(instance("svc-acl", "a", 9999))
+            .await
+            .is_err()
+    );
     let seen = owner.instances("svc-acl").await.unwrap();
     assert_eq!(seen[0].port, 9140, "our record is untouched");
     // Our identity (sdctl with the right settings) can remove it.
@@ -641,16 +724,25 @@ async fn secrets_stay_out_of_debug_and_logs() {
     let logs = capture_logs();
     let server = blocking(|| SecuredEtcd::start(&pki)).expect("start the secured etcd");
     let err = etcd::EtcdRegistry::connect(
-        &etcd_config(&server, with_user(mtls(&pki), (ETCD_USER.0, "pw-in-log-9876"))),
+        &etcd_config(
+            &server,
+            with_user(mtls(&pki), (ETCD_USER.0, "pw-in-log-9876")),
+        ),
         timing(),
     )
     .await
     .unwrap_err();
     let key = std::fs::read_to_string(pki.client_key()).unwrap();
     let key_line = key.lines().nth(1).unwrap().to_owned();
-    let text = format!("{err} {err:?} {}", String::from_utf8_lossy(&logs.lock().unwrap()));
+    let text = format!(
+        "{err} {err:?} {}",
+        String::from_utf8_lossy(&logs.lock().unwrap())
+    );
     assert!(!text.contains("pw-in-log-9876"), "{text}");
-    assert!(!text.contains(&key_line), "the key's contents leaked: {text}");
+    assert!(
+        !text.contains(&key_line),
+        "the key's contents leaked: {text}"
+    );
     assert!(text.contains("etcd"), "the logs were captured: {text}");
 }
 

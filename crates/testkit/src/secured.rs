@@ -299,7 +299,12 @@ impl SecuredEtcd {
         let (reader, reader_pw) = ETCD_READER;
         let steps: Vec<Vec<String>> = vec![
             vec!["user".into(), "add".into(), format!("{root}:{root_pw}")],
-            vec!["user".into(), "grant-role".into(), root.into(), "root".into()],
+            vec![
+                "user".into(),
+                "grant-role".into(),
+                root.into(),
+                "root".into(),
+            ],
             vec!["role".into(), "add".into(), "registry".into()],
             vec![
                 "role".into(),
@@ -310,7 +315,12 @@ impl SecuredEtcd {
                 ETCD_PREFIX.into(),
             ],
             vec!["user".into(), "add".into(), format!("{user}:{user_pw}")],
-            vec!["user".into(), "grant-role".into(), user.into(), "registry".into()],
+            vec![
+                "user".into(),
+                "grant-role".into(),
+                user.into(),
+                "registry".into(),
+            ],
             vec!["role".into(), "add".into(), "reader".into()],
             vec![
                 "role".into(),
@@ -321,7 +331,12 @@ impl SecuredEtcd {
                 ETCD_PREFIX.into(),
             ],
             vec!["user".into(), "add".into(), format!("{reader}:{reader_pw}")],
-            vec!["user".into(), "grant-role".into(), reader.into(), "reader".into()],
+            vec![
+                "user".into(),
+                "grant-role".into(),
+                reader.into(),
+                "reader".into(),
+            ],
             vec!["auth".into(), "enable".into()],
         ];
         for step in steps {
@@ -808,9 +823,18 @@ mod tests {
     #[test]
     fn pki_files_are_pem() {
         let pki = Pki::generate().unwrap();
-        for path in [pki.ca(), pki.client_cert(), pki.server_cert(), pki.other_ca()] {
+        for path in [
+            pki.ca(),
+            pki.client_cert(),
+            pki.server_cert(),
+            pki.other_ca(),
+        ] {
             let text = std::fs::read_to_string(&path).unwrap();
-            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{}", path.display());
+            assert!(
+                text.starts_with("-----BEGIN CERTIFICATE-----"),
+                "{}",
+                path.display()
+            );
         }
         let key = std::fs::read_to_string(pki.client_key()).unwrap();
         assert!(key.contains("PRIVATE KEY"));

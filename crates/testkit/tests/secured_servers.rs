@@ -6,7 +6,8 @@ use testkit::{ETCD_READER, ETCD_USER, Pki, RegistryServer, SecuredConsul, Secure
 fn secured_etcd_starts_with_auth_and_roles() -> anyhow::Result<()> {
     let pki = Pki::generate()?;
     let mut etcd = SecuredEtcd::start(&pki)?;
-    let put = |user, key: &str| etcd.etcdctl_as(Some(user), &["put".into(), key.into(), "v".into()]);
+    let put =
+        |user, key: &str| etcd.etcdctl_as(Some(user), &["put".into(), key.into(), "v".into()]);
     put(ETCD_USER, "/services/a/1")?;
     let err = put(ETCD_READER, "/services/a/2").unwrap_err().to_string();
     assert!(err.contains("permission denied"), "{err}");

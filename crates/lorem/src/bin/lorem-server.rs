@@ -27,7 +27,10 @@ use registry::lifecycle::{ConnectOnDemand, Signals};
 ///
 /// The registry is configured by REGISTRY (memory, consul, etcd, zookeeper),
 /// REGISTRY_ADDR, REGISTRY_TTL, REGISTRY_TIMEOUT, REGISTRY_PREFIX and
-/// REGISTRY_CONFIG. Logs go to stderr, filtered by RUST_LOG (default info).
+/// REGISTRY_CONFIG; a secured registry by REGISTRY_CA, REGISTRY_CERT,
+/// REGISTRY_KEY, REGISTRY_USER, REGISTRY_PASSWORD(_FILE), REGISTRY_TOKEN(_FILE)
+/// (and Consul's CONSUL_* variables): docs/secured-registries.md. Logs go to
+/// stderr, filtered by RUST_LOG (default info).
 #[derive(Debug, Parser)]
 #[command(name = "lorem-server", version)]
 struct Cli {

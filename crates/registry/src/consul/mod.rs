@@ -81,7 +81,7 @@
 //! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME` for HTTPS, and
 //! `CONSUL_HTTP_TOKEN` / `CONSUL_HTTP_TOKEN_FILE` when no token is
 //! configured, sent as `X-Consul-Token`; our own settings
-//! ([`Security`](crate::Security): `REGISTRY_CA`...) win when both are set.
+//! ([`Security`]: `REGISTRY_CA`...) win when both are set.
 //! A configured token is checked at connect (`GET /v1/acl/token/self`), so a
 //! wrong one is reported there, not at the first registration.
 //!
@@ -347,8 +347,12 @@ async fn tls_client(
     }
     if let Some((cert, key)) = &tls.identity {
         let pem = format!("{cert}\n{}", key.expose());
-        let identity = reqwest::Identity::from_pem(pem.as_bytes())
-            .map_err(|e| bad("cert and key (REGISTRY_CERT, REGISTRY_KEY / CONSUL_CLIENT_CERT...)", e))?;
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
+            bad(
+                "cert and key (REGISTRY_CERT, REGISTRY_KEY / CONSUL_CLIENT_CERT...)",
+                e,
+            )
+        })?;
         builder = builder.identity(identity);
     }
     let mut base = endpoint.url("https");

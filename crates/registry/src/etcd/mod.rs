@@ -477,7 +477,12 @@ async fn probe(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
     if result.is_ok() && ctx.credentials.is_some() {
         // Members that did not answer in time authenticate in the
         // background, so that calls failing over to them carry a token.
-        for member in ctx.members.list.iter().filter(|m| !m.authenticated.load(Ordering::Relaxed)) {
+        for member in ctx
+            .members
+            .list
+            .iter()
+            .filter(|m| !m.authenticated.load(Ordering::Relaxed))
+        {
             tokio::spawn(authenticate_later(
                 Arc::downgrade(&ctx.members),
                 member.index,
@@ -523,9 +528,16 @@ async fn authenticate_later(
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         backoff.wait().await;
-        let Some(members) = members.upgrade() else { return };
+        let Some(members) = members.upgrade() else {
+            return;
+        };
         let member = &members.list[index];
-        match tokio::time::timeout(ATTEMPT_TIMEOUT * 2, authenticate(member, credentials.as_deref())).await {
+        match tokio::time::timeout(
+            ATTEMPT_TIMEOUT * 2,
+            authenticate(member, credentials.as_deref()),
+        )
+        .await
+        {
             Ok(Ok(())) => return,
             Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
                 tracing::warn!(backend = BACKEND, endpoint = %member.endpoint, error = %map_error(&member.endpoint, "authenticate", error), "etcd member refused our user");
@@ -554,8 +566,11 @@ async fn probe_members(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
                     let root = root.clone();
                     let read = async {
                         authenticate(member, ctx.credentials.as_deref()).await?;
-                        kv.get(root, Some(GetOptions::new().with_prefix().with_count_only()))
-                            .await
+                        kv.get(
+                            root,
+                            Some(GetOptions::new().with_prefix().with_count_only()),
+                        )
+                        .await
                     };
                     match tokio::time::timeout_at(deadline, read).await {
                         Ok(Ok(_)) => break Ok(()),
@@ -603,7 +618,7 @@ async fn probe_members(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
     if let (Some(tls), true) = (tls, undiagnosed) {
         if let Some(member) = ctx.members.list.first() {
             let url = member.endpoint.trim_start_matches("https://");
-            if let Some(endpoint) = crate::endpoint::Endpoint::parse(url).ok() {
+            if let Ok(endpoint) = crate::endpoint::Endpoint::parse(url) {
                 let within = Duration::from_secs(1);
                 if let Some(failure) =
                     crate::security::tls_failure(&endpoint.host, endpoint.port, tls, within).await
@@ -838,6 +853,8 @@ mod tests {
                 kv: client.kv_client(),
                 lease: client.lease_client(),
                 watch: client.watch_client(),
+                authenticated: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                client,
             });
         }
         Ctx {
@@ -852,6 +869,7 @@ mod tests {
             attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
+            credentials: None,
         }
     }
 

@@ -88,8 +88,7 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(500));
                 let (host, port) = &params.first;
-                if let Some(failure) =
-                    crate::security::tls_failure(host, *port, tls, within).await
+                if let Some(failure) = crate::security::tls_failure(host, *port, tls, within).await
                 {
                     cause = format!("; {failure}");
                 }
@@ -111,7 +110,9 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
 
 /// Why [`open_session`] gave up.
 #[derive(Debug, thiserror::Error)]
-#[error("could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}{cause}")]
+#[error(
+    "could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}{cause}"
+)]
 struct NoSession {
     timeout: Duration,
     /// What our own TLS handshake found, if TLS is on and it failed.
