@@ -407,4 +407,72 @@ mod tests {
         .to_string();
         assert!(err.contains("prefix"), "{err}");
     }
+
+    #[test]
+    fn security_settings_from_env_and_file() {
+        let s = load(
+            None,
+            &[
+                ("REGISTRY", "etcd"),
+                ("REGISTRY_CA", "/tls/ca.pem"),
+                ("REGISTRY_CERT", "/tls/client.pem"),
+                ("REGISTRY_KEY", "/tls/client-key.pem"),
+                ("REGISTRY_USER", "svc"),
+                ("REGISTRY_PASSWORD", "env-secret"),
+            ],
+        )
+        .unwrap();
+        let BackendConfig::Etcd(etcd) = &s.backend else {
+            panic!("expected etcd, got {:?}", s.backend)
+        };
+        assert_eq!(etcd.security.ca.as_deref(), Some(Path::new("/tls/ca.pem")));
+        assert_eq!(
+            etcd.security.key.as_deref(),
+            Some(Path::new("/tls/client-key.pem"))
+        );
+        assert_eq!(etcd.security.user.as_deref(), Some("svc"));
+        assert_eq!(
+            etcd.security.password.as_ref().map(|p| p.expose()),
+            Some("env-secret")
+        );
+        assert!(!format!("{s:?}").contains("env-secret"));
+
+        let file = r#"
+            [backend]
+            type = "consul"
+            addr = "https://consul.internal:8501"
+            ca = "/etc/consul/ca.pem"
+            tls_server_name = "server.dc1.consul"
+            token_file = "/run/secrets/consul-token"
+        "#;
+        let s = load(Some(file), &[("REGISTRY_CA", "/override/ca.pem")]).unwrap();
+        let BackendConfig::Consul(consul) = &s.backend else {
+            panic!("expected consul, got {:?}", s.backend)
+        };
+        assert_eq!(
+            consul.security.ca.as_deref(),
+            Some(Path::new("/override/ca.pem"))
+        );
+        assert_eq!(
+            consul.security.tls_server_name.as_deref(),
+            Some("server.dc1.consul")
+        );
+        assert!(consul.security.token_file.is_some());
+
+        let err = load(
+            None,
+            &[
+                ("REGISTRY", "consul"),
+                ("REGISTRY_USER", "u"),
+                ("REGISTRY_PASSWORD", "p"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ACL token"), "{err}");
+        let err = load(None, &[("REGISTRY", "zk"), ("REGISTRY_CERT", "/c.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REGISTRY_KEY"), "{err}");
+    }
 }

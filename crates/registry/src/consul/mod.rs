@@ -692,4 +692,51 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn consul_variables_fill_in_and_ours_win() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONSUL_CACERT", "/consul/ca.pem");
+            jail.set_env("CONSUL_CLIENT_CERT", "/consul/cert.pem");
+            jail.set_env("CONSUL_CLIENT_KEY", "/consul/key.pem");
+            jail.set_env("CONSUL_TLS_SERVER_NAME", "server.dc1.consul");
+            jail.set_env("CONSUL_HTTP_TOKEN", "consul-env-token");
+            let from_env = security_with_consul_env(&Config::default()).unwrap();
+            assert_eq!(
+                from_env.ca.as_deref(),
+                Some(std::path::Path::new("/consul/ca.pem"))
+            );
+            assert_eq!(
+                from_env.key.as_deref(),
+                Some(std::path::Path::new("/consul/key.pem"))
+            );
+            assert_eq!(
+                from_env.tls_server_name.as_deref(),
+                Some("server.dc1.consul")
+            );
+            assert_eq!(
+                from_env.token.as_ref().map(Secret::expose),
+                Some("consul-env-token")
+            );
+            let ours = Config {
+                security: Security {
+                    ca: Some("/ours/ca.pem".into()),
+                    token: Some("our-token".into()),
+                    ..Security::default()
+                },
+                ..Config::default()
+            };
+            let merged = security_with_consul_env(&ours).unwrap();
+            assert_eq!(
+                merged.ca.as_deref(),
+                Some(std::path::Path::new("/ours/ca.pem"))
+            );
+            assert_eq!(merged.token.as_ref().map(Secret::expose), Some("our-token"));
+            assert_eq!(
+                merged.cert.as_deref(),
+                Some(std::path::Path::new("/consul/cert.pem"))
+            );
+            Ok(())
+        });
+    }
 }
