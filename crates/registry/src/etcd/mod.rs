@@ -2,8 +2,11 @@
 //!
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
-//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at     |
-//! |             | once: the first to answer is enough, and is where calls start                |
+//! | connect     | one gRPC channel per endpoint (TLS with `REGISTRY_CA`, client certificate);  |
+//! |             | with a user, `Authenticate` on each member, then a `Range` (count only) on   |
+//! |             | every member at once: the first to answer is enough, and is where calls start|
+//! | auth token  | refreshed by etcd-client when etcd answers "invalid auth token" (expired    |
+//! |             | simple token, server restart); the call is retried once                      |
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar), then             |
 //! |             | `Txn { if version(key) == 0 then Put key lease=L else Get key }`: a taken  |
 //! |             | id's holder is read in the same round trip (refused if another owner's)    |
@@ -469,7 +472,7 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
 /// calls that follow), so a hung member cannot hold up `connect`.
 ///
 /// # Errors
-/// The first refusal (`Rejected`: authentication is not supported...) if a
+/// The first refusal (`Rejected`: a wrong password, a missing permission) if a
 /// member refused; otherwise [`Error::Unavailable`] naming every endpoint
 /// and what each one did.
 async fn probe(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
@@ -653,10 +656,12 @@ impl EtcdRegistry {
     /// No lease is taken until the first registration.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an unusable address (`https://` is not
-    /// supported: this build has no TLS); [`Error::Unavailable`] naming the
-    /// endpoints if none answered within the timeout; `Rejected` if etcd
-    /// refused the read (authentication is not supported).
+    /// [`Error::InvalidConfig`] for an unusable address or security
+    /// setting (`https://` without a CA, TLS files with `http://`, a file
+    /// that cannot be read); [`Error::Unavailable`] naming the endpoints if
+    /// none answered within the timeout, with the TLS setting that is wrong
+    /// when a handshake failed; `Rejected` if etcd refused the login or the
+    /// read (wrong password, no user, a role without the prefix).
     pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
         config.validate()?;
         timing.validate()?;

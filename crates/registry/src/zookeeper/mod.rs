@@ -3,7 +3,8 @@
 //!
 //! | operation    | ZooKeeper                                                                  |
 //! |--------------|----------------------------------------------------------------------------|
-//! | connect      | open a session (timeout below); retried with backoff until `REGISTRY_TIMEOUT` |
+//! | connect      | open a session (timeout below), over TLS to a `secureClientPort` with `REGISTRY_CA` (and a client certificate), with `addauth digest user:password` given `REGISTRY_USER`; retried with backoff until `REGISTRY_TIMEOUT` |
+//! | ACL          | with a digest identity, instance nodes are created with `world:anyone:r` + `digest:<user>:<hash>:cdrwa` (anyone reads, only we change them); parents stay `world:anyone:cdrwa` so others can register beside us. ZooKeeper checks a delete against the parent's ACL, so another identity can still delete our node: the check below puts it back |
 //! | register     | `mkdir -p <prefix>/<service>` (persistent), then `create -e <prefix>/<service>/<id>` holding [`Instance::to_json`] plus our `owner` token; if the node exists, its data (read then) names its owner: another registrar's token is a refusal ([`Error::AlreadyRegistered`]) |
 //! | keep alive   | the session itself: zookeeper-client pings every third of the session timeout |
 //! | replace      | our own node: `set`; a node of ours left by an earlier session, or one without an owner token (a tool's): one `multi { delete; create -e }` |
@@ -332,9 +333,11 @@ impl ZookeeperRegistry {
     /// instance registered through it, alive.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an address with an `https://` scheme (TLS
-    /// is not supported); [`Error::Unavailable`] naming the address(es) if
-    /// no session could be opened within `timing.timeout`.
+    /// [`Error::InvalidConfig`] for an address with a scheme (TLS is turned
+    /// on by `REGISTRY_CA`, not by the address) or an unusable security
+    /// setting; [`Error::Unavailable`] naming the address(es) if no session
+    /// could be opened within `timing.timeout`, with the TLS setting that is
+    /// wrong when a handshake failed.
     pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
         config.validate()?;
         timing.validate()?;
