@@ -161,6 +161,24 @@ async fn etcd_wrong_settings_are_named() {
     )
     .await;
 
+    let wrong_name = Security {
+        tls_server_name: Some("not-in-the-cert.example".to_owned()),
+        ..good.clone()
+    };
+    expect_error(
+        "etcd with a server name the certificate does not have",
+        etcd::EtcdRegistry::connect(&etcd_config(&server, wrong_name), timing()),
+        &["REGISTRY_TLS_SERVER_NAME"],
+    )
+    .await;
+    let named = Security {
+        tls_server_name: Some("localhost".to_owned()),
+        ..good.clone()
+    };
+    etcd::EtcdRegistry::connect(&etcd_config(&server, named), timing())
+        .await
+        .expect("connect with tls_server_name = localhost");
+
     // The right settings work.
     let registry = etcd::EtcdRegistry::connect(&etcd_config(&server, good), timing())
         .await
@@ -394,6 +412,24 @@ async fn consul_wrong_settings_and_permissions() {
         !err.to_string().contains("00000000-1111"),
         "no token in errors: {err}"
     );
+
+    let wrong_name = Security {
+        tls_server_name: Some("not-in-the-cert.example".to_owned()),
+        ..good.clone()
+    };
+    expect_error(
+        "consul with a server name the certificate does not have",
+        consul::ConsulRegistry::connect(&consul_config(&server, wrong_name), timing()),
+        &["REGISTRY_TLS_SERVER_NAME"],
+    )
+    .await;
+    let named = Security {
+        tls_server_name: Some("localhost".to_owned()),
+        ..good.clone()
+    };
+    consul::ConsulRegistry::connect(&consul_config(&server, named), timing())
+        .await
+        .expect("connect with tls_server_name = localhost");
 
     // A token file works like the token.
     let token_file = pki.dir().join("writer.token");
