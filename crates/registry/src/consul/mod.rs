@@ -693,6 +693,8 @@ mod tests {
         );
     }
 
+    // figment's own error type is large; this is test-only plumbing.
+    #[allow(clippy::result_large_err)]
     #[test]
     fn consul_variables_fill_in_and_ours_win() {
         figment::Jail::expect_with(|jail| {
