@@ -689,9 +689,19 @@ impl SecuredZk {
         // zookeeper.jar's manifest names netty-handler and netty-transport
         // but not the codec and resolver jars the TLS server also loads
         // (Debian's libnetty-java, a dependency of the zookeeper package).
+        let classpath = zk_classpath()?;
+        for jar in ["netty-codec.jar", "netty-resolver.jar"] {
+            let path = Path::new("/usr/share/java").join(jar);
+            if !path.is_file() {
+                bail!(
+                    "ZooKeeper's TLS server needs {}: apt-get install libnetty-java (a dependency \
+                     of Debian's zookeeper package; scripts/install-deps.sh test installs it)",
+                    path.display()
+                );
+            }
+        }
         let classpath = format!(
-            "{}:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar",
-            zk_classpath()?
+            "{classpath}:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar"
         );
         let zk = with_port_retries("secured ZooKeeper", || {
             let dir = temp_dir("testkit-zk-tls-", "ZooKeeper")?;
