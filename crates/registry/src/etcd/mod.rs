@@ -429,6 +429,13 @@ fn describe(error: &etcd_client::Error) -> String {
     with_hint(crate::security::chain(error))
 }
 
+/// Whether a transport error is a certificate refused by one side (ours or
+/// the member's), which retrying will not fix.
+fn is_certificate_failure(error: &etcd_client::Error) -> bool {
+    let text = crate::security::chain(error).to_ascii_lowercase();
+    text.contains("invalid peer certificate") || text.contains("fatal alert")
+}
+
 /// `text`, plus "(likely: ...)" naming the setting when it reads like a TLS
 /// or login failure.
 fn with_hint(mut text: String) -> String {
@@ -578,6 +585,12 @@ async fn probe_members(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
                     match tokio::time::timeout_at(deadline, read).await {
                         Ok(Ok(_)) => break Ok(()),
                         Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
+                            break Err(Some(error));
+                        }
+                        // A certificate one side refuses does not heal
+                        // within seconds: no point retrying until the
+                        // deadline.
+                        Ok(Err(error)) if is_certificate_failure(&error) => {
                             break Err(Some(error));
                         }
                         Ok(Err(error)) => {

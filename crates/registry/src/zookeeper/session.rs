@@ -79,20 +79,24 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
             )));
         }
         let delay = backoff.next_delay();
-        if matches!(last, zk::Error::AuthFailed) || Instant::now() + delay >= deadline {
-            // A TLS failure is hidden behind "no available hosts": find
-            // out which setting is wrong with a handshake of our own.
-            let mut cause = String::new();
-            if let Some(tls) = &params.tls_files {
-                let within = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(500));
-                let (host, port) = &params.first;
-                if let Some(failure) = crate::security::tls_failure(host, *port, tls, within).await
-                {
-                    cause = format!("; {failure}");
-                }
+        // A TLS failure is hidden behind "no available hosts": find out
+        // which setting is wrong with a handshake of our own. A certificate
+        // the server refuses (or we refuse) does not heal within seconds, so
+        // it ends this attempt at once rather than at the deadline.
+        let mut cause = String::new();
+        if let Some(tls) = &params.tls_files {
+            let within = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
+            let (host, port) = &params.first;
+            if let Some(failure) = crate::security::tls_failure(host, *port, tls, within).await {
+                cause = format!("; {failure}");
             }
+        }
+        if matches!(last, zk::Error::AuthFailed)
+            || !cause.is_empty()
+            || Instant::now() + delay >= deadline
+        {
             return Err(Error::unavailable(
                 BACKEND,
                 params.connect_string.clone(),
