@@ -47,7 +47,8 @@ pub const ETCD_READER: (&str, &str) = ("reader", "reader-pw");
 pub const ETCD_ROOT: (&str, &str) = ("root", "root-pw");
 /// The key prefix [`ETCD_USER`]'s role covers.
 pub const ETCD_PREFIX: &str = "/services/";
-/// The service-name prefix the Consul writer token may register.
+/// The service-name prefix the Consul writer token may register (besides
+/// `lorem`, for the secured local topology).
 pub const CONSUL_SERVICE_PREFIX: &str = "svc";
 
 /// Certificates and keys for one test run, as PEM files in a temp dir:
@@ -418,7 +419,7 @@ impl RegistryServer for SecuredEtcd {
 /// A Consul dev agent with an HTTPS port that requires a client certificate
 /// signed by the kit's CA (`verify_incoming`) and ACLs on with default deny:
 /// a management token, a writer token whose policy may register services
-/// named [`CONSUL_SERVICE_PREFIX`]`*` and read everything, and a read-only
+/// named [`CONSUL_SERVICE_PREFIX`]`*` and `lorem` and read everything, and a read-only
 /// token. A dev agent keeps no data, so a restart sets the same tokens up
 /// again.
 #[derive(Debug)]
@@ -545,6 +546,7 @@ impl SecuredConsul {
     fn set_up_acl(&self) -> Result<()> {
         let writer_rules = format!(
             "service_prefix \\\"{CONSUL_SERVICE_PREFIX}\\\" {{ policy = \\\"write\\\" }}\\n\
+             service \\\"lorem\\\" {{ policy = \\\"write\\\" }}\\n\
              service_prefix \\\"\\\" {{ policy = \\\"read\\\" }}\\n\
              node_prefix \\\"\\\" {{ policy = \\\"read\\\" }}\\n\
              agent_prefix \\\"\\\" {{ policy = \\\"read\\\" }}"

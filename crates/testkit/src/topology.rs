@@ -45,7 +45,8 @@ use crate::process::{
     with_port_retries,
 };
 use crate::{
-    ConsulCluster, ETCD_USER, EtcdCluster, Pki, RegistryServer, SecuredEtcd, SecuredZk, ZkEnsemble,
+    ConsulCluster, ETCD_USER, EtcdCluster, Pki, RegistryServer, SecuredConsul, SecuredEtcd,
+    SecuredZk, ZkEnsemble,
 };
 
 /// The ids of the two lorem servers, which are also their compose service
@@ -245,11 +246,12 @@ pub struct Options {
     /// The directory holding the `lorem-server` and `lorem-client`
     /// binaries (`target/debug` after `cargo build`).
     pub bin_dir: PathBuf,
-    /// A secured registry instead (etcd and ZooKeeper): one member with
-    /// TLS, client certificates and a user (testkit's [`SecuredEtcd`] /
-    /// [`SecuredZk`], certificates made at start), on free ports; the lorem
-    /// processes get `REGISTRY_CA`, `REGISTRY_CERT`, `REGISTRY_KEY`,
-    /// `REGISTRY_USER` and `REGISTRY_PASSWORD_FILE`.
+    /// A secured registry instead: one member with TLS, client
+    /// certificates and a user or an ACL token (testkit's [`SecuredEtcd`],
+    /// [`SecuredZk`], [`SecuredConsul`], certificates made at start), on
+    /// free ports; the lorem processes get `REGISTRY_CA`, `REGISTRY_CERT`,
+    /// `REGISTRY_KEY` and `REGISTRY_USER` + `REGISTRY_PASSWORD_FILE` or
+    /// `REGISTRY_TOKEN_FILE`.
     pub secured: bool,
 }
 
@@ -279,12 +281,6 @@ impl Options {
     /// right now, and that the binaries exist; returns their paths.
     fn check(&self) -> Result<(PathBuf, PathBuf)> {
         let members = self.backend.members();
-        if self.secured && self.backend == Backend::Consul {
-            bail!(
-                "--secured is not available for Consul yet (etcd and zk only); \
-                 docs/secured-registries.md shows a secured Consul agent"
-            );
-        }
         if !self.secured && self.registry_ports.len() != members.len() {
             bail!(
                 "{} needs {} registry port(s) ({}), got {}: {:?}",
@@ -392,31 +388,57 @@ impl SecuredServer for SecuredZk {
     }
 }
 
+impl SecuredServer for SecuredConsul {
+    fn pid(&self) -> Option<u32> {
+        SecuredConsul::pid(self)
+    }
+    fn dir(&self) -> &Path {
+        SecuredConsul::dir(self)
+    }
+}
+
 impl Secured {
     fn start(backend: Backend) -> Result<Self> {
         let pki = Pki::generate()?;
-        let (server, user, password): (Box<dyn SecuredServer>, &str, &str) = match backend {
-            Backend::Etcd => (
-                Box::new(SecuredEtcd::start(&pki)?),
-                ETCD_USER.0,
-                ETCD_USER.1,
-            ),
-            Backend::Zookeeper => (Box::new(SecuredZk::start(&pki)?), "lorem", "lorem-password"),
-            Backend::Consul => bail!("--secured is not available for Consul yet"),
-        };
-        // The password goes in a file, so that it is in no environment,
-        // process list or log.
-        let password_file = pki.dir().join("registry-password");
-        std::fs::write(&password_file, password)
-            .with_context(|| format!("cannot write {}", password_file.display()))?;
         let path = |p: PathBuf| p.display().to_string();
-        let env = vec![
+        let mut env = vec![
             ("REGISTRY_CA".to_owned(), path(pki.ca())),
             ("REGISTRY_CERT".to_owned(), path(pki.client_cert())),
             ("REGISTRY_KEY".to_owned(), path(pki.client_key())),
-            ("REGISTRY_USER".to_owned(), user.to_owned()),
-            ("REGISTRY_PASSWORD_FILE".to_owned(), path(password_file)),
         ];
+        // Passwords and tokens go in files, so that they are in no
+        // environment, process list or log.
+        let secret_file = |name: &str, secret: &str| -> Result<String> {
+            let file = pki.dir().join(name);
+            std::fs::write(&file, secret)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(path(file))
+        };
+        let server: Box<dyn SecuredServer> = match backend {
+            Backend::Etcd | Backend::Zookeeper => {
+                let (server, (user, password)): (Box<dyn SecuredServer>, _) = match backend {
+                    Backend::Etcd => (Box::new(SecuredEtcd::start(&pki)?), ETCD_USER),
+                    _ => (
+                        Box::new(SecuredZk::start(&pki)?),
+                        ("lorem", "lorem-password"),
+                    ),
+                };
+                env.push(("REGISTRY_USER".to_owned(), user.to_owned()));
+                env.push((
+                    "REGISTRY_PASSWORD_FILE".to_owned(),
+                    secret_file("registry-password", password)?,
+                ));
+                server
+            }
+            Backend::Consul => {
+                let consul = SecuredConsul::start(&pki)?;
+                env.push((
+                    "REGISTRY_TOKEN_FILE".to_owned(),
+                    secret_file("registry-token", consul.writer_token())?,
+                ));
+                Box::new(consul)
+            }
+        };
         Ok(Self { server, pki, env })
     }
 }
@@ -447,10 +469,11 @@ impl Registry {
     /// for etcd and ZooKeeper, its own agent's for Consul.
     fn addr_for(&self, name: &str) -> String {
         match self {
+            // One secured agent for every process.
+            Registry::Secured(s) => s.server.registry_addr(),
             Registry::Consul(s) => s.http_addr(&agent_of(name)).unwrap_or_default(),
             Registry::Etcd(s) => s.registry_addr(),
             Registry::Zookeeper(s) => s.registry_addr(),
-            Registry::Secured(s) => s.server.registry_addr(),
         }
     }
 
@@ -770,7 +793,8 @@ impl Topology {
             let _ = writeln!(s, "  {:<13} {:<24} pid {pid}", p.name, p.addr);
         }
         let gateway = self.gateway_addr();
-        if self.backend == Backend::Consul {
+        let secured = matches!(self.registry, Registry::Secured(_));
+        if self.backend == Backend::Consul && !secured {
             let _ = writeln!(
                 s,
                 "REGISTRY=consul; each lorem process uses its own agent: REGISTRY_ADDR={} (server1), {} (server2), {} (client)",
@@ -825,7 +849,15 @@ impl Topology {
             pid_of("server2")
         );
         let member = self.backend.members()[0];
-        if self.backend == Backend::Consul {
+        if secured {
+            // One member: stopping it stops the registry (the servers keep
+            // serving and report not ready; the gateway keeps its last set).
+            let _ = writeln!(
+                s,
+                "  kill {}    # stop the registry: the servers keep serving what they have",
+                pid_of(member)
+            );
+        } else if self.backend == Backend::Consul {
             let _ = writeln!(
                 s,
                 "  kill {}    # stop the server {member}: two of three keep a quorum",
@@ -841,7 +873,7 @@ impl Topology {
                 "  kill {}    # stop the gateway's agent: it keeps the last set, /instances says stale",
                 pid_of(&agent_of(GATEWAY))
             );
-        } else if !matches!(self.registry, Registry::Secured(_)) {
+        } else {
             let _ = writeln!(
                 s,
                 "  kill {}    # stop {member}: two members keep a quorum, nothing notices",

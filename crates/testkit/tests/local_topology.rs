@@ -519,6 +519,11 @@ fn secured_zookeeper_topology_answers_from_both_servers() {
 }
 
 #[test]
+fn secured_consul_topology_answers_from_both_servers() {
+    run_secured_topology(Backend::Consul);
+}
+
+#[test]
 fn etcd_topology_answers_from_both_servers_and_survives_losing_its_leader() {
     run_topology(Backend::Etcd);
 }

@@ -67,10 +67,11 @@ struct Cli {
     #[arg(long)]
     quiet: bool,
 
-    /// A secured registry (etcd or zk): one member with TLS, client
-    /// certificates and a user, certificates made at start, free ports; the
-    /// lorem processes get REGISTRY_CA, REGISTRY_CERT, REGISTRY_KEY,
-    /// REGISTRY_USER and REGISTRY_PASSWORD_FILE (docs/secured-registries.md).
+    /// A secured registry: one member with TLS, client certificates and a
+    /// user (etcd, zk) or ACLs and a token (consul), certificates made at
+    /// start, free ports; the lorem processes get REGISTRY_CA, REGISTRY_CERT,
+    /// REGISTRY_KEY and REGISTRY_USER + REGISTRY_PASSWORD_FILE or
+    /// REGISTRY_TOKEN_FILE (docs/secured-registries.md).
     #[arg(long)]
     secured: bool,
 }
