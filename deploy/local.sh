@@ -14,12 +14,16 @@
 # does the work. Its options (deploy/local.sh etcd --help):
 #   --registry-ports P[,P,P]  --server-ports P,P  --gateway-port P
 #   --ephemeral (free ports for everything)  --quiet (no lorem logs)
+#   --secured (one member with TLS, client certificates and a user, or for
+#     Consul ACLs and a token; the lorem processes get REGISTRY_CA,
+#     REGISTRY_CERT, REGISTRY_KEY and REGISTRY_USER + REGISTRY_PASSWORD_FILE
+#     or REGISTRY_TOKEN_FILE: docs/secured-registries.md)
 # e.g. deploy/local.sh etcd --gateway-port 9090
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
-  echo "usage: $0 consul|etcd|zk [--registry-ports P,..] [--server-ports P,P] [--gateway-port P] [--ephemeral] [--quiet]" >&2
+  echo "usage: $0 consul|etcd|zk [--registry-ports P,..] [--server-ports P,P] [--gateway-port P] [--ephemeral] [--quiet] [--secured]" >&2
   echo "       $0 etcd --help   (every option)" >&2
   exit 2
 }

@@ -30,6 +30,7 @@ fn config(prefix: &str, interop: registry::interop::Interop) -> BackendConfig {
         addr: vec![etcd()],
         prefix: prefix.to_owned(),
         interop,
+        ..etcd::Config::default()
     })
 }
 

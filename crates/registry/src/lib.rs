@@ -31,6 +31,9 @@
 //!   and the one SIGTERM/SIGINT helper.
 //! - [`diff`](mod@diff): what changed between two snapshots of a service
 //!   (`sdctl watch` and the live page both use it).
+//! - [`security`]: TLS files, users, passwords and tokens of secured
+//!   registries, one [`Security`] in every backend's `Config`; secrets are
+//!   [`Secret`]s, redacted in `Debug`.
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -84,6 +87,7 @@ pub mod diff;
 pub mod etcd;
 pub mod lifecycle;
 pub mod memory;
+pub mod security;
 pub mod zookeeper;
 
 pub use consul::ConsulRegistry;
@@ -95,6 +99,7 @@ pub use model::{
     Instance, MAX_METADATA_KEY_LEN, MAX_METADATA_KEYS, MAX_METADATA_VALUE_LEN, MAX_NAME_LEN,
     MAX_TAG_LEN, MAX_TAGS, validate_id, validate_name,
 };
+pub use security::{Secret, Security};
 pub use settings::{BACKEND_NAMES, BackendConfig, DynRegistry, Settings, connect};
 pub use timing::{DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_DURATION, Timing};
 pub use tower_discover::ServiceDiscover;

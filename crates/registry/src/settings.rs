@@ -20,9 +20,21 @@
 //! | `REGISTRY_KRATOS`  | `backend.kratos`  | `true`: Kratos' fields / Consul conventions in what we write |
 //! | `REGISTRY_KRATOS_SCHEME` | `backend.kratos_scheme` | endpoint scheme of Kratos records (`http`) |
 //! | `REGISTRY_LAYOUT`  | `backend.layout`  | `json`/`gokit`: go-kit's plain `host:port` values (etcd, ZooKeeper) |
+//! | `REGISTRY_CA`      | `backend.ca`      | PEM file of the CA that signed the servers       |
+//! | `REGISTRY_CERT`    | `backend.cert`    | PEM client certificate (mutual TLS)              |
+//! | `REGISTRY_KEY`     | `backend.key`     | PEM private key of that certificate              |
+//! | `REGISTRY_TLS_SERVER_NAME` | `backend.tls_server_name` | name expected in the server's certificate |
+//! | `REGISTRY_USER`    | `backend.user`    | etcd user / ZooKeeper digest user                |
+//! | `REGISTRY_PASSWORD`| `backend.password`| its password (`REGISTRY_PASSWORD_FILE`, `backend.password_file`: from a file) |
+//! | `REGISTRY_TOKEN`   | `backend.token`   | Consul ACL token (`REGISTRY_TOKEN_FILE`, `backend.token_file`: from a file) |
 //!
-//! The last four are the interop settings ([`crate::interop`],
+//! `REGISTRY_PAYLOAD`, `REGISTRY_KRATOS`, `REGISTRY_KRATOS_SCHEME` and
+//! `REGISTRY_LAYOUT` are the interop settings ([`crate::interop`],
 //! `docs/interop.md`): foreign records are read without any of them.
+//!
+//! The security settings are described in [`security`](crate::security)
+//! (what each backend does with them; Consul's own `CONSUL_*` variables);
+//! secrets are [`Secret`](crate::security::Secret)s, never shown by `Debug`.
 //!
 //! No setting uses the `ETCD_` prefix: etcd reads every such variable as one
 //! of its own flags.
@@ -168,6 +180,15 @@ impl Settings {
                 "REGISTRY_KRATOS",
                 "REGISTRY_KRATOS_SCHEME",
                 "REGISTRY_LAYOUT",
+                "REGISTRY_CA",
+                "REGISTRY_CERT",
+                "REGISTRY_KEY",
+                "REGISTRY_TLS_SERVER_NAME",
+                "REGISTRY_USER",
+                "REGISTRY_PASSWORD",
+                "REGISTRY_PASSWORD_FILE",
+                "REGISTRY_TOKEN",
+                "REGISTRY_TOKEN_FILE",
             ])
             .map(|key| {
                 let mapped = match key.as_str().to_ascii_lowercase().as_str() {
@@ -180,6 +201,15 @@ impl Settings {
                     "registry_kratos" => "backend.kratos",
                     "registry_kratos_scheme" => "backend.kratos_scheme",
                     "registry_layout" => "backend.layout",
+                    "registry_ca" => "backend.ca",
+                    "registry_cert" => "backend.cert",
+                    "registry_key" => "backend.key",
+                    "registry_tls_server_name" => "backend.tls_server_name",
+                    "registry_user" => "backend.user",
+                    "registry_password" => "backend.password",
+                    "registry_password_file" => "backend.password_file",
+                    "registry_token" => "backend.token",
+                    "registry_token_file" => "backend.token_file",
                     _ => return key.into(),
                 };
                 mapped.into()
@@ -327,7 +357,7 @@ mod tests {
             BackendConfig::Etcd(etcd::Config {
                 addr: vec!["127.0.0.1:2379".into(), "http://127.0.0.1:22379".into()],
                 prefix: "/services".into(),
-                interop: Default::default(),
+                ..etcd::Config::default()
             })
         );
         assert_eq!(s.ttl, Duration::from_secs(3));
@@ -455,5 +485,73 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_from_env_and_file() {
+        let s = load(
+            None,
+            &[
+                ("REGISTRY", "etcd"),
+                ("REGISTRY_CA", "/tls/ca.pem"),
+                ("REGISTRY_CERT", "/tls/client.pem"),
+                ("REGISTRY_KEY", "/tls/client-key.pem"),
+                ("REGISTRY_USER", "svc"),
+                ("REGISTRY_PASSWORD", "env-secret"),
+            ],
+        )
+        .unwrap();
+        let BackendConfig::Etcd(etcd) = &s.backend else {
+            panic!("expected etcd, got {:?}", s.backend)
+        };
+        assert_eq!(etcd.security.ca.as_deref(), Some(Path::new("/tls/ca.pem")));
+        assert_eq!(
+            etcd.security.key.as_deref(),
+            Some(Path::new("/tls/client-key.pem"))
+        );
+        assert_eq!(etcd.security.user.as_deref(), Some("svc"));
+        assert_eq!(
+            etcd.security.password.as_ref().map(|p| p.expose()),
+            Some("env-secret")
+        );
+        assert!(!format!("{s:?}").contains("env-secret"));
+
+        let file = r#"
+            [backend]
+            type = "consul"
+            addr = "https://consul.internal:8501"
+            ca = "/etc/consul/ca.pem"
+            tls_server_name = "server.dc1.consul"
+            token_file = "/run/secrets/consul-token"
+        "#;
+        let s = load(Some(file), &[("REGISTRY_CA", "/override/ca.pem")]).unwrap();
+        let BackendConfig::Consul(consul) = &s.backend else {
+            panic!("expected consul, got {:?}", s.backend)
+        };
+        assert_eq!(
+            consul.security.ca.as_deref(),
+            Some(Path::new("/override/ca.pem"))
+        );
+        assert_eq!(
+            consul.security.tls_server_name.as_deref(),
+            Some("server.dc1.consul")
+        );
+        assert!(consul.security.token_file.is_some());
+
+        let err = load(
+            None,
+            &[
+                ("REGISTRY", "consul"),
+                ("REGISTRY_USER", "u"),
+                ("REGISTRY_PASSWORD", "p"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ACL token"), "{err}");
+        let err = load(None, &[("REGISTRY", "zk"), ("REGISTRY_CERT", "/c.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REGISTRY_KEY"), "{err}");
     }
 }

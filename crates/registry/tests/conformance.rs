@@ -26,7 +26,10 @@ use registry::{
     BackendConfig, DynRegistry, Error, Instance, MemoryRegistry, Registrar, Settings, Watcher,
     consul, etcd, zookeeper,
 };
-use testkit::{ConsulAgent, EtcdServer, RegistryServer, ZkServer};
+use testkit::{
+    ConsulAgent, ETCD_USER, EtcdServer, Pki, RegistryServer, SecuredConsul, SecuredEtcd, SecuredZk,
+    ZkServer,
+};
 
 mod common;
 use common::freeze::Frozen;
@@ -140,6 +143,8 @@ struct Harness {
     memory: Option<MemoryRegistry>,
     /// The server's PID, to freeze it (SIGSTOP) in place: a hung server.
     pid: Option<u32>,
+    /// The certificates of a secured server (kept until the test ends).
+    _pki: Option<Pki>,
 }
 
 impl Harness {
@@ -150,6 +155,7 @@ impl Harness {
             settings: settings(BackendConfig::default()),
             memory: Some(MemoryRegistry::new(TTL)),
             pid: None,
+            _pki: None,
         }
     }
 
@@ -207,6 +213,88 @@ impl Harness {
             settings: settings(config),
             memory: None,
             pid,
+            _pki: None,
+        }
+    }
+
+    /// etcd with mutual TLS and a user whose role covers only `/services/`
+    /// (issue 15).
+    fn secured_etcd() -> Harness {
+        let pki = Pki::generate().expect("generate certificates");
+        let server = SecuredEtcd::start(&pki).expect("start the secured etcd");
+        let config = etcd::Config {
+            addr: vec![server.registry_addr()],
+            security: registry::Security {
+                ca: Some(pki.ca()),
+                cert: Some(pki.client_cert()),
+                key: Some(pki.client_key()),
+                user: Some(ETCD_USER.0.to_owned()),
+                password: Some(ETCD_USER.1.into()),
+                ..Default::default()
+            },
+            ..etcd::Config::default()
+        };
+        let pid = server.pid();
+        Harness {
+            _pki: Some(pki),
+            ..Harness::real("etcd", Box::new(server), pid, BackendConfig::Etcd(config))
+        }
+    }
+
+    /// ZooKeeper over TLS (client certificate) with a digest identity.
+    fn secured_zookeeper() -> Harness {
+        let pki = Pki::generate().expect("generate certificates");
+        let server = SecuredZk::start(&pki).expect("start the secured ZooKeeper");
+        let config = zookeeper::Config {
+            addr: vec![server.registry_addr()],
+            security: registry::Security {
+                ca: Some(pki.ca()),
+                cert: Some(pki.client_cert()),
+                key: Some(pki.client_key()),
+                user: Some("registry".to_owned()),
+                password: Some("registry-pw".into()),
+                ..Default::default()
+            },
+            ..zookeeper::Config::default()
+        };
+        let pid = server.pid();
+        Harness {
+            _pki: Some(pki),
+            ..Harness::real(
+                "zookeeper",
+                Box::new(server),
+                pid,
+                BackendConfig::Zookeeper(config),
+            )
+        }
+    }
+
+    /// Consul over HTTPS with `verify_incoming` and ACLs (default deny),
+    /// with the writer token.
+    fn secured_consul() -> Harness {
+        let pki = Pki::generate().expect("generate certificates");
+        let server = SecuredConsul::start(&pki)
+            .expect("start the secured Consul (run scripts/build-consul.sh to build it)");
+        let config = consul::Config {
+            addr: vec![server.registry_addr()],
+            security: registry::Security {
+                ca: Some(pki.ca()),
+                cert: Some(pki.client_cert()),
+                key: Some(pki.client_key()),
+                token: Some(server.writer_token().into()),
+                ..Default::default()
+            },
+            ..consul::Config::default()
+        };
+        let pid = server.pid();
+        Harness {
+            _pki: Some(pki),
+            ..Harness::real(
+                "consul",
+                Box::new(server),
+                pid,
+                BackendConfig::Consul(config),
+            )
         }
     }
 
@@ -436,6 +524,43 @@ fn sdctl(h: &Harness) -> std::process::Command {
         .stdin(Stdio::null());
     if let Some(server) = &h.server {
         command.env("REGISTRY_ADDR", server.registry_addr());
+    }
+    // A secured server: the same settings, as variables.
+    let security = match &h.settings.backend {
+        BackendConfig::Etcd(c) => Some(&c.security),
+        BackendConfig::Zookeeper(c) => Some(&c.security),
+        BackendConfig::Consul(c) => Some(&c.security),
+        _ => None,
+    };
+    for var in [
+        "REGISTRY_CA",
+        "REGISTRY_CERT",
+        "REGISTRY_KEY",
+        "REGISTRY_USER",
+        "REGISTRY_PASSWORD",
+        "REGISTRY_TOKEN",
+    ] {
+        command.env_remove(var);
+    }
+    if let Some(security) = security {
+        for (var, path) in [
+            ("REGISTRY_CA", &security.ca),
+            ("REGISTRY_CERT", &security.cert),
+            ("REGISTRY_KEY", &security.key),
+        ] {
+            if let Some(path) = path {
+                command.env(var, path);
+            }
+        }
+        if let Some(user) = &security.user {
+            command.env("REGISTRY_USER", user);
+        }
+        if let Some(password) = &security.password {
+            command.env("REGISTRY_PASSWORD", password.expose());
+        }
+        if let Some(token) = &security.token {
+            command.env("REGISTRY_TOKEN", token.expose());
+        }
     }
     command
 }
@@ -1432,3 +1557,37 @@ conformance!(
     per_id_order,
     duplicate_id,
 );
+
+/// Generates one test per secured backend for a behaviour (issue 15: TLS,
+/// client certificates, users and ACLs), on the same behaviour functions.
+macro_rules! secured_conformance {
+    ($($behaviour:ident),* $(,)?) => {
+        mod secured {
+            $(
+                mod $behaviour {
+                    use super::super::*;
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn etcd() {
+                        init_logs();
+                        super::super::$behaviour(Harness::secured_etcd()).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn zookeeper() {
+                        init_logs();
+                        super::super::$behaviour(Harness::secured_zookeeper()).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn consul() {
+                        init_logs();
+                        super::super::$behaviour(Harness::secured_consul()).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+secured_conformance!(visible, crash_sigkill, operator_deregister, restart);

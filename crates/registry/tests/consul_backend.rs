@@ -44,7 +44,10 @@ async fn start_agent() -> Result<ConsulAgent> {
 fn settings(addr: &str, ttl: Duration, token: Option<&str>) -> (consul::Config, Settings) {
     let config = consul::Config {
         addr: vec![addr.to_owned()],
-        token: token.map(str::to_owned),
+        security: registry::Security {
+            token: token.map(Into::into),
+            ..Default::default()
+        },
         ..consul::Config::default()
     };
     let settings = Settings {

@@ -23,8 +23,11 @@ use sdctl::register::InstanceSpec;
 /// The registry comes from the same settings as the servers': REGISTRY
 /// (memory, etcd, zookeeper or zk, consul), REGISTRY_ADDR, REGISTRY_CONFIG
 /// (a TOML file), REGISTRY_PREFIX, REGISTRY_TTL, REGISTRY_TIMEOUT (the
-/// deadline of every registry call, 5s by default). Logs go to stderr
-/// (RUST_LOG; default warn, error for the bench).
+/// deadline of every registry call, 5s by default), and for a secured
+/// registry REGISTRY_CA, REGISTRY_CERT, REGISTRY_KEY, REGISTRY_USER,
+/// REGISTRY_PASSWORD(_FILE), REGISTRY_TOKEN(_FILE) or Consul's CONSUL_*
+/// variables (docs/secured-registries.md). Logs go to stderr (RUST_LOG;
+/// default warn, error for the bench).
 #[derive(Debug, Parser)]
 #[command(name = "sdctl", version, about, long_about)]
 struct Cli {

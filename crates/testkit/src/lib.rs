@@ -19,6 +19,9 @@
 //!   (`chromedriver` as a process like the servers, a small async
 //!   WebDriver client), for the live page's tests; [`chromium_bin`],
 //!   [`chromedriver_bin`] find them.
+//! - [`Pki`], [`SecuredEtcd`], [`SecuredConsul`], [`SecuredZk`]: secured
+//!   servers (TLS with certificates made at test time, users, tokens,
+//!   ACLs) for the secured-registry tests (`secured`).
 //! - [`free_port`] and the process plumbing: spawn with a clean
 //!   environment, stop by PID, ready probes (`process`).
 //! - [`flood`]: hostile clients (idle and half-sent connections held
@@ -76,6 +79,7 @@ mod consul;
 mod etcd;
 pub mod flood;
 mod process;
+mod secured;
 pub mod topology;
 mod zookeeper;
 
@@ -86,6 +90,10 @@ pub use bins::{
 pub use consul::{ConsulAgent, ConsulCluster, ConsulRole};
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::free_port;
+pub use secured::{
+    CONSUL_SERVICE_PREFIX, ETCD_PREFIX, ETCD_READER, ETCD_ROOT, ETCD_USER, Pki, SecuredConsul,
+    SecuredEtcd, SecuredZk,
+};
 pub use zookeeper::{ZkEnsemble, ZkServer};
 
 /// A registry server (or cluster) this kit started; implemented by every

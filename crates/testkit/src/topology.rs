@@ -44,7 +44,10 @@ use crate::process::{
     Proc, STOP_GRACE, Spec, StartFailure, exchange, http_get, or_free, temp_dir, wait_ready,
     with_port_retries,
 };
-use crate::{ConsulCluster, EtcdCluster, RegistryServer, ZkEnsemble};
+use crate::{
+    ConsulCluster, ETCD_USER, EtcdCluster, Pki, RegistryServer, SecuredConsul, SecuredEtcd,
+    SecuredZk, ZkEnsemble,
+};
 
 /// The ids of the two lorem servers, which are also their compose service
 /// names and their `LOREM_ID`.
@@ -243,6 +246,13 @@ pub struct Options {
     /// The directory holding the `lorem-server` and `lorem-client`
     /// binaries (`target/debug` after `cargo build`).
     pub bin_dir: PathBuf,
+    /// A secured registry instead: one member with TLS, client
+    /// certificates and a user or an ACL token (testkit's [`SecuredEtcd`],
+    /// [`SecuredZk`], [`SecuredConsul`], certificates made at start), on
+    /// free ports; the lorem processes get `REGISTRY_CA`, `REGISTRY_CERT`,
+    /// `REGISTRY_KEY` and `REGISTRY_USER` + `REGISTRY_PASSWORD_FILE` or
+    /// `REGISTRY_TOKEN_FILE`.
+    pub secured: bool,
 }
 
 impl Options {
@@ -254,6 +264,7 @@ impl Options {
             server_ports: DEFAULT_SERVER_PORTS,
             gateway_port: DEFAULT_GATEWAY_PORT,
             bin_dir: bin_dir.into(),
+            secured: false,
         }
     }
 
@@ -270,7 +281,7 @@ impl Options {
     /// right now, and that the binaries exist; returns their paths.
     fn check(&self) -> Result<(PathBuf, PathBuf)> {
         let members = self.backend.members();
-        if self.registry_ports.len() != members.len() {
+        if !self.secured && self.registry_ports.len() != members.len() {
             bail!(
                 "{} needs {} registry port(s) ({}), got {}: {:?}",
                 self.backend.describe(),
@@ -280,10 +291,16 @@ impl Options {
                 self.registry_ports
             );
         }
+        // A secured registry runs on free ports.
+        let registry_ports = if self.secured {
+            &[][..]
+        } else {
+            &self.registry_ports[..]
+        };
         let named: Vec<(&str, u16)> = members
             .iter()
             .copied()
-            .zip(self.registry_ports.iter().copied())
+            .zip(registry_ports.iter().copied())
             .chain(SERVER_IDS.into_iter().zip(self.server_ports))
             .chain([(GATEWAY, self.gateway_port)])
             .collect();
@@ -329,10 +346,108 @@ enum Registry {
     Consul(ConsulCluster),
     Etcd(EtcdCluster),
     Zookeeper(ZkEnsemble),
+    /// One secured member (`--secured`), the certificates, and the
+    /// variables that let a client in.
+    Secured(Box<Secured>),
+}
+
+/// A secured registry of one member.
+#[derive(Debug)]
+struct Secured {
+    server: Box<dyn SecuredServer>,
+    /// Kept for the lifetime of the topology: the files the processes read.
+    pki: Pki,
+    /// `REGISTRY_CA`... for every lorem process.
+    env: Vec<(String, String)>,
+}
+
+/// [`RegistryServer`] plus what the topology asks of a member.
+trait SecuredServer: RegistryServer + fmt::Debug {
+    fn pid(&self) -> Option<u32>;
+    fn dir(&self) -> &Path;
+    fn running(&self) -> bool {
+        self.pid().is_some()
+    }
+}
+
+impl SecuredServer for SecuredEtcd {
+    fn pid(&self) -> Option<u32> {
+        SecuredEtcd::pid(self)
+    }
+    fn dir(&self) -> &Path {
+        SecuredEtcd::dir(self)
+    }
+}
+
+impl SecuredServer for SecuredZk {
+    fn pid(&self) -> Option<u32> {
+        SecuredZk::pid(self)
+    }
+    fn dir(&self) -> &Path {
+        SecuredZk::dir(self)
+    }
+}
+
+impl SecuredServer for SecuredConsul {
+    fn pid(&self) -> Option<u32> {
+        SecuredConsul::pid(self)
+    }
+    fn dir(&self) -> &Path {
+        SecuredConsul::dir(self)
+    }
+}
+
+impl Secured {
+    fn start(backend: Backend) -> Result<Self> {
+        let pki = Pki::generate()?;
+        let path = |p: PathBuf| p.display().to_string();
+        let mut env = vec![
+            ("REGISTRY_CA".to_owned(), path(pki.ca())),
+            ("REGISTRY_CERT".to_owned(), path(pki.client_cert())),
+            ("REGISTRY_KEY".to_owned(), path(pki.client_key())),
+        ];
+        // Passwords and tokens go in files, so that they are in no
+        // environment, process list or log.
+        let secret_file = |name: &str, secret: &str| -> Result<String> {
+            let file = pki.dir().join(name);
+            std::fs::write(&file, secret)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(path(file))
+        };
+        let server: Box<dyn SecuredServer> = match backend {
+            Backend::Etcd | Backend::Zookeeper => {
+                let (server, (user, password)): (Box<dyn SecuredServer>, _) = match backend {
+                    Backend::Etcd => (Box::new(SecuredEtcd::start(&pki)?), ETCD_USER),
+                    _ => (
+                        Box::new(SecuredZk::start(&pki)?),
+                        ("lorem", "lorem-password"),
+                    ),
+                };
+                env.push(("REGISTRY_USER".to_owned(), user.to_owned()));
+                env.push((
+                    "REGISTRY_PASSWORD_FILE".to_owned(),
+                    secret_file("registry-password", password)?,
+                ));
+                server
+            }
+            Backend::Consul => {
+                let consul = SecuredConsul::start(&pki)?;
+                env.push((
+                    "REGISTRY_TOKEN_FILE".to_owned(),
+                    secret_file("registry-token", consul.writer_token())?,
+                ));
+                Box::new(consul)
+            }
+        };
+        Ok(Self { server, pki, env })
+    }
 }
 
 impl Registry {
-    fn start(backend: Backend, ports: &[u16]) -> Result<Self> {
+    fn start(backend: Backend, ports: &[u16], secured: bool) -> Result<Self> {
+        if secured {
+            return Ok(Registry::Secured(Box::new(Secured::start(backend)?)));
+        }
         Ok(match backend {
             Backend::Consul => {
                 // consul1..3 are the servers, the agents follow.
@@ -354,9 +469,19 @@ impl Registry {
     /// for etcd and ZooKeeper, its own agent's for Consul.
     fn addr_for(&self, name: &str) -> String {
         match self {
+            // One secured agent for every process.
+            Registry::Secured(s) => s.server.registry_addr(),
             Registry::Consul(s) => s.http_addr(&agent_of(name)).unwrap_or_default(),
             Registry::Etcd(s) => s.registry_addr(),
             Registry::Zookeeper(s) => s.registry_addr(),
+        }
+    }
+
+    /// The variables a lorem process needs besides `REGISTRY_ADDR`.
+    fn security_env(&self) -> Vec<(String, String)> {
+        match self {
+            Registry::Secured(s) => s.env.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -366,6 +491,7 @@ impl Registry {
             Registry::Consul(s) => s.http_addrs(),
             Registry::Etcd(s) => s.endpoints(),
             Registry::Zookeeper(s) => s.connect_string().split(',').map(str::to_owned).collect(),
+            Registry::Secured(s) => vec![s.server.registry_addr()],
         }
     }
 
@@ -374,6 +500,7 @@ impl Registry {
             Registry::Consul(s) => s.pid(i),
             Registry::Etcd(s) => s.member_pid(i),
             Registry::Zookeeper(s) => s.member_pid(i),
+            Registry::Secured(s) => s.server.pid().filter(|_| i == 0),
         }
     }
 
@@ -382,6 +509,8 @@ impl Registry {
             Registry::Consul(s) => s.running(i),
             Registry::Etcd(s) => s.member_running(i),
             Registry::Zookeeper(s) => s.member_running(i),
+            // The members a secured topology does not have never exit.
+            Registry::Secured(s) => i != 0 || s.server.running(),
         }
     }
 
@@ -390,6 +519,8 @@ impl Registry {
             Registry::Consul(s) => s.stop_node(i),
             Registry::Etcd(s) => s.stop_member(i),
             Registry::Zookeeper(s) => s.stop_member(i),
+            Registry::Secured(s) if i == 0 => s.server.stop(),
+            Registry::Secured(_) => bail!("a secured topology has one registry member"),
         }
     }
 
@@ -398,6 +529,8 @@ impl Registry {
             Registry::Consul(s) => s.start_node(i),
             Registry::Etcd(s) => s.start_member(i),
             Registry::Zookeeper(s) => s.start_member(i),
+            Registry::Secured(s) if i == 0 => s.server.start(),
+            Registry::Secured(_) => bail!("a secured topology has one registry member"),
         }
     }
 
@@ -406,6 +539,7 @@ impl Registry {
             Registry::Consul(s) => s.dir(),
             Registry::Etcd(s) => s.dir(),
             Registry::Zookeeper(s) => s.dir(),
+            Registry::Secured(s) => s.server.dir(),
         }
     }
 
@@ -419,6 +553,7 @@ impl Registry {
             Registry::Consul(s) => s.stop_all(),
             Registry::Etcd(s) => (0..s.endpoints().len()).try_for_each(|i| s.stop_member(i)),
             Registry::Zookeeper(s) => s.stop(),
+            Registry::Secured(s) => s.server.stop(),
         }
     }
 
@@ -431,6 +566,8 @@ impl Registry {
                 let members = s.connect_string().split(',').count();
                 (0..members).try_for_each(|i| s.kill_member(i))
             }
+            // Dropping a server kills it.
+            Registry::Secured(s) => s.server.stop(),
         }
     }
 }
@@ -488,7 +625,8 @@ impl Topology {
         let began = Instant::now();
         let (server_bin, client_bin) = options.check()?;
         let backend = options.backend;
-        let registry = Registry::start(backend, &options.registry_ports)?;
+        let registry = Registry::start(backend, &options.registry_ports, options.secured)?;
+        let security = registry.security_env();
         let dir =
             temp_dir("local-topology-", "the lorem processes").map_err(StartFailure::into_error)?;
 
@@ -502,7 +640,11 @@ impl Topology {
                     (
                         server_bin.clone(),
                         Vec::new(),
-                        server_env(backend, &registry.addr_for(id), id, port),
+                        [
+                            server_env(backend, &registry.addr_for(id), id, port),
+                            security.clone(),
+                        ]
+                        .concat(),
                     )
                 },
                 // Registered, not just listening (as the compose files'
@@ -519,7 +661,11 @@ impl Topology {
                 (
                     client_bin.clone(),
                     vec!["gateway".to_owned()],
-                    gateway_env(backend, &registry.addr_for(GATEWAY), port),
+                    [
+                        gateway_env(backend, &registry.addr_for(GATEWAY), port),
+                        security.clone(),
+                    ]
+                    .concat(),
                 )
             },
             |port| {
@@ -634,7 +780,11 @@ impl Topology {
             s,
             "local topology on {}: {}, two lorem servers and the gateway, as in {}; ready in {:.1} s",
             self.backend,
-            self.backend.describe(),
+            if matches!(self.registry, Registry::Secured(_)) {
+                "a secured registry member"
+            } else {
+                self.backend.describe()
+            },
             self.backend.compose_file(),
             self.started_in.as_secs_f64()
         );
@@ -643,7 +793,8 @@ impl Topology {
             let _ = writeln!(s, "  {:<13} {:<24} pid {pid}", p.name, p.addr);
         }
         let gateway = self.gateway_addr();
-        if self.backend == Backend::Consul {
+        let secured = matches!(self.registry, Registry::Secured(_));
+        if self.backend == Backend::Consul && !secured {
             let _ = writeln!(
                 s,
                 "REGISTRY=consul; each lorem process uses its own agent: REGISTRY_ADDR={} (server1), {} (server2), {} (client)",
@@ -658,6 +809,19 @@ impl Topology {
                 "REGISTRY={} REGISTRY_ADDR={}",
                 self.backend,
                 self.registry_addr("server1")
+            );
+        }
+        if let Registry::Secured(secured) = &self.registry {
+            let vars: Vec<String> = secured
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "secured (one member, TLS with client certificates, user login; certificates in {}): {}",
+                secured.pki.dir().display(),
+                vars.join(" ")
             );
         }
         let _ = writeln!(
@@ -685,7 +849,15 @@ impl Topology {
             pid_of("server2")
         );
         let member = self.backend.members()[0];
-        if self.backend == Backend::Consul {
+        if secured {
+            // One member: stopping it stops the registry (the servers keep
+            // serving and report not ready; the gateway keeps its last set).
+            let _ = writeln!(
+                s,
+                "  kill {}    # stop the registry: the servers keep serving what they have",
+                pid_of(member)
+            );
+        } else if self.backend == Backend::Consul {
             let _ = writeln!(
                 s,
                 "  kill {}    # stop the server {member}: two of three keep a quorum",

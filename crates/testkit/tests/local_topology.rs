@@ -110,8 +110,13 @@ struct Running {
 
 impl Running {
     fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[])
+    }
+
+    fn spawn_with(backend: Backend, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_local-topology"))
             .arg(backend.registry())
+            .args(extra)
             .arg("--ephemeral")
             .arg("--bin-dir")
             .arg(bin_dir())
@@ -472,6 +477,50 @@ fn run_topology(backend: Backend) {
         stopped_in.as_secs_f64(),
         began.elapsed().as_secs_f64()
     ));
+}
+
+/// `--secured`: one registry member with TLS, client certificates and a
+/// user; the lorem processes get the security variables, register, and the
+/// gateway reaches both (issue 15).
+fn run_secured_topology(backend: Backend) {
+    let mut topology = Running::spawn_with(backend, &["--secured"]);
+    let rows = topology.ready();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    let mut want = vec![backend.members()[0]];
+    want.extend(SERVER_IDS);
+    want.push(GATEWAY);
+    assert_eq!(names, want, "one registry member\n{}", topology.output());
+    assert!(
+        topology
+            .seen
+            .iter()
+            .any(|l| l.starts_with("secured (") && l.contains("REGISTRY_CA=")),
+        "the summary gives the security variables\n{}",
+        topology.output()
+    );
+    let gateway = rows
+        .iter()
+        .find(|r| r.name == GATEWAY)
+        .expect("gateway")
+        .port();
+    both_answer(&topology, gateway, "on a secured registry");
+    let status = topology.terminate();
+    assert!(status.success(), "{status}\n{}", topology.output());
+}
+
+#[test]
+fn secured_etcd_topology_answers_from_both_servers() {
+    run_secured_topology(Backend::Etcd);
+}
+
+#[test]
+fn secured_zookeeper_topology_answers_from_both_servers() {
+    run_secured_topology(Backend::Zookeeper);
+}
+
+#[test]
+fn secured_consul_topology_answers_from_both_servers() {
+    run_secured_topology(Backend::Consul);
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! `lorem-client`: calls the lorem service through discovery.
 //!
 //! The registry comes from the environment (`REGISTRY`, `REGISTRY_ADDR`...,
-//! see `registry::Settings`); logs go to stderr, filtered by `RUST_LOG`.
+//! see `registry::Settings`; a secured registry: `REGISTRY_CA`,
+//! `REGISTRY_CERT`, `REGISTRY_KEY`, `REGISTRY_USER`, `REGISTRY_PASSWORD`,
+//! `REGISTRY_TOKEN`..., docs/secured-registries.md); logs go to stderr,
+//! filtered by `RUST_LOG`.
 //!
 //! With `--json` anywhere on the command line, stdout gets exactly one JSON
 //! load report whatever happens (bad arguments and unusable settings

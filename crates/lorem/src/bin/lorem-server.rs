@@ -29,10 +29,12 @@ use registry::lifecycle::{ConnectOnDemand, Signals};
 ///
 /// The registry is configured by REGISTRY (memory, consul, etcd, zookeeper),
 /// REGISTRY_ADDR, REGISTRY_TTL, REGISTRY_TIMEOUT, REGISTRY_PREFIX and
-/// REGISTRY_CONFIG; REGISTRY_PAYLOAD, REGISTRY_KRATOS, REGISTRY_KRATOS_SCHEME
-/// and REGISTRY_LAYOUT shape its record for Spring, Kratos and go-kit
-/// readers (docs/interop.md). Logs go to stderr, filtered by RUST_LOG
-/// (default info).
+/// REGISTRY_CONFIG; a secured registry by REGISTRY_CA, REGISTRY_CERT,
+/// REGISTRY_KEY, REGISTRY_USER, REGISTRY_PASSWORD(_FILE), REGISTRY_TOKEN(_FILE)
+/// (and Consul's CONSUL_* variables): docs/secured-registries.md;
+/// REGISTRY_PAYLOAD, REGISTRY_KRATOS, REGISTRY_KRATOS_SCHEME and
+/// REGISTRY_LAYOUT shape its record for Spring, Kratos and go-kit readers
+/// (docs/interop.md). Logs go to stderr, filtered by RUST_LOG (default info).
 #[derive(Debug, Parser)]
 #[command(name = "lorem-server", version)]
 struct Cli {

@@ -49,10 +49,13 @@ impl TransportError {
             }
             cause = error.source();
         }
-        TransportError {
-            message: parts.join(": "),
-            source,
+        let mut message = parts.join(": ");
+        if let Some(hint) = crate::security::diagnose(&message) {
+            message.push_str(" (likely: ");
+            message.push_str(hint);
+            message.push(')');
         }
+        TransportError { message, source }
     }
 }
 
@@ -156,7 +159,7 @@ impl Api {
                 backend: BACKEND,
                 operation,
                 reason: format!(
-                    "HTTP {status}: {body} (check the ACL token: consul::Config::token or CONSUL_HTTP_TOKEN)"
+                    "HTTP {status}: {body} (check the ACL token and its policy: token / REGISTRY_TOKEN, token_file or CONSUL_HTTP_TOKEN)"
                 ),
             },
             StatusCode::BAD_REQUEST
@@ -168,6 +171,32 @@ impl Api {
                 reason: format!("HTTP {status}: {body}"),
             },
             _ => Error::unavailable(BACKEND, self.addr.clone(), StatusError { status, body }),
+        }
+    }
+
+    /// `GET /v1/acl/token/self`: proves that the configured token is known
+    /// to Consul (any valid token may read itself). An agent without ACLs
+    /// answers 401 "ACL support disabled", which is fine: the token is then
+    /// simply not needed.
+    pub(super) async fn check_token(&self) -> Result<()> {
+        let url = format!("{}/v1/acl/token/self", self.base);
+        let (status, _, body) = self
+            .send("connect", self.http.get(url), self.timeout)
+            .await?;
+        let body = String::from_utf8_lossy(&body);
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED if body.contains("ACL support disabled") => Ok(()),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(Error::Rejected {
+                backend: BACKEND,
+                operation: "connect",
+                reason: format!(
+                    "the ACL token is not accepted (HTTP {status}: {}); check token / REGISTRY_TOKEN, \
+                     token_file or CONSUL_HTTP_TOKEN",
+                    body.trim()
+                ),
+            }),
+            _ => Err(self.status_error("connect", status, &body)),
         }
     }
 

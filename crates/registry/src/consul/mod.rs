@@ -76,10 +76,14 @@
 //!   would make every idle watch re-read its whole service that often.
 //!
 //! Conventions of Consul's own tools are honoured: `CONSUL_HTTP_ADDR` when no
-//! address is configured (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`
-//! when no token is configured, sent as `X-Consul-Token`. This build speaks
-//! plain HTTP only: an `https://` address is refused with
-//! [`Error::InvalidConfig`].
+//! address is configured (default `127.0.0.1:8500`, `https` with
+//! `CONSUL_HTTP_SSL=true`), `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME` for HTTPS, and
+//! `CONSUL_HTTP_TOKEN` / `CONSUL_HTTP_TOKEN_FILE` when no token is
+//! configured, sent as `X-Consul-Token`; our own settings
+//! ([`Security`]: `REGISTRY_CA`...) win when both are set.
+//! A configured token is checked at connect (`GET /v1/acl/token/self`), so a
+//! wrong one is reported there, not at the first registration.
 //!
 //! What `curl -s 'http://127.0.0.1:8500/v1/health/service/lorem?passing' | jq`
 //! shows for one of our instances (real output of a Consul 1.14.11 dev agent,
@@ -136,6 +140,7 @@ mod config;
 
 pub use self::config::{Builder, Config};
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -149,6 +154,7 @@ use crate::backoff::Backoff;
 use crate::endpoint::{Endpoint, endpoints_or_default};
 use crate::error::{Error, Result, with_deadline};
 use crate::model::Instance;
+use crate::security::{Secret, Security, TlsFiles};
 use crate::timing::Timing;
 use crate::traits::{Registrar, Registration, WatchStream, Watcher};
 use crate::watch_sink::{SnapshotSink, silence_limit, spawn_watch_of};
@@ -203,39 +209,47 @@ impl ConsulRegistry {
     pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
         config.validate()?;
         timing.validate()?;
-        let endpoint = agent_endpoint(config)?;
-        if endpoint.scheme.as_deref() == Some("https") {
-            return Err(Error::InvalidConfig(format!(
-                "consul address {} uses https, but this build of the registry speaks plain HTTP only \
-                 (reqwest without TLS); use an http:// address, such as the local agent's",
-                endpoint.url("http")
-            )));
+        let security = security_with_consul_env(config)?;
+        let mut endpoint = agent_endpoint(config)?;
+        if endpoint.scheme.is_none() && security.wants_tls() {
+            endpoint.scheme = Some("https".to_owned());
         }
+        let https = endpoint.scheme.as_deref() == Some("https");
         let addr = endpoint.authority();
-        let token = match &config.token {
-            Some(token) => Some(token.clone()),
-            None => std::env::var("CONSUL_HTTP_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
-        };
         let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            let mut value = HeaderValue::from_str(token.trim()).map_err(|_| {
+        let token = security.token(BACKEND)?;
+        if let Some(token) = &token {
+            let mut value = HeaderValue::from_str(token.expose().trim()).map_err(|_| {
                 Error::InvalidConfig(
-                    "the Consul ACL token (consul::Config::token or CONSUL_HTTP_TOKEN) contains \
-                     characters not allowed in an HTTP header"
+                    "the Consul ACL token (token, token_file, CONSUL_HTTP_TOKEN or \
+                     CONSUL_HTTP_TOKEN_FILE) contains characters not allowed in an HTTP header"
                         .to_owned(),
                 )
             })?;
             value.set_sensitive(true);
             headers.insert("X-Consul-Token", value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(timing.timeout)
+            .connect_timeout(timing.timeout);
+        let mut base = endpoint.url("http");
+        match security.tls_files(BACKEND)? {
+            Some(tls) if https => {
+                (builder, base) = tls_client(builder, &endpoint, tls).await?;
+            }
+            Some(_) => {
+                return Err(Error::InvalidConfig(format!(
+                    "consul address {} is plain http://, but TLS files are set (ca, cert, key or \
+                     CONSUL_CACERT...); use https:// or remove them",
+                    endpoint.url("http")
+                )));
+            }
+            None => {}
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
-        let api = Api::new(http, endpoint.url("http"), addr.clone(), timing.timeout)
+        let api = Api::new(http, base, addr.clone(), timing.timeout)
             .with_interop(config.interop.clone());
 
         let leader = tokio::time::timeout(timing.timeout, api.leader())
@@ -258,11 +272,15 @@ impl ConsulRegistry {
                 ),
                 other => other,
             })?;
+        if token.is_some() {
+            with_deadline(BACKEND, "connect", timing.timeout, api.check_token()).await?;
+        }
         if leader.is_empty() {
             tracing::warn!(backend = BACKEND, %addr,
                 "the Consul cluster has no leader yet; reads fail until it elects one");
         }
-        tracing::info!(backend = BACKEND, %addr, ttl = ?timing.ttl, "connected to the Consul agent");
+        tracing::info!(backend = BACKEND, %addr, ttl = ?timing.ttl, tls = https, token = token.is_some(),
+            "connected to the Consul agent");
         let registrar = crate::registrar::Registrar::new(
             Agent::new(api.clone(), timing.ttl),
             timing.ttl,
@@ -279,6 +297,83 @@ impl ConsulRegistry {
             ttl: timing.ttl,
         })
     }
+}
+
+/// The security settings with Consul's own variables filling in what ours
+/// leave unset (ours win: `REGISTRY_CA` over `CONSUL_CACERT`, ...).
+fn security_with_consul_env(config: &Config) -> Result<Security> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut security = config.security.clone();
+    if security.ca.is_none() {
+        security.ca = env("CONSUL_CACERT").map(PathBuf::from);
+    }
+    if security.cert.is_none() && security.key.is_none() {
+        security.cert = env("CONSUL_CLIENT_CERT").map(PathBuf::from);
+        security.key = env("CONSUL_CLIENT_KEY").map(PathBuf::from);
+    }
+    if security.tls_server_name.is_none() {
+        security.tls_server_name = env("CONSUL_TLS_SERVER_NAME");
+    }
+    if security.token.is_none() && security.token_file.is_none() {
+        if let Some(token) = env("CONSUL_HTTP_TOKEN") {
+            security.token = Some(Secret::new(token.trim()));
+        } else {
+            security.token_file = env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from);
+        }
+    }
+    security.validate(BACKEND)?;
+    Ok(security)
+}
+
+/// Sets up HTTPS: only the configured CA is trusted (else the system's
+/// roots), the client certificate if any, and `tls_server_name`, which is
+/// checked by sending requests to that name resolved to the agent's address
+/// (reqwest verifies the certificate against the URL's host). Returns the
+/// builder and the base URL.
+async fn tls_client(
+    mut builder: reqwest::ClientBuilder,
+    endpoint: &Endpoint,
+    tls: TlsFiles,
+) -> Result<(reqwest::ClientBuilder, String)> {
+    let bad = |setting: &str, e: reqwest::Error| {
+        Error::InvalidConfig(format!(
+            "consul: {setting} cannot be used: {}",
+            crate::security::chain(&e)
+        ))
+    };
+    if let Some(ca) = &tls.ca {
+        let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
+            .map_err(|e| bad("ca (REGISTRY_CA / CONSUL_CACERT)", e))?;
+        builder = builder.tls_certs_only(roots);
+    }
+    if let Some((cert, key)) = &tls.identity {
+        let pem = format!("{cert}\n{}", key.expose());
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
+            bad(
+                "cert and key (REGISTRY_CERT, REGISTRY_KEY / CONSUL_CLIENT_CERT...)",
+                e,
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    let mut base = endpoint.url("https");
+    if let Some(name) = &tls.server_name {
+        let target = format!("{}:{}", endpoint.host, endpoint.port);
+        let socket = tokio::net::lookup_host(target.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                Error::unavailable(
+                    BACKEND,
+                    target.clone(),
+                    "the agent's host name does not resolve",
+                )
+            })?;
+        builder = builder.resolve(name, socket);
+        base = format!("https://{name}:{}", endpoint.port);
+    }
+    Ok((builder, base))
 }
 
 /// The one agent address: `config.addr`, else `CONSUL_HTTP_ADDR`, else the
@@ -562,34 +657,18 @@ mod tests {
     fn one_agent_address_only_and_no_https() {
         let two = Config {
             addr: vec!["127.0.0.1:8500".into(), "127.0.0.1:8501".into()],
-            token: None,
             ..Config::default()
         };
         let err = agent_endpoint(&two).unwrap_err().to_string();
         assert!(err.contains("exactly one agent address"), "{err}");
         let one = Config {
             addr: vec!["http://127.0.0.1:8500/".into()],
-            token: None,
             ..Config::default()
         };
         assert_eq!(
             agent_endpoint(&one).unwrap().url("http"),
             "http://127.0.0.1:8500"
         );
-    }
-
-    #[tokio::test]
-    async fn https_is_refused_clearly() {
-        let config = Config {
-            addr: vec!["https://127.0.0.1:8501".into()],
-            token: None,
-            ..Config::default()
-        };
-        let err = ConsulRegistry::connect(&config, Timing::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
-        assert!(err.to_string().contains("plain HTTP only"), "{err}");
     }
 
     #[tokio::test]
@@ -601,7 +680,6 @@ mod tests {
             .unwrap();
         let config = Config {
             addr: vec![format!("127.0.0.1:{port}")],
-            token: None,
             ..Config::default()
         };
         let timing = Timing {
@@ -614,5 +692,54 @@ mod tests {
             err.to_string().contains(&format!("127.0.0.1:{port}")),
             "{err}"
         );
+    }
+
+    // figment's own error type is large; this is test-only plumbing.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn consul_variables_fill_in_and_ours_win() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONSUL_CACERT", "/consul/ca.pem");
+            jail.set_env("CONSUL_CLIENT_CERT", "/consul/cert.pem");
+            jail.set_env("CONSUL_CLIENT_KEY", "/consul/key.pem");
+            jail.set_env("CONSUL_TLS_SERVER_NAME", "server.dc1.consul");
+            jail.set_env("CONSUL_HTTP_TOKEN", "consul-env-token");
+            let from_env = security_with_consul_env(&Config::default()).unwrap();
+            assert_eq!(
+                from_env.ca.as_deref(),
+                Some(std::path::Path::new("/consul/ca.pem"))
+            );
+            assert_eq!(
+                from_env.key.as_deref(),
+                Some(std::path::Path::new("/consul/key.pem"))
+            );
+            assert_eq!(
+                from_env.tls_server_name.as_deref(),
+                Some("server.dc1.consul")
+            );
+            assert_eq!(
+                from_env.token.as_ref().map(Secret::expose),
+                Some("consul-env-token")
+            );
+            let ours = Config {
+                security: Security {
+                    ca: Some("/ours/ca.pem".into()),
+                    token: Some("our-token".into()),
+                    ..Security::default()
+                },
+                ..Config::default()
+            };
+            let merged = security_with_consul_env(&ours).unwrap();
+            assert_eq!(
+                merged.ca.as_deref(),
+                Some(std::path::Path::new("/ours/ca.pem"))
+            );
+            assert_eq!(merged.token.as_ref().map(Secret::expose), Some("our-token"));
+            assert_eq!(
+                merged.cert.as_deref(),
+                Some(std::path::Path::new("/consul/cert.pem"))
+            );
+            Ok(())
+        });
     }
 }

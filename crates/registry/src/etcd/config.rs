@@ -7,10 +7,14 @@ use crate::endpoint::{Endpoint, addrs};
 use crate::error::Result;
 use crate::interop::Interop;
 use crate::model::validate_prefix;
+use crate::security::{Secret, Security};
 use crate::timing::Timing;
 
-/// Where the etcd cluster is and where our keys live (`[backend]` with
-/// `type = "etcd"` in a settings file; `REGISTRY_ADDR`, `REGISTRY_PREFIX`).
+/// Where the etcd cluster is, where our keys live, and how we prove who we
+/// are (`[backend]` with `type = "etcd"` in a settings file; `REGISTRY_ADDR`,
+/// `REGISTRY_PREFIX`, and the [`Security`] settings: `https://` endpoints
+/// with `REGISTRY_CA`, a client certificate `REGISTRY_CERT` / `REGISTRY_KEY`,
+/// a user `REGISTRY_USER` / `REGISTRY_PASSWORD`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Client endpoints (`host:port`, `http://host:port`); default
@@ -25,6 +29,9 @@ pub struct Config {
     /// in the same table): see [`Interop`].
     #[serde(flatten)]
     pub interop: Interop,
+    /// TLS files and user/password; the keys sit directly under `[backend]`.
+    #[serde(flatten)]
+    pub security: Security,
 }
 
 fn default_prefix() -> String {
@@ -37,12 +44,13 @@ impl Default for Config {
             addr: Vec::new(),
             prefix: default_prefix(),
             interop: Interop::default(),
+            security: Security::default(),
         }
     }
 }
 
 impl Config {
-    /// Checks every address and the prefix.
+    /// Checks every address, the prefix and the security settings.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the first
@@ -52,7 +60,8 @@ impl Config {
             Endpoint::parse(addr)?;
         }
         self.interop.validate()?;
-        validate_prefix(&self.prefix)
+        validate_prefix(&self.prefix)?;
+        self.security.validate("etcd")
     }
 }
 
@@ -95,6 +104,38 @@ impl Builder {
     /// Sets the key prefix (default `/services`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.prefix = prefix.into();
+        self
+    }
+
+    /// Trusts the CA in this PEM file for `https://` endpoints (TLS is also
+    /// on for endpoints without a scheme once this is set).
+    pub fn ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.security.ca = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files): mutual TLS.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.security.cert = Some(cert.into());
+        self.config.security.key = Some(key.into());
+        self
+    }
+
+    /// Authenticates as this etcd user; its token is refreshed when it
+    /// expires.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.config.security.user = Some(user.into());
+        self.config.security.password = Some(password.into());
+        self
+    }
+
+    /// Replaces all the security settings at once.
+    pub fn security(mut self, security: Security) -> Self {
+        self.config.security = security;
         self
     }
 

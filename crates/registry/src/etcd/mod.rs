@@ -2,8 +2,11 @@
 //!
 //! | operation   | etcd (v3 API, through `etcd-client`)                                        |
 //! |-------------|-----------------------------------------------------------------------------|
-//! | connect     | one gRPC channel per endpoint; a `Range` (count only) on every member at     |
-//! |             | once: the first to answer is enough, and is where calls start                |
+//! | connect     | one gRPC channel per endpoint (TLS with `REGISTRY_CA`, client certificate);  |
+//! |             | with a user, `Authenticate` on each member, then a `Range` (count only) on   |
+//! |             | every member at once: the first to answer is enough, and is where calls start|
+//! | auth token  | refreshed by etcd-client when etcd answers "invalid auth token" (expired    |
+//! |             | simple token, server restart); the call is retried once                      |
 //! | register    | `LeaseGrant` (TTL = `REGISTRY_TTL`, once per registrar), then             |
 //! |             | `Txn { if version(key) == 0 then Put key lease=L else Get key }`: a taken  |
 //! |             | id's holder is read in the same round trip (refused if another owner's)    |
@@ -101,7 +104,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KvClient, LeaseClient, TlsOptions,
+    WatchClient,
+};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -111,6 +117,7 @@ use crate::error::{Error, Result, with_deadline};
 use crate::interop::Interop;
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
+use crate::security::{Secret, TlsFiles};
 use crate::timing::Timing;
 use crate::traits::{Registrar, Registration, WatchStream, Watcher};
 use crate::watch_sink::spawn_watch_of;
@@ -171,6 +178,14 @@ pub(super) struct Member {
     pub(super) lease: LeaseClient,
     /// Watch streams.
     pub(super) watch: WatchClient,
+    /// The client the others came from: it holds the user's credentials
+    /// and auth token, shared with them (see [`authenticate`]).
+    client: Client,
+    /// Whether this member gave us an auth token (always true without a
+    /// user): from then on etcd-client refreshes it by itself whenever etcd
+    /// answers "invalid auth token" (expired, or lost in a restart), and
+    /// retries the call once.
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every member of the cluster, and the one to try first.
@@ -220,6 +235,8 @@ struct Ctx {
     watch_start_delay: Duration,
     /// How foreign records are read and ours written.
     interop: Arc<Interop>,
+    /// `REGISTRY_USER` and `REGISTRY_PASSWORD`, if set.
+    credentials: Option<Arc<(String, Secret)>>,
 }
 
 impl Ctx {
@@ -361,6 +378,28 @@ enum Kind {
     Rejected,
 }
 
+/// The TLS settings of every member's channel: the CA to trust, the client
+/// certificate, and the name to expect when it is not the endpoint's host.
+fn tls_options(tls: TlsFiles) -> Result<TlsOptions> {
+    let mut options = TlsOptions::new();
+    if let Some(ca) = tls.ca {
+        options = options.ca_certificate(Certificate::from_pem(ca));
+    } else {
+        return Err(Error::InvalidConfig(
+            "etcd: TLS needs ca (REGISTRY_CA), the PEM file of the CA that signed the members' \
+             certificates"
+                .to_owned(),
+        ));
+    }
+    if let Some((cert, key)) = tls.identity {
+        options = options.identity(Identity::from_pem(cert, key.expose()));
+    }
+    if let Some(name) = tls.server_name {
+        options = options.domain_name(name);
+    }
+    Ok(options)
+}
+
 /// Sorts a gRPC status code and message into a [`Kind`].
 fn classify(code: i32, message: &str) -> Kind {
     match code {
@@ -389,16 +428,45 @@ fn kind_of(error: &etcd_client::Error) -> Kind {
     }
 }
 
+/// The whole cause chain of an etcd client error (tonic hides the TLS
+/// failure a few sources down), with the likely cause in our settings'
+/// words when it is a TLS or login failure.
+fn describe(error: &etcd_client::Error) -> String {
+    with_hint(crate::security::chain(error))
+}
+
+/// Whether a transport error is a certificate refused by one side (ours or
+/// the member's), which retrying will not fix.
+fn is_certificate_failure(error: &etcd_client::Error) -> bool {
+    let text = crate::security::chain(error).to_ascii_lowercase();
+    text.contains("invalid peer certificate") || text.contains("fatal alert")
+}
+
+/// `text`, plus "(likely: ...)" naming the setting when it reads like a TLS
+/// or login failure.
+fn with_hint(mut text: String) -> String {
+    if let Some(hint) = crate::security::diagnose(&text) {
+        text.push_str(" (likely: ");
+        text.push_str(hint);
+        text.push(')');
+    }
+    text
+}
+
 /// Turns an etcd client error into ours: transport trouble is `Unavailable`
 /// (naming `addr`), an unknown lease is `LeaseLost`, other refusals are
 /// `Rejected`.
 fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> Error {
     let message = match &error {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+        etcd_client::Error::GRpcStatus(status) => with_hint(status.message().to_owned()),
         other => other.to_string(),
     };
     match kind_of(&error) {
-        Kind::Unavailable | Kind::Compacted => Error::unavailable(BACKEND, addr, error),
+        Kind::Unavailable | Kind::Compacted => match crate::security::diagnose(&describe(&error)) {
+            // TLS and login failures say which setting is wrong.
+            Some(_) => Error::unavailable(BACKEND, addr, describe(&error)),
+            None => Error::unavailable(BACKEND, addr, error),
+        },
         Kind::LeaseLost => Error::LeaseLost {
             backend: BACKEND,
             reason: format!("{operation}: {message}"),
@@ -417,10 +485,87 @@ fn map_error(addr: &str, operation: &'static str, error: etcd_client::Error) -> 
 /// calls that follow), so a hung member cannot hold up `connect`.
 ///
 /// # Errors
-/// The first refusal (`Rejected`: authentication is not supported...) if a
+/// The first refusal (`Rejected`: a wrong password, a missing permission) if a
 /// member refused; otherwise [`Error::Unavailable`] naming every endpoint
 /// and what each one did.
-async fn probe(ctx: &Ctx) -> Result<()> {
+async fn probe(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
+    let result = probe_members(ctx, tls).await;
+    if result.is_ok() && ctx.credentials.is_some() {
+        // Members that did not answer in time authenticate in the
+        // background, so that calls failing over to them carry a token.
+        for member in ctx
+            .members
+            .list
+            .iter()
+            .filter(|m| !m.authenticated.load(Ordering::Relaxed))
+        {
+            tokio::spawn(authenticate_later(
+                Arc::downgrade(&ctx.members),
+                member.index,
+                ctx.credentials.clone(),
+            ));
+        }
+    }
+    result
+}
+
+/// Logs in on `member` once (`Authenticate`), unless it already has a token
+/// or no user is configured. etcd-client keeps the credentials with the
+/// member's client and from then on re-authenticates by itself when etcd
+/// answers "invalid auth token" (a simple token unused for
+/// `--auth-token-ttl`, or lost in a restart), retrying that call once: no
+/// call fails because a token expired.
+async fn authenticate(
+    member: &Member,
+    credentials: Option<&(String, Secret)>,
+) -> std::result::Result<(), etcd_client::Error> {
+    let Some((user, password)) = credentials else {
+        return Ok(());
+    };
+    if member.authenticated.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut client = member.client.clone();
+    client
+        .update_user(Some((user.clone(), password.expose().to_owned())))
+        .await?;
+    member.authenticated.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// [`authenticate`] in the background for a member that did not answer at
+/// connect time: retried with backoff (up to 5 s apart) until it works, the
+/// credentials are refused, or the registry is dropped.
+async fn authenticate_later(
+    members: std::sync::Weak<Members>,
+    index: usize,
+    credentials: Option<Arc<(String, Secret)>>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        backoff.wait().await;
+        let Some(members) = members.upgrade() else {
+            return;
+        };
+        let member = &members.list[index];
+        match tokio::time::timeout(
+            ATTEMPT_TIMEOUT * 2,
+            authenticate(member, credentials.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
+                tracing::warn!(backend = BACKEND, endpoint = %member.endpoint, error = %map_error(&member.endpoint, "authenticate", error), "etcd member refused our user");
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The probe of [`probe`]: the first member to answer wins.
+async fn probe_members(ctx: &Ctx, tls: Option<&TlsFiles>) -> Result<()> {
     let root = format!("{}/", ctx.prefix);
     let deadline = tokio::time::Instant::now() + ctx.timeout;
     let mut probes: FuturesUnordered<_> = ctx
@@ -434,13 +579,24 @@ async fn probe(ctx: &Ctx) -> Result<()> {
                     Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
                 let outcome = loop {
                     let mut kv = member.kv.clone();
-                    let read = kv.get(
-                        root.clone(),
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    );
+                    let root = root.clone();
+                    let read = async {
+                        authenticate(member, ctx.credentials.as_deref()).await?;
+                        kv.get(
+                            root,
+                            Some(GetOptions::new().with_prefix().with_count_only()),
+                        )
+                        .await
+                    };
                     match tokio::time::timeout_at(deadline, read).await {
                         Ok(Ok(_)) => break Ok(()),
                         Ok(Err(error)) if kind_of(&error) != Kind::Unavailable => {
+                            break Err(Some(error));
+                        }
+                        // A certificate one side refuses does not heal
+                        // within seconds: no point retrying until the
+                        // deadline.
+                        Ok(Err(error)) if is_certificate_failure(&error) => {
                             break Err(Some(error));
                         }
                         Ok(Err(error)) => {
@@ -468,12 +624,31 @@ async fn probe(ctx: &Ctx) -> Result<()> {
             Err(Some(error)) if kind_of(&error) != Kind::Unavailable => {
                 refused.get_or_insert_with(|| map_error(&member.endpoint, "connect", error));
             }
-            Err(Some(error)) => failures.push(format!("{}: {error}", member.endpoint)),
+            Err(Some(error)) => failures.push(format!("{}: {}", member.endpoint, describe(&error))),
             Err(None) => failures.push(format!("{}: no answer", member.endpoint)),
         }
     }
     if let Some(error) = refused {
         return Err(error);
+    }
+    // tonic may say only "connection closed" when the member refused our
+    // client certificate: find out which TLS setting is wrong with a
+    // handshake of our own.
+    let undiagnosed = failures
+        .iter()
+        .all(|f| crate::security::diagnose(f).is_none());
+    if let (Some(tls), true) = (tls, undiagnosed) {
+        if let Some(member) = ctx.members.list.first() {
+            let url = member.endpoint.trim_start_matches("https://");
+            if let Ok(endpoint) = crate::endpoint::Endpoint::parse(url) {
+                let within = Duration::from_secs(1);
+                if let Some(failure) =
+                    crate::security::tls_failure(&endpoint.host, endpoint.port, tls, within).await
+                {
+                    failures.push(failure);
+                }
+            }
+        }
     }
     Err(Error::unavailable(
         BACKEND,
@@ -500,36 +675,60 @@ impl EtcdRegistry {
     /// No lease is taken until the first registration.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an unusable address (`https://` is not
-    /// supported: this build has no TLS); [`Error::Unavailable`] naming the
-    /// endpoints if none answered within the timeout; `Rejected` if etcd
-    /// refused the read (authentication is not supported).
+    /// [`Error::InvalidConfig`] for an unusable address or security
+    /// setting (`https://` without a CA, TLS files with `http://`, a file
+    /// that cannot be read); [`Error::Unavailable`] naming the endpoints if
+    /// none answered within the timeout, with the TLS setting that is wrong
+    /// when a handshake failed; `Rejected` if etcd refused the login or the
+    /// read (wrong password, no user, a role without the prefix).
     pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
         config.validate()?;
         timing.validate()?;
+        let security = &config.security;
+        let tls = security.tls_files(BACKEND)?;
+        let credentials = security.credentials(BACKEND)?.map(Arc::new);
+        let default_scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints = endpoints_or_default(BACKEND, &config.addr, DEFAULT_ADDR)?;
-        if let Some(tls) = endpoints
-            .iter()
-            .find(|e| e.scheme.as_deref() == Some("https"))
-        {
+        let urls: Vec<String> = endpoints.iter().map(|e| e.url(default_scheme)).collect();
+        let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != urls.len() {
             return Err(Error::InvalidConfig(format!(
-                "etcd address {:?} uses https, but this build has no TLS support; use http:// or host:port",
-                tls.url("https")
+                "etcd endpoints mix http:// and https:// ({}); all members speak the same",
+                urls.join(",")
             )));
         }
-        let urls: Vec<String> = endpoints.iter().map(|e| e.url("http")).collect();
         let addr: Arc<str> = urls.join(",").into();
         let timeout = timing.timeout;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(HTTP2_PING_INTERVAL, timeout)
             .with_keep_alive_while_idle(false)
-            .with_require_leader(true);
+            .with_require_leader(true)
+            .with_auto_token_refresh(credentials.is_some());
+        let tls_files = tls.clone();
+        match (tls, https != 0) {
+            (Some(tls), true) => options = options.with_tls(tls_options(tls)?),
+            (Some(_), false) => {
+                return Err(Error::InvalidConfig(format!(
+                    "etcd endpoints {addr} are plain http://, but TLS files are set (ca, cert or key); \
+                     use https:// (or no scheme) or remove them"
+                )));
+            }
+            (None, true) => {
+                return Err(Error::InvalidConfig(format!(
+                    "etcd endpoints {addr} use https but no CA is set: set ca (REGISTRY_CA) to the PEM \
+                     file of the CA that signed the members' certificates"
+                )));
+            }
+            (None, false) => {}
+        }
 
         // One client (one gRPC channel) per member: see `Member`. The
         // channels connect lazily, so this does not wait for any member.
         let mut list = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
+            // Without a user this does no I/O (the channel connects lazily);
+            // the user logs in during the probe.
             let client = Client::connect([url], Some(options.clone()))
                 .await
                 .map_err(|error| map_error(url, "connect", error))?;
@@ -543,6 +742,8 @@ impl EtcdRegistry {
                     .watch_client()
                     .max_decoding_message_size(MAX_DECODING_BYTES),
                 lease: client.lease_client(),
+                authenticated: Arc::new(std::sync::atomic::AtomicBool::new(credentials.is_none())),
+                client,
             });
         }
         let ctx = Ctx {
@@ -558,9 +759,11 @@ impl EtcdRegistry {
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
             interop: Arc::new(config.interop.clone()),
+            credentials,
         };
-        probe(&ctx).await?;
-        tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, "connected to etcd");
+        probe(&ctx, tls_files.as_ref()).await?;
+        tracing::info!(backend = BACKEND, addr = %addr, prefix = %ctx.prefix, tls = https != 0,
+            user = ctx.credentials.as_ref().map(|c| c.0.as_str()), "connected to etcd");
 
         let registrar = Core::new(lease::Leases::new(ctx.clone()), ctx.ttl, ctx.timeout);
         Ok(EtcdRegistry { ctx, registrar })
@@ -675,6 +878,8 @@ mod tests {
                 kv: client.kv_client(),
                 lease: client.lease_client(),
                 watch: client.watch_client(),
+                authenticated: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                client,
             });
         }
         Ctx {
@@ -690,6 +895,7 @@ mod tests {
             page_size: DEFAULT_PAGE_SIZE,
             watch_start_delay: Duration::ZERO,
             interop: Arc::default(),
+            credentials: None,
         }
     }
 

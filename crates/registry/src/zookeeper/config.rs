@@ -9,6 +9,7 @@ use crate::endpoint::{Endpoint, addrs};
 use crate::error::{Error, Result};
 use crate::interop::Interop;
 use crate::model::validate_prefix;
+use crate::security::{Secret, Security};
 use crate::timing::{MAX_DURATION, Timing};
 
 /// The smallest ZooKeeper session timeout used unless one is set explicitly:
@@ -17,9 +18,12 @@ use crate::timing::{MAX_DURATION, Timing};
 /// lost across a restart.
 pub const MIN_DEFAULT_SESSION: Duration = Duration::from_secs(6);
 
-/// Where the ensemble is, where our nodes live, and the session timeout
-/// (`[backend]` with `type = "zookeeper"` in a settings file;
-/// `REGISTRY_ADDR`, `REGISTRY_PREFIX`).
+/// Where the ensemble is, where our nodes live, the session timeout, and how
+/// we prove who we are (`[backend]` with `type = "zookeeper"` in a settings
+/// file; `REGISTRY_ADDR`, `REGISTRY_PREFIX`, and the [`Security`] settings:
+/// TLS to a `secureClientPort` with `REGISTRY_CA` and optionally
+/// `REGISTRY_CERT` / `REGISTRY_KEY`; digest auth with `REGISTRY_USER` /
+/// `REGISTRY_PASSWORD`, which also puts an ACL on our instance nodes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Ensemble members; default 127.0.0.1:2181. One entry may also be a
@@ -39,6 +43,10 @@ pub struct Config {
     /// in the same table): see [`Interop`].
     #[serde(flatten)]
     pub interop: Interop,
+    /// TLS files and digest user/password; the keys sit directly under
+    /// `[backend]`.
+    #[serde(flatten)]
+    pub security: Security,
 }
 
 fn default_prefix() -> String {
@@ -52,6 +60,7 @@ impl Default for Config {
             prefix: default_prefix(),
             interop: Interop::default(),
             session_timeout: None,
+            security: Security::default(),
         }
     }
 }
@@ -84,7 +93,7 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        self.security.validate("zookeeper")
     }
 }
 
@@ -121,6 +130,38 @@ impl Builder {
     /// Sets the session timeout (default: the TTL, at least 6 s).
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.config.session_timeout = Some(timeout);
+        self
+    }
+
+    /// Connects with TLS (to the ensemble's `secureClientPort`), trusting
+    /// the CA in this PEM file.
+    pub fn ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.security.ca = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) over TLS.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.security.cert = Some(cert.into());
+        self.config.security.key = Some(key.into());
+        self
+    }
+
+    /// Authenticates with the digest scheme as `user:password`; our instance
+    /// nodes then carry an ACL that lets only this identity change them.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.config.security.user = Some(user.into());
+        self.config.security.password = Some(password.into());
+        self
+    }
+
+    /// Replaces all the security settings at once.
+    pub fn security(mut self, security: Security) -> Self {
+        self.config.security = security;
         self
     }
 

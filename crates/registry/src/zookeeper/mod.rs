@@ -3,7 +3,8 @@
 //!
 //! | operation    | ZooKeeper                                                                  |
 //! |--------------|----------------------------------------------------------------------------|
-//! | connect      | open a session (timeout below); retried with backoff until `REGISTRY_TIMEOUT` |
+//! | connect      | open a session (timeout below), over TLS to a `secureClientPort` with `REGISTRY_CA` (and a client certificate), with `addauth digest user:password` given `REGISTRY_USER`; retried with backoff until `REGISTRY_TIMEOUT` |
+//! | ACL          | with a digest identity, instance nodes are created with `world:anyone:r` + `digest:<user>:<hash>:cdrwa` (anyone reads, only we change them); parents stay `world:anyone:cdrwa` so others can register beside us. ZooKeeper checks a delete against the parent's ACL, so another identity can still delete our node: the check below puts it back |
 //! | register     | `mkdir -p <prefix>/<service>` (persistent), then `create -e <prefix>/<service>/<id>` holding [`Instance::to_json`] plus our `owner` token; if the node exists, its data (read then) names its owner: another registrar's token is a refusal ([`Error::AlreadyRegistered`]) |
 //! | keep alive   | the session itself: zookeeper-client pings every third of the session timeout |
 //! | replace      | our own node: `set`; a node of ours left by an earlier session, or one without an owner token (a tool's): one `multi { delete; create -e }` |
@@ -124,6 +125,7 @@ use crate::error::{Error, Result, with_deadline};
 use crate::interop::Interop;
 use crate::model::{Instance, validate_name};
 use crate::registrar::Registrar as Core;
+use crate::security::Secret;
 use crate::timing::Timing;
 use crate::traits::{Registrar, Registration, WatchStream, Watcher};
 
@@ -186,6 +188,52 @@ struct Params {
     ttl: Duration,
     /// How foreign records are read and ours written.
     interop: Arc<Interop>,
+    /// TLS to the ensemble's `secureClientPort`, if a CA is set.
+    tls: Option<zk::TlsOptions>,
+    /// The files behind `tls`, to find out why a handshake fails
+    /// (zookeeper-client only says "no available hosts").
+    tls_files: Option<crate::security::TlsFiles>,
+    /// The first member, for that diagnosis.
+    first: (String, u16),
+    /// The digest identity (`REGISTRY_USER`, `REGISTRY_PASSWORD`), if set:
+    /// sent with every session, and owner of our instance nodes' ACL.
+    digest: Option<Digest>,
+}
+
+/// A digest identity: what the session sends (`user:password`) and the id
+/// the ACLs name (`user:base64(sha1(user:password))`).
+#[derive(Clone)]
+pub(super) struct Digest {
+    /// `user:password`, for `addauth digest`.
+    credentials: Secret,
+    /// `user:base64(sha1(user:password))`: not a secret in ZooKeeper's model
+    /// (anyone may read ACLs), but not logged either.
+    id: String,
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digest(<redacted>)")
+    }
+}
+
+impl Digest {
+    fn new(user: &str, password: &Secret) -> Self {
+        use base64::Engine as _;
+        let credentials = format!("{user}:{}", password.expose());
+        let hash = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            credentials.as_bytes(),
+        );
+        let id = format!(
+            "{user}:{}",
+            base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
+        );
+        Digest {
+            credentials: Secret::new(credentials),
+            id,
+        }
+    }
 }
 
 impl Params {
@@ -245,6 +293,30 @@ fn map_error(addr: &str, operation: &'static str, error: zk::Error) -> Error {
     }
 }
 
+/// zookeeper-client's TLS options from our files: the CA (required: TLS is
+/// only on when one is set) and the client certificate.
+fn zk_tls(tls: crate::security::TlsFiles) -> Result<zk::TlsOptions> {
+    let bad = |setting: &str, e: zk::Error| {
+        Error::InvalidConfig(format!("zookeeper: {setting} cannot be used: {e}"))
+    };
+    let Some(ca) = tls.ca else {
+        return Err(Error::InvalidConfig(
+            "zookeeper: TLS needs ca (REGISTRY_CA), the PEM file of the CA that signed the \
+             servers' certificates"
+                .to_owned(),
+        ));
+    };
+    let mut options = zk::TlsOptions::new()
+        .with_pem_ca(&ca)
+        .map_err(|e| bad("ca (REGISTRY_CA)", e))?;
+    if let Some((cert, key)) = tls.identity {
+        options = options
+            .with_pem_identity(&cert, key.expose())
+            .map_err(|e| bad("cert and key (REGISTRY_CERT, REGISTRY_KEY)", e))?;
+    }
+    Ok(options)
+}
+
 /// Checks a service name or id: the model's rules, plus ZooKeeper's own
 /// (`.` and `..` are not node names).
 fn validate_node_name(what: &str, value: &str) -> Result<()> {
@@ -270,9 +342,11 @@ impl ZookeeperRegistry {
     /// instance registered through it, alive.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an address with an `https://` scheme (TLS
-    /// is not supported); [`Error::Unavailable`] naming the address(es) if
-    /// no session could be opened within `timing.timeout`.
+    /// [`Error::InvalidConfig`] for an address with a scheme (TLS is turned
+    /// on by `REGISTRY_CA`, not by the address) or an unusable security
+    /// setting; [`Error::Unavailable`] naming the address(es) if no session
+    /// could be opened within `timing.timeout`, with the TLS setting that is
+    /// wrong when a handshake failed.
     pub async fn connect(config: &Config, timing: Timing) -> Result<Self> {
         config.validate()?;
         timing.validate()?;
@@ -286,15 +360,20 @@ impl ZookeeperRegistry {
             .map(str::to_owned)
             .collect();
         let endpoints = endpoints_or_default(BACKEND, &addrs, DEFAULT_ADDR)?;
-        if let Some(endpoint) = endpoints
-            .iter()
-            .find(|e| e.scheme.as_deref() == Some("https"))
-        {
+        let tls = config.security.tls_files(BACKEND)?;
+        if let Some(endpoint) = endpoints.iter().find(|e| e.scheme.is_some()) {
             return Err(Error::InvalidConfig(format!(
-                "zookeeper address {} asks for TLS, which this client does not support; give host:port",
-                endpoint.url("https")
+                "zookeeper address {} has a scheme; give host:port (TLS is on when ca / REGISTRY_CA \
+                 is set, to the ensemble's secureClientPort)",
+                endpoint.url("http")
             )));
         }
+        let tls_files = tls.clone();
+        let tls = tls.map(zk_tls).transpose()?;
+        let digest = config
+            .security
+            .credentials(BACKEND)?
+            .map(|(user, password)| Digest::new(&user, &password));
         let params = Params {
             connect_string: endpoints
                 .iter()
@@ -306,6 +385,10 @@ impl ZookeeperRegistry {
             session_timeout: config.effective_session_timeout(timing.ttl),
             ttl: timing.ttl,
             interop: Arc::new(config.interop.clone()),
+            tls,
+            tls_files,
+            first: (endpoints[0].host.clone(), endpoints[0].port),
+            digest,
         };
         let client = session::open_session(&params).await?;
         tracing::info!(
@@ -314,6 +397,8 @@ impl ZookeeperRegistry {
             session = %client.session_id(),
             requested = ?params.session_timeout,
             granted = ?client.session_timeout(),
+            tls = params.tls.is_some(),
+            digest_auth = params.digest.is_some(),
             "zookeeper session opened"
         );
         let (publish, session) = watch::channel(Some(client.clone()));

@@ -20,10 +20,37 @@ use crate::error::{Error, Result};
 use crate::record::{Store, owner_of};
 use crate::registrar::{Backend, Found, LeaseEvent, Record, Renewal};
 
-/// Our nodes: ephemeral, readable and writable by anyone (like the parents),
-/// so that other tools can inspect and clean up the registry.
+/// Our nodes without a digest identity: ephemeral, readable and writable by
+/// anyone (like the parents), so that other tools can inspect and clean up
+/// the registry.
 const EPHEMERAL: zk::CreateOptions<'static> =
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+
+/// The options of an instance node: with a digest identity, an ACL that lets
+/// anyone read it (discovery by other tools keeps working) and only our
+/// identity change it or its ACL; the parents stay open to anyone (see
+/// `EPHEMERAL` and `PERSISTENT`), so that other frameworks can register
+/// beside us. ZooKeeper checks a delete against the *parent's* ACL, so
+/// another identity can still delete the node: the registrar's check puts
+/// it back (about once per TTL), as for any node deleted behind our back.
+fn instance_node<'a>(params: &Params, acls: &'a [zk::Acl]) -> zk::CreateOptions<'a> {
+    match &params.digest {
+        Some(_) => zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(acls)),
+        None => EPHEMERAL,
+    }
+}
+
+/// The ACL entries of [`instance_node`]: read for `world:anyone`, all for
+/// our digest id.
+fn instance_acls(params: &Params) -> Vec<zk::Acl> {
+    match &params.digest {
+        Some(digest) => vec![
+            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("digest", &digest.id)),
+        ],
+        None => Vec::new(),
+    }
+}
 /// The parents `<prefix>/<service>`.
 const PERSISTENT: zk::CreateOptions<'static> =
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
@@ -52,13 +79,31 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
             )));
         }
         let delay = backoff.next_delay();
-        if matches!(last, zk::Error::AuthFailed) || Instant::now() + delay >= deadline {
+        // A TLS failure is hidden behind "no available hosts": find out
+        // which setting is wrong with a handshake of our own. A certificate
+        // the server refuses (or we refuse) does not heal within seconds, so
+        // it ends this attempt at once rather than at the deadline.
+        let mut cause = String::new();
+        if let Some(tls) = &params.tls_files {
+            let within = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
+            let (host, port) = &params.first;
+            if let Some(failure) = crate::security::tls_failure(host, *port, tls, within).await {
+                cause = format!("; {failure}");
+            }
+        }
+        if matches!(last, zk::Error::AuthFailed)
+            || !cause.is_empty()
+            || Instant::now() + delay >= deadline
+        {
             return Err(Error::unavailable(
                 BACKEND,
                 params.connect_string.clone(),
                 NoSession {
                     timeout: params.timeout,
                     source: last,
+                    cause,
                 },
             ));
         }
@@ -69,9 +114,13 @@ pub(super) async fn open_session(params: &Params) -> Result<zk::Client> {
 
 /// Why [`open_session`] gave up.
 #[derive(Debug, thiserror::Error)]
-#[error("could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}")]
+#[error(
+    "could not open a session within REGISTRY_TIMEOUT ({timeout:?}); last error: {source}{cause}"
+)]
 struct NoSession {
     timeout: Duration,
+    /// What our own TLS handshake found, if TLS is on and it failed.
+    cause: String,
     #[source]
     source: zk::Error,
 }
@@ -86,7 +135,18 @@ async fn connect_once(params: &Params, detached: bool) -> Result<zk::Client, zk:
     if detached {
         connector = connector.with_detached();
     }
-    connector.connect(&params.connect_string).await
+    if let Some(digest) = &params.digest {
+        connector = connector.with_auth("digest", digest.credentials.expose().as_bytes());
+    }
+    match &params.tls {
+        Some(tls) => {
+            connector
+                .with_tls(tls.clone())
+                .secure_connect(&params.connect_string)
+                .await
+        }
+        None => connector.connect(&params.connect_string).await,
+    }
 }
 
 /// How long one server may stay silent before the client gives up on it
@@ -352,9 +412,11 @@ async fn ensure_node(
 ) -> Result<Ensured> {
     let me = client.session_id().0;
     let data = &record.encode(&params.interop, Store::Zookeeper)[..];
+    let acls = instance_acls(params);
+    let node = instance_node(params, &acls);
     let fail = |operation, error| params.error(operation, error);
     for _ in 0..MAX_RACES {
-        match client.create(path, data, &EPHEMERAL).await {
+        match client.create(path, data, &node).await {
             Ok(_) => return Ok(Ensured::Created),
             Err(zk::Error::NoNode) => {
                 let parent = parent_of(path);
@@ -399,7 +461,7 @@ async fn ensure_node(
         let mut multi = client.new_multi_writer();
         multi
             .add_delete(path, Some(stat.version))
-            .and_then(|()| multi.add_create(path, data, &EPHEMERAL))
+            .and_then(|()| multi.add_create(path, data, &node))
             .map_err(|e| fail("replace", e))?;
         match multi.commit().await {
             Ok(_) => {
@@ -475,10 +537,11 @@ async fn hand_over(
     let orphan = connect_once(params, true)
         .await
         .map_err(|e| params.error("open a session for the abandoned node", e))?;
+    let acls = instance_acls(params);
     let mut multi = orphan.new_multi_writer();
     multi
         .add_delete(path, Some(stat.version))
-        .and_then(|()| multi.add_create(path, &data, &EPHEMERAL))
+        .and_then(|()| multi.add_create(path, &data, &instance_node(params, &acls)))
         .map_err(|e| params.error("abandon", e))?;
     multi
         .commit()

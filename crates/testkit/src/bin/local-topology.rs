@@ -66,6 +66,14 @@ struct Cli {
     /// Do not copy the lorem processes' logs to stdout.
     #[arg(long)]
     quiet: bool,
+
+    /// A secured registry: one member with TLS, client certificates and a
+    /// user (etcd, zk) or ACLs and a token (consul), certificates made at
+    /// start, free ports; the lorem processes get REGISTRY_CA, REGISTRY_CERT,
+    /// REGISTRY_KEY and REGISTRY_USER + REGISTRY_PASSWORD_FILE or
+    /// REGISTRY_TOKEN_FILE (docs/secured-registries.md).
+    #[arg(long)]
+    secured: bool,
 }
 
 fn main() -> ExitCode {
@@ -136,6 +144,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
             .context("this program has no parent directory; pass --bin-dir")?,
     };
     let mut options = Options::new(cli.backend, bin_dir);
+    options.secured = cli.secured;
     if cli.ephemeral {
         return Ok(options.ephemeral());
     }
@@ -160,7 +169,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let options = options(&cli)?;
     say(&format!(
         "starting {} and the lorem processes on 127.0.0.1...",
-        cli.backend.describe()
+        if cli.secured {
+            "a secured registry (one member, TLS, client certificates, a user)"
+        } else {
+            cli.backend.describe()
+        }
     ));
     let mut start = tokio::task::spawn_blocking(move || Topology::start(&options));
     let mut stop_signal = None;
