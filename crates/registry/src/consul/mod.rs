@@ -249,8 +249,8 @@ impl ConsulRegistry {
         let http = builder
             .build()
             .map_err(|e| Error::unavailable(BACKEND, addr.clone(), e))?;
-        let api = Api::new(http, base, addr.clone(), timing.timeout)
-            .with_interop(config.interop.clone());
+        let api =
+            Api::new(http, base, addr.clone(), timing.timeout).with_interop(config.interop.clone());
 
         let leader = tokio::time::timeout(timing.timeout, api.leader())
             .await
