@@ -29,6 +29,8 @@
 //!   listening, retry while the registry is down, readiness, deregister,
 //!   drain, stop), the axum serve helper (feature `axum`, on by default)
 //!   and the one SIGTERM/SIGINT helper.
+//! - [`diff`](mod@diff): what changed between two snapshots of a service
+//!   (`sdctl watch` and the live page both use it).
 //! - [`Error`]: every failure, in domain words (`error`).
 //!
 //! # Quick start
@@ -77,6 +79,7 @@ mod watch_sink;
 
 pub mod backend;
 pub mod consul;
+pub mod diff;
 pub mod etcd;
 pub mod lifecycle;
 pub mod memory;
