@@ -389,6 +389,10 @@ impl Watcher for ConsulRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
+        crate::changes::snapshots(self.watch_changes(service))
+    }
+
+    fn watch_changes(&self, service: &str) -> crate::changes::ChangeStream {
         let api = self.api.clone();
         let ttl = self.ttl;
         let name = service.to_owned();
