@@ -24,87 +24,16 @@
 //! retries behind them, and its next snapshot is compared with the last one
 //! printed, so no change is lost from the output.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
-use registry::{Instance, Watcher};
+use registry::{WatchEvent, Watcher};
 
 use crate::error::{Error, Result, known_services};
 
-/// What happened to one instance between two snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// It appeared.
-    Added(Instance),
-    /// It went (the instance as it was last seen).
-    Removed(Instance),
-    /// It is still there, with another address, port, tags, metadata or
-    /// weight (the new instance).
-    Changed(Instance),
-}
-
-impl Change {
-    /// `added`, `removed` or `changed`.
-    pub fn event(&self) -> &'static str {
-        match self {
-            Change::Added(_) => "added",
-            Change::Removed(_) => "removed",
-            Change::Changed(_) => "changed",
-        }
-    }
-
-    /// The instance concerned.
-    pub fn instance(&self) -> &Instance {
-        match self {
-            Change::Added(i) | Change::Removed(i) | Change::Changed(i) => i,
-        }
-    }
-
-    /// The text line: `added lorem/a 127.0.0.1:8081 tags=v1 weight=2 meta.zone=eu`
-    /// (tags, weight and metadata only when set).
-    pub fn line(&self) -> String {
-        let i = self.instance();
-        let mut line = format!("{} {}/{} {}", self.event(), i.service, i.id, i.authority());
-        if !i.tags.is_empty() {
-            line.push_str(&format!(" tags={}", i.tags.join(",")));
-        }
-        if i.weight != 1 {
-            line.push_str(&format!(" weight={}", i.weight));
-        }
-        for (k, v) in &i.metadata {
-            line.push_str(&format!(" meta.{k}={v}"));
-        }
-        line
-    }
-
-    /// The JSON line: `{"event": "added", "instance": {...}}`.
-    pub fn json(&self) -> String {
-        serde_json::json!({ "event": self.event(), "instance": self.instance() }).to_string()
-    }
-}
-
-/// The changes from `before` (by id) to `after`, in id order.
-pub fn diff(before: &BTreeMap<String, Instance>, after: &[Instance]) -> Vec<Change> {
-    let after: BTreeMap<&str, &Instance> = after.iter().map(|i| (i.id.as_str(), i)).collect();
-    let mut changes = Vec::new();
-    for (id, old) in before {
-        match after.get(id.as_str()) {
-            None => changes.push(Change::Removed(old.clone())),
-            Some(new) if *new != old => changes.push(Change::Changed((*new).clone())),
-            Some(_) => {}
-        }
-    }
-    for (id, new) in &after {
-        if !before.contains_key(*id) {
-            changes.push(Change::Added((*new).clone()));
-        }
-    }
-    changes.sort_by(|a, b| a.instance().id.cmp(&b.instance().id));
-    changes
-}
+pub use registry::diff::{Change, diff};
 
 /// How `sdctl watch` prints, and how long it waits for the first snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,14 +78,18 @@ pub async fn run<W: Watcher + ?Sized>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     registry::validate_name("service", service)?;
-    let mut stream = watcher.watch(service);
+    // The change stream: O(1) work per change however large the service
+    // (etcd, ZooKeeper), the full state again after an outage.
+    let mut stream = watcher.watch_changes(service);
     let timeout = options.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_error = None;
     let first = loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(snapshot))) => break snapshot,
-            Ok(Some(Err(error))) => last_error = Some(error),
+            Ok(Some(WatchEvent::Synced(snapshot))) => break snapshot,
+            // Never before the first `Synced`; nothing to print.
+            Ok(Some(WatchEvent::Changed { .. })) => {}
+            Ok(Some(WatchEvent::Outage(error))) => last_error = Some(error),
             Ok(None) => {
                 return Err(last_error
                     .map(Error::from)
@@ -174,11 +107,12 @@ pub async fn run<W: Watcher + ?Sized>(
         }
     };
     let mut printed = 0u64;
-    let mut seen = BTreeMap::new();
     let limit = options.count.unwrap_or(u64::MAX);
-    if write_changes(&mut seen, &first, options, out, &mut printed, limit)? {
+    let added = first.iter().cloned().map(Change::Added);
+    if write_changes(added, options, out, &mut printed, limit)? {
         return Ok(());
     }
+    let mut seen = first.clone();
     let synced = if options.json {
         serde_json::json!({"event": "synced", "service": service, "instances": first.len()})
             .to_string()
@@ -200,12 +134,21 @@ pub async fn run<W: Watcher + ?Sized>(
     loop {
         tokio::select! {
             item = stream.next() => match item {
-                Some(Ok(snapshot)) => {
-                    if write_changes(&mut seen, &snapshot, options, out, &mut printed, limit)? {
+                Some(WatchEvent::Changed { changes, snapshot }) => {
+                    seen = snapshot;
+                    if write_changes(changes, options, out, &mut printed, limit)? {
                         return Ok(());
                     }
                 }
-                Some(Err(error)) => {
+                // The state after an outage: what changed meanwhile.
+                Some(WatchEvent::Synced(snapshot)) => {
+                    let changes = snapshot.changes_since(&seen);
+                    seen = snapshot;
+                    if write_changes(changes, options, out, &mut printed, limit)? {
+                        return Ok(());
+                    }
+                }
+                Some(WatchEvent::Outage(error)) => {
                     let _ = writeln!(notes, "sdctl: watch {service}: {error} (the watch carries on)");
                 }
                 None => return Err(Error::InvalidArgument(format!("the watch of {service} ended"))),
@@ -215,17 +158,16 @@ pub async fn run<W: Watcher + ?Sized>(
     }
 }
 
-/// Writes the changes from `seen` to `snapshot` and remembers `snapshot`;
-/// true once `limit` change lines have been written.
+/// Writes `changes`, one line each; true once `limit` change lines have
+/// been written.
 fn write_changes(
-    seen: &mut BTreeMap<String, Instance>,
-    snapshot: &[Instance],
+    changes: impl IntoIterator<Item = Change>,
     options: &WatchOptions,
     out: &mut (dyn Write + Send),
     printed: &mut u64,
     limit: u64,
 ) -> Result<bool> {
-    for change in diff(seen, snapshot) {
+    for change in changes {
         if *printed >= limit {
             break;
         }
@@ -238,44 +180,17 @@ fn write_changes(
         *printed += 1;
     }
     out.flush().map_err(|e| Error::io("stdout", e))?;
-    *seen = snapshot.iter().map(|i| (i.id.clone(), i.clone())).collect();
     Ok(*printed >= limit)
 }
 
 #[cfg(test)]
 mod tests {
-    use registry::{MemoryRegistry, Registrar};
+    use registry::{Instance, MemoryRegistry, Registrar};
 
     use super::*;
 
     fn lorem(id: &str, port: u16) -> Instance {
         Instance::new("lorem", id, "127.0.0.1", port)
-    }
-
-    #[test]
-    fn diff_names_each_added_removed_and_changed_instance() {
-        let before: BTreeMap<String, Instance> = [lorem("a", 1), lorem("b", 2)]
-            .into_iter()
-            .map(|i| (i.id.clone(), i))
-            .collect();
-        let after = [lorem("a", 9).with_tag("v2"), lorem("c", 3)];
-        let lines: Vec<String> = diff(&before, &after).iter().map(Change::line).collect();
-        assert_eq!(
-            lines,
-            [
-                "changed lorem/a 127.0.0.1:9 tags=v2",
-                "removed lorem/b 127.0.0.1:2",
-                "added lorem/c 127.0.0.1:3",
-            ]
-        );
-        let change = Change::Added(lorem("d", 4).with_weight(3).with_metadata("zone", "eu"));
-        assert_eq!(
-            change.line(),
-            "added lorem/d 127.0.0.1:4 weight=3 meta.zone=eu"
-        );
-        let json: serde_json::Value = serde_json::from_str(&change.json()).unwrap();
-        assert_eq!(json["event"], "added");
-        assert_eq!(json["instance"]["metadata"]["zone"], "eu");
     }
 
     #[tokio::test]
