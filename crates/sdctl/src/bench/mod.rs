@@ -34,6 +34,7 @@ mod child;
 mod consul_catalog;
 mod progress;
 mod report;
+mod scale;
 mod scenarios;
 mod target;
 
@@ -48,6 +49,7 @@ use crate::error::{Error, Result};
 
 pub use chart::svg;
 pub use report::{BackendReport, Bulk, Lorem, Machine, Report, Stat, TABLE_COLUMNS, WatcherMemory};
+pub use scale::ScaleRow;
 
 /// A backend the bench can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -152,6 +154,12 @@ pub struct Sizes {
     pub load_requests: u64,
     /// Lorem requests in flight at once.
     pub load_concurrency: usize,
+    /// The sizes of the scale rows (empty skips them): see `scale.rs`.
+    pub scale: Vec<usize>,
+    /// Changes per scale row.
+    pub scale_changes: usize,
+    /// Changes per second in the scale rows.
+    pub scale_rate: u32,
 }
 
 fn millis<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -171,6 +179,9 @@ impl Sizes {
             watchers: 10_000,
             load_requests: 20_000,
             load_concurrency: 16,
+            scale: vec![1000, 10_000, 100_000],
+            scale_changes: 200,
+            scale_rate: 40,
         }
     }
 
@@ -183,6 +194,8 @@ impl Sizes {
             sync: 3,
             watchers: 2000,
             load_requests: 2000,
+            scale: vec![1000],
+            scale_changes: 40,
             ..Sizes::full()
         }
     }
@@ -218,6 +231,11 @@ impl Sizes {
         within("--sync", self.sync, 1, 100)?;
         within("--watchers", self.watchers, 0, 100_000)?;
         within("--load-requests", self.load_requests, 0, 1_000_000)?;
+        for &n in &self.scale {
+            within("--scale", n, 1, 200_000)?;
+        }
+        within("--scale-changes", self.scale_changes, 1, 10_000)?;
+        within("--scale-rate", self.scale_rate, 1, 1000)?;
         within(
             "--load-concurrency",
             self.load_concurrency,
