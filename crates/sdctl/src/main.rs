@@ -168,6 +168,11 @@ struct BenchArgs {
     /// Changes per second in the scale rows, 1 to 1000 [default: 40].
     #[arg(long)]
     scale_rate: Option<u32>,
+    /// A directory with the `sdctl` and `lorem-client` of another build
+    /// (e.g. an older commit's target/release): their children are
+    /// measured too in the scale rows, for a before/after in one run.
+    #[arg(long, value_name = "DIR")]
+    scale_baseline: Option<PathBuf>,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     out: Option<PathBuf>,
@@ -239,6 +244,7 @@ impl BenchArgs {
             addrs,
             sizes,
             progress: !self.no_progress,
+            scale_baseline: self.scale_baseline.clone(),
         }
     }
 }

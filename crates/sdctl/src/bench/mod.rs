@@ -259,6 +259,9 @@ pub struct BenchOptions {
     pub sizes: Sizes,
     /// Progress lines on stderr (only ever when it is a terminal).
     pub progress: bool,
+    /// `--scale-baseline DIR`: the `sdctl` and `lorem-client` of another
+    /// build, measured too in the scale rows.
+    pub scale_baseline: Option<std::path::PathBuf>,
 }
 
 impl BenchOptions {
@@ -365,6 +368,7 @@ mod tests {
             addrs: BTreeMap::new(),
             sizes: Sizes::quick(),
             progress: false,
+            scale_baseline: None,
         };
         let error = options.check().unwrap_err().to_string();
         assert!(

@@ -282,12 +282,13 @@ impl Report {
         );
         let mut table = Table::new(
             &[
-                "backend", "N", "sync ms", "watch", "gateway", "watch", "gateway", "p50", "p99",
-                "seen",
+                "backend", "children", "N", "sync ms", "watch", "gateway", "watch", "gateway",
+                "p50", "p99", "seen",
             ],
-            &[&[Align::Left][..], &[Align::Right; 9][..]].concat(),
+            &[&[Align::Left; 2][..], &[Align::Right; 9][..]].concat(),
         )
         .groups(&[
+            ("", 1),
             ("", 1),
             ("", 1),
             ("", 1),
@@ -302,6 +303,7 @@ impl Report {
             for x in &r.scale {
                 table.row(vec![
                     r.backend.to_owned(),
+                    x.children.to_owned(),
                     x.instances.to_string(),
                     ms(x.initial_sync_ms),
                     cpu(x.watch_cpu_ms_per_change),

@@ -36,6 +36,10 @@ use super::{Backend, round};
 /// list on every change (O(N) per change by nature), and writing the
 /// instances into its catalog takes about a minute per 10,000 here.
 pub(crate) const CONSUL_MAX: usize = 10_000;
+/// The largest size the `--scale-baseline` children are measured at: a
+/// build whose watch costs O(N) per change takes minutes (and GiBs) at
+/// 100,000.
+const BASELINE_MAX: usize = 10_000;
 /// Registrations in flight at once while the service grows.
 const GROW_CONCURRENCY: usize = 512;
 /// `REGISTRY_TIMEOUT` of the children: the first snapshot of 100,000
@@ -47,6 +51,10 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// One scale row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScaleRow {
+    /// Whose children: `this` build's, or `baseline` (the binaries of
+    /// `--scale-baseline DIR`, e.g. an older build, measured in the same
+    /// run against the same registry for a before/after ratio).
+    pub children: &'static str,
     /// Instances of the watched service.
     pub instances: usize,
     /// Changes made (each a registration or a deregistration).
@@ -188,6 +196,9 @@ pub(crate) struct Scale<'a> {
     pub(crate) sizes: Vec<usize>,
     pub(crate) changes: usize,
     pub(crate) rate: u32,
+    /// A directory with the `sdctl` and `lorem-client` of another build,
+    /// whose children are measured too, after this build's, at each size.
+    pub(crate) baseline: Option<PathBuf>,
 }
 
 impl Scale<'_> {
@@ -217,13 +228,20 @@ impl Scale<'_> {
             },
             _ => None,
         };
-        let gateway_bin = self.sdctl.with_file_name("lorem-client");
-        let gateway_bin: Option<PathBuf> = gateway_bin.exists().then_some(gateway_bin);
-        if gateway_bin.is_none() {
-            notes.push(format!(
-                "scale: no lorem-client beside {} (cargo build --release -p client): gateway columns not measured",
-                self.sdctl.display()
-            ));
+        let mut builds = vec![("this", self.sdctl.to_path_buf())];
+        if let Some(dir) = &self.baseline {
+            builds.push(("baseline", dir.join("sdctl")));
+        }
+        let mut gateways = Vec::new();
+        for (_, sdctl) in &builds {
+            let gateway_bin = sdctl.with_file_name("lorem-client");
+            if !gateway_bin.exists() {
+                notes.push(format!(
+                    "scale: no lorem-client beside {} (cargo build --release -p client): gateway columns not measured",
+                    sdctl.display()
+                ));
+            }
+            gateways.push(gateway_bin.exists().then_some(gateway_bin));
         }
         let mut held = Vec::new();
         let mut have = 0;
@@ -252,12 +270,24 @@ impl Scale<'_> {
             }
             have = n;
             say(&format!("scale: {n} instances, {} changes", self.changes));
-            match self.one(n, &churn, gateway_bin.as_deref()).await {
-                Ok(row) => rows.push(row),
-                Err(e) => {
-                    error = Some(format!("scale {n}: {e}"));
-                    break;
+            for ((children, sdctl), gateway) in builds.iter().zip(&gateways) {
+                let baseline = *children != "this";
+                if baseline && n > BASELINE_MAX {
+                    continue;
                 }
+                match self.one(n, &churn, sdctl, gateway.as_deref()).await {
+                    Ok(row) => rows.push(ScaleRow { children, ..row }),
+                    // Another build's trouble is a note, not this row's
+                    // failure.
+                    Err(e) if baseline => notes.push(format!("scale {n} (baseline): {e}")),
+                    Err(e) => {
+                        error = Some(format!("scale {n} ({children}): {e}"));
+                        break;
+                    }
+                }
+            }
+            if error.is_some() {
+                break;
             }
         }
         say("scale: removing the instances");
@@ -277,12 +307,13 @@ impl Scale<'_> {
         &self,
         n: usize,
         churn: &DynRegistry,
+        sdctl: &Path,
         gateway_bin: Option<&Path>,
     ) -> Result<ScaleRow, String> {
         let env = self.target.child_env(self.target.ttl(), CHILD_TIMEOUT);
         let started = Instant::now();
         let args = ["watch".to_owned(), self.service.clone()];
-        let mut watch = SdctlChild::spawn(self.sdctl, &args, &env)?;
+        let mut watch = SdctlChild::spawn(sdctl, &args, &env)?;
         let synced = watch
             .line(started + DEADLINE, "its \"synced\" line", |l| {
                 l.starts_with("synced ")
@@ -384,6 +415,7 @@ impl Scale<'_> {
         watch.kill_and_wait().await;
         drop(gateway);
         Ok(ScaleRow {
+            children: "this",
             instances: n,
             changes,
             rate_per_s: self.rate,

@@ -56,6 +56,7 @@ pub(crate) async fn measure(
                 sdctl,
                 progress,
                 names: Names::new(),
+                scale_baseline: options.scale_baseline.clone(),
             };
             if let Err((phase, error)) = cx.all(&mut row).await {
                 row.error = Some(format!("{phase}: {error}"));
@@ -116,6 +117,7 @@ struct Cx<'a> {
     sdctl: &'a Path,
     progress: &'a Progress,
     names: Names,
+    scale_baseline: Option<std::path::PathBuf>,
 }
 
 type Phase<T = ()> = Result<T, String>;
@@ -259,6 +261,7 @@ impl Cx<'_> {
             sizes,
             changes: self.sizes.scale_changes,
             rate: self.sizes.scale_rate,
+            baseline: self.scale_baseline.clone(),
         };
         let (rows, error) = scale.run(|what| self.say(what), &mut row.notes).await;
         row.scale = rows;
