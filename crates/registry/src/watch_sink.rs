@@ -181,9 +181,42 @@ impl SnapshotSink {
     }
 
     /// Replaces the current set with `instances` (after a full read; of
-    /// two instances with one id, the last wins).
+    /// two instances with one id, the first wins).
+    ///
+    /// The new list is sorted and walked beside the current set in one
+    /// pass, and only what differs is written: O(N) comparisons and
+    /// O(k log N) writes for k changes, and the unchanged parts of the map
+    /// stay shared, so the consumer's diff skips them too. This is what
+    /// keeps a whole-list registry (Consul) cheap per change.
     pub(crate) fn replace(&mut self, instances: impl IntoIterator<Item = Instance>) {
-        self.state = instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let mut fresh: Vec<Instance> = instances.into_iter().collect();
+        fresh.sort_by(|a, b| a.id.cmp(&b.id));
+        fresh.dedup_by(|a, b| a.id == b.id);
+        if self.state.is_empty() {
+            self.state = fresh.into_iter().map(|i| (i.id.clone(), i)).collect();
+            return;
+        }
+        let (mut puts, mut gone) = (Vec::new(), Vec::new());
+        {
+            let mut old = self.state.iter().peekable();
+            for instance in fresh {
+                while let Some((id, _)) = old.next_if(|(id, _)| id.as_str() < instance.id.as_str())
+                {
+                    gone.push(id.clone());
+                }
+                match old.next_if(|(id, _)| **id == instance.id) {
+                    Some((_, current)) if *current == instance => {}
+                    _ => puts.push(instance),
+                }
+            }
+            gone.extend(old.map(|(id, _)| id.clone()));
+        }
+        for id in gone {
+            self.state.remove(&id);
+        }
+        for instance in puts {
+            self.state.insert(instance.id.clone(), instance);
+        }
     }
 
     /// The current set, by id.
