@@ -4,17 +4,28 @@
 //! the same servers (started by the test kit on loopback).
 //!
 //! ```sh
-//! cargo run --release -p registry --example register_floor -- 200
+//! cargo run --release -p registry --example register_floor -- 200 2
 //! ```
 //!
 //! Prints p50/p99 in ms per measure; the ratio register/raw is what the
-//! registry adds. Bounded: N rounds (default 200, at most 2,000), 2 ms apart.
+//! registry adds. Bounded: N rounds (default 200, at most 2,000), GAP ms
+//! apart (default 2, at most 1,000; `sdctl bench` rounds are 200 ms apart,
+//! and an idle gap makes every step slower: threads parked, caches cold).
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use registry::{EtcdRegistry, Instance, Registrar, WatchEvent, Watcher, ZookeeperRegistry};
 use zookeeper_client as zk;
+
+/// The pause before each round (second argument, ms).
+fn gap() -> Duration {
+    let ms: u64 = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    Duration::from_millis(ms.min(1000))
+}
 
 fn stat(name: &str, mut samples: Vec<Duration>) -> f64 {
     samples.sort_unstable();
@@ -43,7 +54,7 @@ async fn registry_rounds(
     let (mut visible, mut register) = (Vec::new(), Vec::new());
     let mut held = Vec::new();
     for i in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(gap()).await;
         let id = format!("f{i}");
         let started = Instant::now();
         let registration = registrar
@@ -90,7 +101,7 @@ async fn etcd(rounds: usize) {
         .unwrap();
     let mut raw = Vec::new();
     for i in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(gap()).await;
         let started = Instant::now();
         writer.put(format!("/raw/k{i}"), "v", None).await.unwrap();
         loop {
@@ -136,7 +147,7 @@ async fn zookeeper(rounds: usize) {
         .unwrap();
     let mut raw = Vec::new();
     for i in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(gap()).await;
         let started = Instant::now();
         writer
             .create(
