@@ -45,6 +45,8 @@ const GROW_CONCURRENCY: usize = 512;
 /// `REGISTRY_TIMEOUT` of the children: the first snapshot of 100,000
 /// instances must fit in it.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the watch may take to show the last changes once they are made.
+const SETTLE: Duration = Duration::from_secs(30);
 /// The deadline of a child's sync, and of the last change to be seen.
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -390,7 +392,19 @@ impl Scale<'_> {
                 seen.entry(key).or_insert_with(Instant::now);
             }
         };
-        let (made, ()) = tokio::join!(make, read);
+        // A failed change ends the row at once; after the last change the
+        // watch has a little while to show what is left.
+        let made = {
+            tokio::pin!(read);
+            let made = tokio::select! {
+                made = make => made,
+                () = &mut read => Err("sdctl watch stopped printing during the changes".to_owned()),
+            };
+            if made.is_ok() {
+                let _ = tokio::time::timeout(SETTLE, &mut read).await;
+            }
+            made
+        };
         made?;
         // Let the gateway finish what it received.
         tokio::time::sleep(Duration::from_secs(1)).await;
