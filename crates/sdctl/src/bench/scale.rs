@@ -6,8 +6,10 @@
 //! ZooKeeper; Consul: written into the catalog, see `consul_catalog.rs`),
 //! then an `sdctl watch` child and a `lorem-client gateway` child are
 //! started on the service, and once both are synced `--scale-changes`
-//! changes are made at `--scale-rate` per second (a new instance
-//! registered, then deregistered, alternately). Measured:
+//! changes are made at `--scale-rate` per second (new instances
+//! registered, and once ten are live, the oldest deregistered every other
+//! change, so that no watch coalesces an instance's add with its removal).
+//! Measured:
 //!
 //! | column | what |
 //! |---|---|
@@ -16,7 +18,7 @@
 //! | peak MiB | the child's `VmHWM` at the end: its peak RSS through sync and churn |
 //! | propagate p50/p99 | from calling `register()` or `deregister()` until `sdctl watch` prints the line of that change |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -45,6 +47,8 @@ const GROW_CONCURRENCY: usize = 512;
 /// `REGISTRY_TIMEOUT` of the children: the first snapshot of 100,000
 /// instances must fit in it.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Churn instances live at once (see the changes in `Scale::one`).
+const WINDOW: usize = 10;
 /// How long the watch may take to show the last changes once they are made.
 const SETTLE: Duration = Duration::from_secs(30);
 /// The deadline of a child's sync, and of the last change to be seen.
@@ -347,40 +351,42 @@ impl Scale<'_> {
         let changes = self.changes;
         let make = async {
             let mut ticks = tokio::time::interval(period);
-            let mut live: Option<(String, Registration)> = None;
+            // A window of live churn instances: each change adds one, or
+            // removes the oldest once WINDOW are live, so an instance
+            // lives WINDOW changes and no add and remove of one instance
+            // can be coalesced by a watch that lags a little.
+            let mut live: VecDeque<(String, Registration)> = VecDeque::new();
             for k in 0..changes {
                 ticks.tick().await;
-                match live.take() {
-                    Some((id, registration)) => {
+                if k % 2 == 1 && live.len() >= WINDOW {
+                    if let Some((id, registration)) = live.pop_front() {
                         sent.insert(format!("removed {churn_service}/{id} "), Instant::now());
                         registration
                             .deregister()
                             .await
                             .map_err(|e| format!("deregister: {e}"))?;
                     }
-                    None => {
-                        let id = format!("churn{k}");
-                        sent.insert(format!("added {churn_service}/{id} "), Instant::now());
-                        let registration = churn
-                            .register(registry::Instance::new(&churn_service, &id, "127.0.0.1", 9))
-                            .await
-                            .map_err(|e| format!("register: {e}"))?;
-                        live = Some((id, registration));
-                    }
+                } else {
+                    let id = format!("churn{k}");
+                    sent.insert(format!("added {churn_service}/{id} "), Instant::now());
+                    let registration = churn
+                        .register(registry::Instance::new(&churn_service, &id, "127.0.0.1", 9))
+                        .await
+                        .map_err(|e| format!("register: {e}"))?;
+                    live.push_back((id, registration));
                 }
             }
-            if let Some((_, registration)) = live {
-                // An odd count: the last one stays until the end of the
-                // row (not counted).
-                let _ = registration.deregister().await;
-            }
-            Ok::<(), String>(())
+            Ok::<_, String>(live)
         };
         let read = async {
             let deadline = Instant::now() + DEADLINE;
             while seen.len() < changes {
-                let Ok(line) = watch.line(deadline, "the changes", |_| true).await else {
-                    break;
+                let line = match watch.line(deadline, "the changes", |_| true).await {
+                    Ok(line) => line,
+                    Err(error) => {
+                        tracing::debug!(%error, "scale: reading sdctl watch");
+                        break;
+                    }
                 };
                 let key = line
                     .split_once(' ')
@@ -394,18 +400,24 @@ impl Scale<'_> {
         };
         // A failed change ends the row at once; after the last change the
         // watch has a little while to show what is left.
-        let made = {
+        let live = {
+            tokio::pin!(make);
             tokio::pin!(read);
-            let made = tokio::select! {
-                made = make => made,
-                () = &mut read => Err("sdctl watch stopped printing during the changes".to_owned()),
-            };
-            if made.is_ok() {
-                let _ = tokio::time::timeout(SETTLE, &mut read).await;
+            tokio::select! {
+                made = &mut make => {
+                    if made.is_ok() {
+                        let _ = tokio::time::timeout(SETTLE, &mut read).await;
+                    }
+                    made
+                }
+                // Every change seen (or the watch ended: its count says).
+                () = &mut read => make.await,
             }
-            made
-        };
-        made?;
+        }?;
+        // The window's last instances go after the measure (not counted).
+        for (_, registration) in live {
+            let _ = registration.deregister().await;
+        }
         // Let the gateway finish what it received.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let per_change = |before: Option<Duration>, pid: Option<u32>| {
@@ -426,6 +438,17 @@ impl Scale<'_> {
             .filter_map(|(key, at)| Some(seen.get(key)?.saturating_duration_since(*at)))
             .collect();
         let seen_count = samples.len();
+        if seen_count < changes {
+            let mut missed: Vec<&String> = sent.keys().filter(|k| !seen.contains_key(*k)).collect();
+            missed.sort();
+            missed.truncate(6);
+            tracing::warn!(
+                n,
+                seen = seen_count,
+                ?missed,
+                "scale: changes not printed by sdctl watch"
+            );
+        }
         watch.kill_and_wait().await;
         drop(gateway);
         Ok(ScaleRow {
