@@ -20,7 +20,7 @@
 //!   what the consumer saw last (both shared maps), so a slow consumer gets
 //!   the latest state with the changes coalesced, never a backlog.
 //!
-//! The old [`WatchStream`](crate::WatchStream) of full lists is derived from
+//! The old [`WatchStream`] of full lists is derived from
 //! the same events ([`snapshots`]); consumers that want lists still have
 //! them, at O(N) per item.
 
@@ -116,7 +116,7 @@ impl FromIterator<Instance> for Snapshot {
 
 /// One item of a [`ChangeStream`].
 ///
-/// The error contract is that of [`WatchStream`](crate::WatchStream), in
+/// The error contract is that of [`WatchStream`], in
 /// events: one [`Outage`](Self::Outage) when an outage starts, and the
 /// next [`Synced`](Self::Synced) (always sent, even if nothing changed)
 /// ends it.
@@ -146,7 +146,7 @@ pub enum WatchEvent {
 /// when dropped (or after one `Outage` for an invalid service name).
 pub type ChangeStream = BoxStream<'static, WatchEvent>;
 
-/// The full lists of a [`WatchStream`](crate::WatchStream), from a change
+/// The full lists of a [`WatchStream`], from a change
 /// stream: each `Synced` or `Changed` becomes `Ok(list)` (O(N)), each
 /// `Outage` an `Err`.
 pub fn snapshots(changes: ChangeStream) -> WatchStream {
