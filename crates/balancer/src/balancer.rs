@@ -1,10 +1,13 @@
 //! The balancer: the live set of a service, fed by a registry watch, and the
 //! choice of one instance per try.
 //!
-//! A background task follows [`Watcher::watch`]: every `Ok` snapshot
-//! replaces the live set (logged at info as `instances changed
-//! service=lorem instances=N` when it differs from the last one). The task
-//! ends when the last clone of the [`Balancer`] is dropped.
+//! A background task follows [`Watcher::watch_changes`]: the first state
+//! and the state after an outage replace the live set; each change after
+//! that is patched into it in place (a binary search by id), keeping the
+//! load and health of the other instances, so a change costs about the
+//! same at 100 instances and at 100,000. Each is logged at info as
+//! `instances changed service=lorem instances=N added=.. removed=..`.
+//! The task ends when the last clone of the [`Balancer`] is dropped.
 //!
 //! **Registry outages.** An `Err` item means the registry cannot be read
 //! right now: the last known set is kept and served, the outage is logged
@@ -641,7 +644,7 @@ impl Core {
             unselected,
             added = %added.join(","),
             removed = %removed.join(","),
-            "instances synced"
+            "instances changed"
         );
         tracing::debug!(service = %self.service, ids = %ids.join(","), "the synced set");
         if unchanged {
@@ -685,6 +688,7 @@ impl Core {
             sync.last_update = Some(Instant::now());
         }
         let mut moved = false;
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
         self.live.send_if_modified(|live| {
             let endpoints = &mut Arc::make_mut(live).endpoints;
             for change in &changes {
@@ -693,17 +697,19 @@ impl Core {
                 let selected = !matches!(change, Change::Removed(_))
                     && self.options.selector.matches(instance);
                 match (at, selected) {
-                    (Ok(i), true) if endpoints[i].instance == *instance => {}
+                    (Ok(i), true) if endpoints[i].instance == *instance => continue,
                     (Ok(i), true) => endpoints[i] = Arc::new(self.endpoint(instance)),
-                    (Err(i), true) => endpoints.insert(i, Arc::new(self.endpoint(instance))),
+                    (Err(i), true) => {
+                        endpoints.insert(i, Arc::new(self.endpoint(instance)));
+                        added.push(instance.id.as_str());
+                    }
                     (Ok(i), false) => {
                         endpoints.remove(i);
+                        removed.push(instance.id.as_str());
                     }
                     (Err(_), false) => continue,
                 }
                 moved = true;
-                tracing::info!(service = %self.service, id = %instance.id, change = change.event(),
-                    selected, instances = endpoints.len(), "instance changed");
             }
             moved
         });
@@ -712,6 +718,8 @@ impl Core {
         }
         self.metrics.changes.inc();
         let len = self.live.borrow().endpoints.len();
+        tracing::info!(service = %self.service, instances = len, added = %added.join(","),
+            removed = %removed.join(","), "instances changed");
         self.metrics
             .instances
             .set(i64::try_from(len).unwrap_or(i64::MAX));
