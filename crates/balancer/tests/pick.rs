@@ -170,6 +170,43 @@ async fn the_selector_keeps_only_instances_with_every_tag_and_pair() {
 }
 
 #[tokio::test]
+async fn changes_are_patched_into_the_set_one_by_one_through_the_selector() {
+    let registry = MemoryRegistry::new(Duration::from_secs(10));
+    let tagged = |id: &str, tag: &str| instance(id).with_tag(tag);
+    let a = register(&registry, tagged("a", "v1")).await;
+    let _b = register(&registry, tagged("b", "v1")).await;
+    let options = BalancerOptions {
+        selector: Selector {
+            tags: vec!["v1".into()],
+            metadata: BTreeMap::new(),
+        },
+        ..BalancerOptions::default()
+    };
+    let balancer = Balancer::new(registry.clone(), "lorem", options).unwrap();
+    wait_for(&balancer, 2).await;
+    // Added: selected or not.
+    let _c = register(&registry, tagged("c", "v1")).await;
+    let _x = register(&registry, tagged("x", "v2")).await;
+    wait_for(&balancer, 3).await;
+    assert_eq!(ids(&balancer), ["a", "b", "c"]);
+    // Changed out of the selection, then removed.
+    let _b = register(&registry, tagged("b", "v2")).await;
+    wait_for(&balancer, 2).await;
+    assert_eq!(ids(&balancer), ["a", "c"]);
+    a.deregister().await.unwrap();
+    wait_for(&balancer, 1).await;
+    assert_eq!(ids(&balancer), ["c"]);
+    // Changed into the selection.
+    let _x = register(&registry, tagged("x", "v1")).await;
+    wait_for(&balancer, 2).await;
+    assert_eq!(ids(&balancer), ["c", "x"]);
+    assert_eq!(
+        balancer.pick(&["c".to_owned()]).map(|i| i.id).as_deref(),
+        Some("x")
+    );
+}
+
+#[tokio::test]
 async fn the_local_zone_is_preferred_while_half_of_it_is_healthy() {
     let registry = MemoryRegistry::new(Duration::from_secs(10));
     let mut held = Vec::new();

@@ -29,6 +29,9 @@
 //!   listening, retry while the registry is down, readiness, deregister,
 //!   drain, stop), the axum serve helper (feature `axum`, on by default)
 //!   and the one SIGTERM/SIGINT helper.
+//! - [`changes`]: watches that carry changes ([`Watcher::watch_changes`]):
+//!   a shared [`Snapshot`] per event, O(log N) per registry event in etcd
+//!   and ZooKeeper, nothing queued for a slow consumer.
 //! - [`diff`](mod@diff): what changed between two snapshots of a service
 //!   (`sdctl watch` and the live page both use it).
 //! - [`security`]: TLS files, users, passwords and tokens of secured
@@ -82,6 +85,7 @@ mod traits;
 mod watch_sink;
 
 pub mod backend;
+pub mod changes;
 pub mod consul;
 pub mod diff;
 pub mod etcd;
@@ -90,6 +94,7 @@ pub mod memory;
 pub mod security;
 pub mod zookeeper;
 
+pub use changes::{ChangeStream, Snapshot, WatchEvent};
 pub use consul::ConsulRegistry;
 pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result};

@@ -347,6 +347,10 @@ impl Watcher for MemoryRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
+        crate::changes::snapshots(self.watch_changes(service))
+    }
+
+    fn watch_changes(&self, service: &str) -> crate::changes::ChangeStream {
         let store = self.store.clone();
         let service = service.to_owned();
         spawn_watch(move |mut sink| async move {

@@ -41,7 +41,7 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -49,18 +49,20 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
+use crate::changes::{ChangeStream, Snapshot, WatchEvent};
+use crate::diff::Change as Moved;
 use crate::error::Result;
 use crate::model::{Instance, validate_name};
-use crate::traits::{WatchStream, Watcher};
+use crate::traits::Watcher;
 
 /// The live instances of one service as a stream of tower
 /// [`Change`]s: see the [crate docs](crate). `make` turns an instance into
 /// the tower service that sends to it.
 pub struct ServiceDiscover<F, S> {
     service: String,
-    stream: WatchStream,
+    stream: ChangeStream,
     make: F,
-    live: BTreeMap<String, Instance>,
+    live: Snapshot,
     pending: VecDeque<Change<String, S>>,
 }
 
@@ -72,7 +74,7 @@ impl<F, S> std::fmt::Debug for ServiceDiscover<F, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceDiscover")
             .field("service", &self.service)
-            .field("live", &self.live.keys().collect::<Vec<_>>())
+            .field("live", &self.live.len())
             .finish_non_exhaustive()
     }
 }
@@ -90,36 +92,31 @@ where
         validate_name("service", service)?;
         Ok(ServiceDiscover {
             service: service.to_owned(),
-            stream: watcher.watch(service),
+            // The change stream: O(1) work per change, whatever the size.
+            stream: watcher.watch_changes(service),
             make,
-            live: BTreeMap::new(),
+            live: Snapshot::default(),
             pending: VecDeque::new(),
         })
     }
 
     /// The instances the stream has announced and not removed, by id.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        self.live.values()
+        self.live.iter()
     }
 
-    /// Queues the changes that turn the announced set into `snapshot`.
-    fn apply(&mut self, snapshot: Vec<Instance>) {
-        let next: BTreeMap<String, Instance> = snapshot
-            .into_iter()
-            .map(|instance| (instance.id.clone(), instance))
-            .collect();
-        for id in self.live.keys() {
-            if !next.contains_key(id) {
-                self.pending.push_back(Change::Remove(id.clone()));
-            }
+    /// Queues `changes` as tower changes, and keeps `snapshot` as the
+    /// announced set.
+    fn apply(&mut self, changes: Vec<Moved>, snapshot: Snapshot) {
+        for change in changes {
+            self.pending.push_back(match change {
+                Moved::Removed(gone) => Change::Remove(gone.id),
+                Moved::Added(instance) | Moved::Changed(instance) => {
+                    Change::Insert(instance.id.clone(), (self.make)(&instance))
+                }
+            });
         }
-        for (id, instance) in &next {
-            if self.live.get(id) != Some(instance) {
-                self.pending
-                    .push_back(Change::Insert(id.clone(), (self.make)(instance)));
-            }
-        }
-        self.live = next;
+        self.live = snapshot;
     }
 }
 
@@ -136,8 +133,16 @@ where
                 return Poll::Ready(Some(Ok(change)));
             }
             match this.stream.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(snapshot))) => this.apply(snapshot),
-                Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(WatchEvent::Changed { changes, snapshot })) => {
+                    this.apply(changes, snapshot);
+                }
+                // The first state, or the state after an outage: what
+                // differs from the announced set.
+                Poll::Ready(Some(WatchEvent::Synced(snapshot))) => {
+                    let changes = snapshot.changes_since(&this.live);
+                    this.apply(changes, snapshot);
+                }
+                Poll::Ready(Some(WatchEvent::Outage(error))) => {
                     tracing::warn!(service = %this.service, %error, kept = this.live.len(),
                         "discovery error; tower keeps the last known instances");
                 }

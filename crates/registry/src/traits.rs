@@ -6,6 +6,9 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 
+#[cfg(doc)]
+use crate::changes::WatchEvent;
+use crate::changes::{ChangeStream, changes_from_snapshots};
 use crate::error::Result;
 use crate::model::Instance;
 
@@ -115,6 +118,23 @@ pub trait Watcher: Send + Sync {
     /// [`WatchStream`]. The stream ends only when dropped (or at once, after
     /// one error item, for an invalid service name).
     fn watch(&self, service: &str) -> WatchStream;
+
+    /// Pushes what changes in `service`: a [`WatchEvent::Synced`] with the
+    /// full state first, then one [`WatchEvent::Changed`] per change (or
+    /// per batch, for a consumer slower than the registry: nothing is
+    /// queued, it gets the newest state), and outages as events of their
+    /// own, under the same contract as [`WatchStream`]. Every event carries
+    /// the full state as a shared [`Snapshot`](crate::changes::Snapshot)
+    /// (an O(1) clone).
+    ///
+    /// etcd and ZooKeeper apply each registry event in O(log N) and a
+    /// consumer can do O(1) work per change; the provided implementation,
+    /// for watchers that only have [`watch`](Self::watch) (Consul, which
+    /// answers with whole lists, wrappers, test doubles), diffs the full
+    /// lists.
+    fn watch_changes(&self, service: &str) -> ChangeStream {
+        changes_from_snapshots(self.watch(service))
+    }
 }
 
 /// A registry that both registers and discovers: what
@@ -143,6 +163,9 @@ impl<T: Watcher + ?Sized> Watcher for Arc<T> {
     }
     fn watch(&self, service: &str) -> WatchStream {
         (**self).watch(service)
+    }
+    fn watch_changes(&self, service: &str) -> ChangeStream {
+        (**self).watch_changes(service)
     }
 }
 

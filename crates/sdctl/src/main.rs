@@ -121,7 +121,7 @@ enum Command {
     /// --consul-addr. The table goes to stdout; --out writes JSON, --svg a
     /// chart of the latencies. Progress is shown on stderr when it is a
     /// terminal.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +175,22 @@ struct BenchArgs {
     /// Lorem requests in flight at once, 1 to 1024 [default: 16].
     #[arg(long)]
     load_concurrency: Option<usize>,
+    /// The sizes of the scale rows (a watcher and a gateway following a
+    /// service of N instances under churn), comma-separated, each 1 to
+    /// 200000; `0` skips them [default: 1000,10000,100000; --quick: 1000].
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// Changes per scale row, 1 to 10000 [default: 200; --quick: 40].
+    #[arg(long)]
+    scale_changes: Option<usize>,
+    /// Changes per second in the scale rows, 1 to 1000 [default: 40].
+    #[arg(long)]
+    scale_rate: Option<u32>,
+    /// A directory with the `sdctl` and `lorem-client` of another build
+    /// (e.g. an older commit's target/release): their children are
+    /// measured too in the scale rows, for a before/after in one run.
+    #[arg(long, value_name = "DIR")]
+    scale_baseline: Option<PathBuf>,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     out: Option<PathBuf>,
@@ -223,6 +239,12 @@ impl BenchArgs {
             watchers: self.watchers.unwrap_or(base.watchers),
             load_requests: self.load_requests.unwrap_or(base.load_requests),
             load_concurrency: self.load_concurrency.unwrap_or(base.load_concurrency),
+            scale: match &self.scale {
+                Some(sizes) => sizes.iter().copied().filter(|n| *n > 0).collect(),
+                None => base.scale,
+            },
+            scale_changes: self.scale_changes.unwrap_or(base.scale_changes),
+            scale_rate: self.scale_rate.unwrap_or(base.scale_rate),
         };
         let mut addrs = BTreeMap::new();
         for (backend, addr) in [
@@ -240,6 +262,7 @@ impl BenchArgs {
             addrs,
             sizes,
             progress: !self.no_progress,
+            scale_baseline: self.scale_baseline.clone(),
         }
     }
 }

@@ -24,13 +24,12 @@
 //! retries behind them, and its next snapshot is compared with the last one
 //! printed, so no change is lost from the output.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
-use registry::{Instance, Watcher};
+use registry::{WatchEvent, Watcher};
 
 use crate::error::{Error, Result, known_services};
 
@@ -79,14 +78,18 @@ pub async fn run<W: Watcher + ?Sized>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     registry::validate_name("service", service)?;
-    let mut stream = watcher.watch(service);
+    // The change stream: O(1) work per change however large the service
+    // (etcd, ZooKeeper), the full state again after an outage.
+    let mut stream = watcher.watch_changes(service);
     let timeout = options.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_error = None;
     let first = loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(snapshot))) => break snapshot,
-            Ok(Some(Err(error))) => last_error = Some(error),
+            Ok(Some(WatchEvent::Synced(snapshot))) => break snapshot,
+            // Never before the first `Synced`; nothing to print.
+            Ok(Some(WatchEvent::Changed { .. })) => {}
+            Ok(Some(WatchEvent::Outage(error))) => last_error = Some(error),
             Ok(None) => {
                 return Err(last_error
                     .map(Error::from)
@@ -104,11 +107,12 @@ pub async fn run<W: Watcher + ?Sized>(
         }
     };
     let mut printed = 0u64;
-    let mut seen = BTreeMap::new();
     let limit = options.count.unwrap_or(u64::MAX);
-    if write_changes(&mut seen, &first, options, out, &mut printed, limit)? {
+    let added = first.iter().cloned().map(Change::Added);
+    if write_changes(added, options, out, &mut printed, limit)? {
         return Ok(());
     }
+    let mut seen = first.clone();
     let synced = if options.json {
         serde_json::json!({"event": "synced", "service": service, "instances": first.len()})
             .to_string()
@@ -130,12 +134,21 @@ pub async fn run<W: Watcher + ?Sized>(
     loop {
         tokio::select! {
             item = stream.next() => match item {
-                Some(Ok(snapshot)) => {
-                    if write_changes(&mut seen, &snapshot, options, out, &mut printed, limit)? {
+                Some(WatchEvent::Changed { changes, snapshot }) => {
+                    seen = snapshot;
+                    if write_changes(changes, options, out, &mut printed, limit)? {
                         return Ok(());
                     }
                 }
-                Some(Err(error)) => {
+                // The state after an outage: what changed meanwhile.
+                Some(WatchEvent::Synced(snapshot)) => {
+                    let changes = snapshot.changes_since(&seen);
+                    seen = snapshot;
+                    if write_changes(changes, options, out, &mut printed, limit)? {
+                        return Ok(());
+                    }
+                }
+                Some(WatchEvent::Outage(error)) => {
                     let _ = writeln!(notes, "sdctl: watch {service}: {error} (the watch carries on)");
                 }
                 None => return Err(Error::InvalidArgument(format!("the watch of {service} ended"))),
@@ -145,17 +158,16 @@ pub async fn run<W: Watcher + ?Sized>(
     }
 }
 
-/// Writes the changes from `seen` to `snapshot` and remembers `snapshot`;
-/// true once `limit` change lines have been written.
+/// Writes `changes`, one line each; true once `limit` change lines have
+/// been written.
 fn write_changes(
-    seen: &mut BTreeMap<String, Instance>,
-    snapshot: &[Instance],
+    changes: impl IntoIterator<Item = Change>,
     options: &WatchOptions,
     out: &mut (dyn Write + Send),
     printed: &mut u64,
     limit: u64,
 ) -> Result<bool> {
-    for change in diff(seen, snapshot) {
+    for change in changes {
         if *printed >= limit {
             break;
         }
@@ -168,13 +180,12 @@ fn write_changes(
         *printed += 1;
     }
     out.flush().map_err(|e| Error::io("stdout", e))?;
-    *seen = snapshot.iter().map(|i| (i.id.clone(), i.clone())).collect();
     Ok(*printed >= limit)
 }
 
 #[cfg(test)]
 mod tests {
-    use registry::{MemoryRegistry, Registrar};
+    use registry::{Instance, MemoryRegistry, Registrar};
 
     use super::*;
 

@@ -104,7 +104,20 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
             );
         }
     }
-    for note in &lines[7..] {
+    // The scale rows (not for memory): a title, two header lines, one row
+    // per backend and size (quick: 1,000), every cell measured.
+    assert!(lines[7].starts_with("scale: "), "{stdout}");
+    assert!(lines[8].contains("CPU ms/change"), "{stdout}");
+    for (line, backend) in lines[10..13].iter().zip(&BACKENDS[1..]) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[..3], [*backend, "this", "1000"], "{stdout}");
+        for cell in &cells[3..10] {
+            // The gateway's columns need lorem-client beside sdctl.
+            assert!(is_number(cell) || *cell == "-", "{line}");
+        }
+        assert_eq!(cells[10], "40/40", "every change seen: {line}");
+    }
+    for note in &lines[13..] {
         // What does not apply, or was measured another way (memory, the
         // Consul catalog); never a failure.
         assert!(
@@ -137,7 +150,10 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
             "sync",
             "watchers",
             "load_requests",
-            "load_concurrency"
+            "load_concurrency",
+            "scale",
+            "scale_changes",
+            "scale_rate"
         ])
     );
     let rows = json["backends"].as_array().expect("a backends array");
@@ -164,6 +180,7 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
                 "bulk",
                 "lorem",
                 "server_rss_mib",
+                "scale",
                 "notes",
                 "error",
                 "seconds"
@@ -197,6 +214,30 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
             set(&["ok", "failed", "rps", "p50_ms", "p99_ms"])
         );
         assert_eq!(row["lorem"]["failed"], 0, "{backend}");
+        let scale = row["scale"].as_array().expect("a scale array");
+        if backend == "memory" {
+            assert!(scale.is_empty());
+        } else {
+            assert_eq!(scale.len(), 1, "{backend}");
+            assert_eq!(
+                keys(&scale[0]),
+                set(&[
+                    "children",
+                    "instances",
+                    "changes",
+                    "rate_per_s",
+                    "initial_sync_ms",
+                    "watch_cpu_ms_per_change",
+                    "gateway_cpu_ms_per_change",
+                    "watch_peak_mib",
+                    "gateway_peak_mib",
+                    "propagation_ms",
+                    "seen"
+                ]),
+                "{backend}"
+            );
+            assert!(scale[0]["watch_cpu_ms_per_change"].as_f64() > Some(0.0));
+        }
         if backend == "memory" {
             assert!(row["watcher_memory"].is_null() && row["server_rss_mib"].is_null());
             assert!(row["addr"].is_null());

@@ -418,6 +418,33 @@ impl Api {
         service: &str,
         blocking: Option<(u64, Duration)>,
     ) -> Result<(Vec<Instance>, u64)> {
+        let (body, index) = self.fetch_healthy(service, blocking).await?;
+        Ok((self.decode_healthy(service, &body)?, index))
+    }
+
+    /// The blocking query of a watch: as [`healthy`](Self::healthy) with
+    /// `Some((index, wait))`, but `None` instead of the instances when the
+    /// answer's index did not move (the wait ran out with no change), so
+    /// that an unchanged list is not even decoded.
+    pub(super) async fn healthy_since(
+        &self,
+        service: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Option<Vec<Instance>>, u64)> {
+        let (body, answer) = self.fetch_healthy(service, Some((index, wait))).await?;
+        if answer == index && index > 0 {
+            return Ok((None, answer));
+        }
+        Ok((Some(self.decode_healthy(service, &body)?), answer))
+    }
+
+    /// The body and `X-Consul-Index` of a health query.
+    async fn fetch_healthy(
+        &self,
+        service: &str,
+        blocking: Option<(u64, Duration)>,
+    ) -> Result<(Vec<u8>, u64)> {
         let (operation, url, timeout) = match blocking {
             Some((index, wait)) => (
                 "watch",
@@ -438,18 +465,32 @@ impl Api {
         if !status.is_success() {
             return Err(self.status_error(operation, status, &text(&body)));
         }
-        let entries: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        Ok((body, index.unwrap_or(0)))
+    }
+
+    /// Decodes a health answer straight into typed entries (no JSON tree:
+    /// the fields we do not read are skipped as they are parsed); only if
+    /// that fails (an entry of a shape we do not expect, written by another
+    /// tool) is the answer read again entry by entry, so that one bad entry
+    /// is skipped with a warning instead of hiding the others.
+    fn decode_healthy(&self, service: &str, body: &[u8]) -> Result<Vec<Instance>> {
+        if let Ok(entries) = serde_json::from_slice::<Vec<HealthEntry>>(body) {
+            return Ok(entries
+                .into_iter()
+                .filter_map(|entry| instance_of(service, entry))
+                .collect());
+        }
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| {
             Error::unavailable(
                 BACKEND,
                 self.addr.clone(),
                 format!("unreadable answer of /v1/health/service/{service}: {e}"),
             )
         })?;
-        let instances = entries
+        Ok(entries
             .into_iter()
             .filter_map(|entry| decode_entry(service, entry))
-            .collect();
-        Ok((instances, index.unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -600,13 +641,18 @@ struct Weights {
 /// if it breaks our model (a foreign registration with a port of 0, an empty
 /// tag, an id we cannot address...): one bad entry must not hide the others.
 fn decode_entry(service: &str, entry: serde_json::Value) -> Option<Instance> {
-    let entry: HealthEntry = match serde_json::from_value(entry) {
-        Ok(entry) => entry,
+    match serde_json::from_value(entry) {
+        Ok(entry) => instance_of(service, entry),
         Err(error) => {
             tracing::warn!(backend = BACKEND, service, %error, "skipping a Consul health entry that does not decode");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Turns one decoded health entry into an [`Instance`], or skips it with a
+/// warning (see [`decode_entry`]).
+fn instance_of(service: &str, entry: HealthEntry) -> Option<Instance> {
     let node = entry.node.unwrap_or(NodeEntry {
         name: None,
         address: None,

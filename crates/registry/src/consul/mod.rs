@@ -485,6 +485,10 @@ impl Watcher for ConsulRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
+        crate::changes::snapshots(self.watch_changes(service))
+    }
+
+    fn watch_changes(&self, service: &str) -> crate::changes::ChangeStream {
         let api = self.api.clone();
         let ttl = self.ttl;
         let name = service.to_owned();
@@ -575,14 +579,22 @@ async fn watch_loop(api: Api, service: String, ttl: Duration, mut sink: Snapshot
         limiter.acquire().await;
         let answer = if index > 0 {
             tokio::select! {
-                answer = api.healthy(&service, Some((index, WATCH_WAIT))) => answer,
+                answer = api.healthy_since(&service, index, WATCH_WAIT) => answer,
                 error = hung(&api, probe_every) => Err(error),
             }
         } else {
-            api.healthy(&service, None).await
+            api.healthy(&service, None)
+                .await
+                .map(|(list, answer)| (Some(list), answer))
         };
         match answer {
-            Ok((instances, answer)) => {
+            // The wait ran out and the index did not move: nothing to
+            // decode. (An answer after an outage always moves from 0.)
+            Ok((None, answer)) => {
+                backoff.reset();
+                index = next_index(index, answer);
+            }
+            Ok((Some(instances), answer)) => {
                 backoff.reset();
                 tracing::debug!(backend = BACKEND, %service, index, answer, instances = instances.len(), "watch answer");
                 index = next_index(index, answer);

@@ -847,6 +847,10 @@ impl Watcher for EtcdRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
+        crate::changes::snapshots(self.watch_changes(service))
+    }
+
+    fn watch_changes(&self, service: &str) -> crate::changes::ChangeStream {
         let ctx = self.ctx.clone();
         let service = service.to_owned();
         spawn_watch_of(BACKEND, service.clone(), move |mut sink| async move {

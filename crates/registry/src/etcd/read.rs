@@ -309,7 +309,7 @@ async fn watch_round(
     read_within: Duration,
 ) -> End {
     let read = tokio::time::timeout(read_within, snapshot(ctx, service)).await;
-    let (mut instances, revision) = match read {
+    let (instances, revision) = match read {
         Ok(Ok(read)) => read,
         Ok(Err(error)) => return End::Failed(error),
         Err(_) => {
@@ -322,7 +322,8 @@ async fn watch_round(
             ));
         }
     };
-    if !sink.snapshot(instances.values().cloned().collect()).await {
+    sink.replace(instances.into_values());
+    if !sink.publish() {
         return End::Closed;
     }
     if !ctx.watch_start_delay.is_zero() {
@@ -419,11 +420,10 @@ async fn watch_round(
             backoff.reset();
         }
         // A progress report carries no events: it only proved the member
-        // alive.
+        // alive. Each event is applied to the shared set in O(log N).
         let mut changed = false;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
             // A deleted key comes back with version 0; a put has version >= 1.
             // (etcd-client's `event_type` panics on unknown types; this
             // cannot.)
@@ -434,20 +434,24 @@ async fn watch_round(
                     .map(|(_, instance)| instance)
             };
             changed |= match found {
-                Some(instance) => {
-                    instances.insert(key, instance.clone()).as_ref() != Some(&instance)
-                }
-                None => instances.remove(&key).is_some(),
+                Some(instance) => sink.put(instance),
+                None => match std::str::from_utf8(kv.key())
+                    .ok()
+                    .and_then(|key| key.strip_prefix(prefix.as_str()))
+                {
+                    Some(id) => sink.remove(id),
+                    None => false,
+                },
             };
         }
         if changed {
-            tracing::debug!(
+            tracing::trace!(
                 backend = BACKEND,
                 service,
-                instances = instances.len(),
+                instances = sink.state().len(),
                 "watch updated"
             );
-            if !sink.snapshot(instances.values().cloned().collect()).await {
+            if !sink.publish() {
                 return End::Closed;
             }
         }

@@ -476,6 +476,10 @@ impl Watcher for ZookeeperRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
+        crate::changes::snapshots(self.watch_changes(service))
+    }
+
+    fn watch_changes(&self, service: &str) -> crate::changes::ChangeStream {
         read::watch(self.shared.clone(), service.to_owned())
     }
 }

@@ -12,10 +12,10 @@ use zookeeper_client as zk;
 
 use super::{BACKEND, Params, Shared, validate_node_name};
 use crate::backoff::Backoff;
+use crate::changes::ChangeStream;
 use crate::error::{Error, Result, with_deadline};
 use crate::model::{Instance, validate_name};
 use crate::record::decode_record;
-use crate::traits::WatchStream;
 use crate::watch_sink::{SnapshotSink, silence_limit, spawn_watch_of};
 
 /// How many reads go in one multi-read request (keeps replies well under
@@ -201,9 +201,9 @@ enum Stopped {
     Failed(Error),
 }
 
-/// Pushes full snapshots of `service`'s live instances; see
-/// [`Watcher::watch`](crate::Watcher::watch).
-pub(super) fn watch(shared: Arc<Shared>, service: String) -> WatchStream {
+/// Pushes the changes of `service`'s live instances; see
+/// [`Watcher::watch_changes`](crate::Watcher::watch_changes).
+pub(super) fn watch(shared: Arc<Shared>, service: String) -> ChangeStream {
     spawn_watch_of(BACKEND, service.clone(), move |mut sink| async move {
         if let Err(error) = validate_node_name("service", &service) {
             sink.fatal(error).await;
@@ -265,11 +265,11 @@ async fn watch_one_session(
         Ok(watcher) => watcher,
         Err(error) => return Stopped::Failed(error),
     };
-    let mut current = match read_all(params, &client, service).await {
-        Ok(current) => current,
+    match read_all(params, &client, service).await {
+        Ok(current) => sink.replace(current.into_values()),
         Err(error) => return Stopped::Failed(error),
-    };
-    if !sink.snapshot(current.values().cloned().collect()).await {
+    }
+    if !sink.publish() {
         return Stopped::Closed;
     }
     backoff.reset();
@@ -358,21 +358,21 @@ async fn watch_one_session(
             }
         }
         let updated = if reread {
-            read_all(params, &client, service).await.map(|all| {
-                current = all;
-            })
+            read_all(params, &client, service)
+                .await
+                .map(|all| sink.replace(all.into_values()))
         } else if touched.is_empty() {
             continue;
         } else {
-            reread_ids(params, &client, service, &touched, &mut current).await
+            reread_ids(params, &client, service, &touched, sink).await
         };
         if let Err(error) = updated {
             return Stopped::Failed(error);
         }
-        if !sink.snapshot(current.values().cloned().collect()).await {
+        if !sink.publish() {
             return Stopped::Closed;
         }
-        tracing::debug!(backend = BACKEND, %service, instances = current.len(), "watch updated");
+        tracing::trace!(backend = BACKEND, %service, instances = sink.state().len(), "watch updated");
     }
 }
 
@@ -426,13 +426,14 @@ async fn read_all(
     .await
 }
 
-/// Reads again the children an event named, updating `current`.
+/// Reads again the children an event named, updating the sink's set
+/// (O(log N) each).
 async fn reread_ids(
     params: &Params,
     client: &zk::Client,
     service: &str,
     ids: &BTreeSet<String>,
-    current: &mut BTreeMap<String, Instance>,
+    sink: &mut SnapshotSink,
 ) -> Result<()> {
     // Names that cannot be ids can never decode; skip the round trip.
     let pairs: Vec<(&str, &str)> = ids
@@ -447,10 +448,11 @@ async fn reread_ids(
         read_nodes(params, client, &pairs),
     )
     .await?;
+    let mut found = found;
     for id in ids {
-        match found.get(id) {
-            Some(instance) => current.insert(id.clone(), instance.clone()),
-            None => current.remove(id),
+        match found.remove(id) {
+            Some(instance) => sink.put(instance),
+            None => sink.remove(id),
         };
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The SVG chart of `sdctl bench --svg`: the latencies per backend.
 //!
 //! One group of bars per latency (register, propagation, deregistration,
-//! crash detection, initial sync, lorem request), one bar per backend: the
+//! crash detection, initial sync, propagation under churn at the largest
+//! scale row's N, lorem request), one bar per backend: the
 //! bar is the p50, the whisker reaches the p99. The y axis is logarithmic,
 //! since the latencies go from tenths of a millisecond to seconds.
 //!
@@ -45,6 +46,10 @@ const METRICS: &[Metric] = &[
     Metric {
         label: "initial sync",
         of: |r| r.initial_sync_ms,
+    },
+    Metric {
+        label: "propagation under churn, largest N",
+        of: |r| r.scale.last().and_then(|x| x.propagation_ms),
     },
     Metric {
         label: "lorem request",

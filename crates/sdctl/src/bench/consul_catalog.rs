@@ -77,7 +77,19 @@ impl Catalog {
         service: &str,
         n: usize,
     ) -> Result<(), String> {
-        let results: Vec<Result<(), String>> = futures::stream::iter(0..n)
+        self.register_range(node_prefix, service, 0, n).await
+    }
+
+    /// Writes the instances `i<from>`..`i<n - 1>` of `service`, as
+    /// [`register`](Self::register) does.
+    pub(crate) async fn register_range(
+        &self,
+        node_prefix: &str,
+        service: &str,
+        from: usize,
+        n: usize,
+    ) -> Result<(), String> {
+        let results: Vec<Result<(), String>> = futures::stream::iter(from..n)
             .map(|i| {
                 let body = serde_json::json!({
                     "Node": format!("{node_prefix}-{}", i % NODES),

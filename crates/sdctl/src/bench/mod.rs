@@ -18,6 +18,7 @@
 //! | bulk reg/s | `--bulk` registrations at once over ONE registrar (one lease, one session, one agent connection), divided by the time until all returned | 1 |
 //! | lorem rps, p99 | two lorem servers registered through the backend and `--load-requests` requests through the discovery-fed balancer and `lorem-client load`'s runner | 1 |
 //! | server MiB | the server process's RSS at the end (`--spawn` only) | 1 |
+//! | scale rows | per N of `--scale`: an `sdctl watch` child and a `lorem-client gateway` child following N instances while `--scale-changes` changes are made at `--scale-rate`/s: initial sync, CPU ms per change, peak RSS, propagation p50/p99 under churn (see `scale.rs`; `--scale-baseline DIR` adds another build's children) | `--scale-changes` |
 //!
 //! Rounds are `--gap` apart, so each change is measured on a quiet registry
 //! (Consul's watch paces its blocking queries: a burst of 5, then one per
@@ -34,6 +35,7 @@ mod child;
 mod consul_catalog;
 mod progress;
 mod report;
+mod scale;
 mod scenarios;
 mod target;
 
@@ -48,6 +50,7 @@ use crate::error::{Error, Result};
 
 pub use chart::svg;
 pub use report::{BackendReport, Bulk, Lorem, Machine, Report, Stat, TABLE_COLUMNS, WatcherMemory};
+pub use scale::ScaleRow;
 
 /// A backend the bench can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -152,6 +155,12 @@ pub struct Sizes {
     pub load_requests: u64,
     /// Lorem requests in flight at once.
     pub load_concurrency: usize,
+    /// The sizes of the scale rows (empty skips them): see `scale.rs`.
+    pub scale: Vec<usize>,
+    /// Changes per scale row.
+    pub scale_changes: usize,
+    /// Changes per second in the scale rows.
+    pub scale_rate: u32,
 }
 
 fn millis<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -171,6 +180,9 @@ impl Sizes {
             watchers: 10_000,
             load_requests: 20_000,
             load_concurrency: 16,
+            scale: vec![1000, 10_000, 100_000],
+            scale_changes: 200,
+            scale_rate: 40,
         }
     }
 
@@ -183,6 +195,8 @@ impl Sizes {
             sync: 3,
             watchers: 2000,
             load_requests: 2000,
+            scale: vec![1000],
+            scale_changes: 40,
             ..Sizes::full()
         }
     }
@@ -218,6 +232,11 @@ impl Sizes {
         within("--sync", self.sync, 1, 100)?;
         within("--watchers", self.watchers, 0, 100_000)?;
         within("--load-requests", self.load_requests, 0, 1_000_000)?;
+        for &n in &self.scale {
+            within("--scale", n, 1, 200_000)?;
+        }
+        within("--scale-changes", self.scale_changes, 1, 10_000)?;
+        within("--scale-rate", self.scale_rate, 1, 1000)?;
         within(
             "--load-concurrency",
             self.load_concurrency,
@@ -241,6 +260,9 @@ pub struct BenchOptions {
     pub sizes: Sizes,
     /// Progress lines on stderr (only ever when it is a terminal).
     pub progress: bool,
+    /// `--scale-baseline DIR`: the `sdctl` and `lorem-client` of another
+    /// build, measured too in the scale rows.
+    pub scale_baseline: Option<std::path::PathBuf>,
 }
 
 impl BenchOptions {
@@ -347,6 +369,7 @@ mod tests {
             addrs: BTreeMap::new(),
             sizes: Sizes::quick(),
             progress: false,
+            scale_baseline: None,
         };
         let error = options.check().unwrap_err().to_string();
         assert!(

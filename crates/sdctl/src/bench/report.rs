@@ -138,6 +138,8 @@ pub struct BackendReport {
     pub lorem: Option<Lorem>,
     /// The server's RSS at the end, MiB (`--spawn` only).
     pub server_rss_mib: Option<f64>,
+    /// The scale rows: a watcher and a gateway at N instances under churn.
+    pub scale: Vec<super::ScaleRow>,
     /// What does not apply, or was measured differently, and why.
     pub notes: Vec<String>,
     /// Why the row is incomplete, if it is.
@@ -162,6 +164,7 @@ impl BackendReport {
             bulk: None,
             lorem: None,
             server_rss_mib: None,
+            scale: Vec::new(),
             notes: Vec::new(),
             error: None,
             seconds: 0.0,
@@ -255,6 +258,7 @@ impl Report {
             table.row(row);
         }
         out.push_str(&table.render());
+        out.push_str(&self.scale_table());
         for r in &self.backends {
             for note in &r.notes {
                 out.push_str(&format!("{}: {note}\n", r.backend));
@@ -263,6 +267,56 @@ impl Report {
                 out.push_str(&format!("{}: FAILED: {error}\n", r.backend));
             }
         }
+        out
+    }
+
+    /// The scale rows, if any: one line per backend and size.
+    fn scale_table(&self) -> String {
+        if self.backends.iter().all(|r| r.scale.is_empty()) {
+            return String::new();
+        }
+        let s = &self.sizes;
+        let mut out = format!(
+            "scale: sdctl watch and lorem-client gateway following N instances, {} changes at {}/s\n",
+            s.scale_changes, s.scale_rate
+        );
+        let mut table = Table::new(
+            &[
+                "backend", "children", "N", "sync ms", "watch", "gateway", "watch", "gateway",
+                "p50", "p99", "seen",
+            ],
+            &[&[Align::Left; 2][..], &[Align::Right; 9][..]].concat(),
+        )
+        .groups(&[
+            ("", 1),
+            ("", 1),
+            ("", 1),
+            ("", 1),
+            ("CPU ms/change", 2),
+            ("peak MiB", 2),
+            ("propagate ms", 2),
+            ("", 1),
+        ]);
+        let cpu = |v: Option<f64>| opt(v, |v| format!("{v:.3}"));
+        let mib = |v: Option<f64>| opt(v, |v| format!("{v:.0}"));
+        for r in &self.backends {
+            for x in &r.scale {
+                table.row(vec![
+                    r.backend.to_owned(),
+                    x.children.to_owned(),
+                    x.instances.to_string(),
+                    ms(x.initial_sync_ms),
+                    cpu(x.watch_cpu_ms_per_change),
+                    cpu(x.gateway_cpu_ms_per_change),
+                    mib(x.watch_peak_mib),
+                    mib(x.gateway_peak_mib),
+                    opt(x.propagation_ms.map(|s| s.p50), ms),
+                    opt(x.propagation_ms.map(|s| s.p99), ms),
+                    format!("{}/{}", x.seen, x.changes),
+                ]);
+            }
+        }
+        out.push_str(&table.render());
         out
     }
 

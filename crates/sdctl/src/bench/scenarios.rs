@@ -56,6 +56,7 @@ pub(crate) async fn measure(
                 sdctl,
                 progress,
                 names: Names::new(),
+                scale_baseline: options.scale_baseline.clone(),
             };
             if let Err((phase, error)) = cx.all(&mut row).await {
                 row.error = Some(format!("{phase}: {error}"));
@@ -87,6 +88,7 @@ struct Names {
     empty: String,
     watched: String,
     lorem: String,
+    scale: String,
 }
 
 impl Names {
@@ -103,6 +105,7 @@ impl Names {
             empty: name("empty"),
             watched: name("watched"),
             lorem: name("lorem"),
+            scale: name("scale"),
         }
     }
 }
@@ -114,6 +117,7 @@ struct Cx<'a> {
     sdctl: &'a Path,
     progress: &'a Progress,
     names: Names,
+    scale_baseline: Option<std::path::PathBuf>,
 }
 
 type Phase<T = ()> = Result<T, String>;
@@ -237,7 +241,31 @@ impl Cx<'_> {
             .await
             .map_err(|e| ("watcher memory", e))?;
         self.lorem(row).await.map_err(|e| ("lorem load", e))?;
+        self.scale(row).await.map_err(|e| ("scale rows", e))?;
         Ok(())
+    }
+
+    /// The scale rows (see `scale.rs`); not for memory, whose registry a
+    /// child process cannot see.
+    async fn scale(&self, row: &mut BackendReport) -> Phase {
+        if self.sizes.scale.is_empty() || self.target.backend == Backend::Memory {
+            return Ok(());
+        }
+        let mut sizes = self.sizes.scale.clone();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let scale = super::scale::Scale {
+            target: self.target,
+            sdctl: self.sdctl,
+            service: self.names.scale.clone(),
+            sizes,
+            changes: self.sizes.scale_changes,
+            rate: self.sizes.scale_rate,
+            baseline: self.scale_baseline.clone(),
+        };
+        let (rows, error) = scale.run(|what| self.say(what), &mut row.notes).await;
+        row.scale = rows;
+        error.map_or(Ok(()), Err)
     }
 
     /// Register, propagate, deregister: one instance at a time.
