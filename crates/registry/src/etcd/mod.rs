@@ -124,9 +124,17 @@ use crate::watch_sink::spawn_watch_of;
 
 const BACKEND: &str = "etcd";
 const DEFAULT_ADDR: &str = "127.0.0.1:2379";
-/// Keys read per `Range` request: small enough for a page of the largest
-/// instances the model allows to fit the decoding limit below.
+/// Keys read by the first `Range` request of a paged read: small enough
+/// for a page of the largest instances the model allows to fit the
+/// decoding limit below. Later pages grow to about [`PAGE_BYTES`] by the
+/// largest record seen so far (see `etcd/read.rs`).
 const DEFAULT_PAGE_SIZE: usize = 128;
+/// What a grown page aims at: a sixteenth of the decoding limit, so that a
+/// page of records up to 16 times the largest seen still decodes (a page
+/// that does not is read again with half as many keys).
+const PAGE_BYTES: usize = MAX_DECODING_BYTES / 16;
+/// The most keys one grown page asks for.
+const MAX_PAGE_SIZE: usize = 8192;
 /// gRPC decoding limit for range replies (tonic's default is 4 MiB).
 const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 /// The deadline of one attempt on one member when the cluster has another
@@ -230,7 +238,10 @@ struct Ctx {
     /// The deadline of one attempt on one member, when there is another
     /// member to try: see [`ATTEMPT_TIMEOUT`].
     attempt: Duration,
+    /// Keys of a paged read's first page.
     page_size: usize,
+    /// Whether later pages grow (false once a test fixed the page size).
+    grow_pages: bool,
     /// Test knob: a pause between a watch's snapshot and its watch request.
     watch_start_delay: Duration,
     /// How foreign records are read and ours written.
@@ -757,6 +768,7 @@ impl EtcdRegistry {
             timeout,
             attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
+            grow_pages: true,
             watch_start_delay: Duration::ZERO,
             interop: Arc::new(config.interop.clone()),
             credentials,
@@ -776,10 +788,12 @@ impl EtcdRegistry {
         self.registrar.owner()
     }
 
-    /// Testing knob: how many keys each `Range` request reads (default 128).
+    /// Testing knob: how many keys each `Range` request reads (default: 128
+    /// at first, then grown by the size of the records seen).
     #[doc(hidden)]
     pub fn with_page_size(mut self, keys: usize) -> Self {
         self.ctx.page_size = keys.max(1);
+        self.ctx.grow_pages = false;
         self
     }
 
@@ -897,6 +911,7 @@ mod tests {
             timeout,
             attempt: ATTEMPT_TIMEOUT.min(timeout),
             page_size: DEFAULT_PAGE_SIZE,
+            grow_pages: true,
             watch_start_delay: Duration::ZERO,
             interop: Arc::default(),
             credentials: None,
