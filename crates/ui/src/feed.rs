@@ -108,37 +108,62 @@ fn stale(error: &registry::Error) -> Health {
     }
 }
 
-/// Follows what `balancer` knows into `hub`: its live set at every change,
-/// and its freshness and per-instance traffic every [`TRAFFIC_TICK`]. Runs
-/// until dropped.
+/// Follows what `balancer` knows into `hub` while someone views the page:
+/// its live set at every change, its per-instance traffic every
+/// [`TRAFFIC_TICK`]; its freshness (outages) every tick, viewed or not.
+/// Runs until dropped.
+///
+/// Why only while viewed: each look at the set or the traffic costs O(N)
+/// (the balancer builds the snapshot, the hub compares it), which a gateway
+/// of 50,000 instances nobody looks at should not pay, per change or per
+/// second. The first viewer finds the set within a tick; changes made while
+/// nobody looked go on the timeline together when someone looks again.
 pub async fn follow_balancer(balancer: Balancer, hub: Hub) {
     let service = balancer.service().to_owned();
-    let mut set = balancer.subscribe();
+    let mut set: Option<tokio::sync::watch::Receiver<balancer::Snapshot>> = None;
     let mut tick = tokio::time::interval(TRAFFIC_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced = false;
     loop {
+        let changed = async {
+            match set.as_mut() {
+                Some(set) => set.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = set.changed() => {
-                if changed.is_err() {
+            alive = changed => {
+                if !alive {
                     return;
                 }
-                let instances = set.borrow_and_update().clone();
-                synced = true;
-                hub.instances(&service, &instances);
+                if let Some(set) = set.as_mut() {
+                    let instances = set.borrow_and_update().clone();
+                    synced = true;
+                    hub.instances(&service, &instances);
+                }
             }
             // Rates over whole ticks only: a reading right after a change of
             // the set would divide a handful of requests by a few
             // milliseconds.
             _ = tick.tick() => {
-                let freshness = balancer.freshness();
-                if freshness.synced && !synced {
-                    // Synced to an empty set: no change to wake us.
-                    synced = true;
-                    hub.instances(&service, &balancer.instances());
+                let viewed = hub.viewers() > 0;
+                if viewed && set.is_none() {
+                    // Announces the current set at once (see `changed`).
+                    set = Some(balancer.subscribe());
+                } else if !viewed {
+                    set = None;
+                    synced = false;
                 }
+                let freshness = balancer.freshness();
                 hub.health(&service, Health::from_freshness(&freshness, balancer::unix_ms()));
-                hub.traffic(&service, &balancer.traffic());
+                if viewed {
+                    // A set synced empty, which no change announces.
+                    if freshness.synced && !synced {
+                        synced = true;
+                        hub.instances(&service, &balancer.instances());
+                    }
+                    hub.traffic(&service, &balancer.traffic());
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 //! queueing them (each state is complete, the timeline included).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use balancer::{Freshness, InstanceTraffic};
@@ -43,8 +44,12 @@ impl std::fmt::Debug for Hub {
 
 struct Inner {
     state: Mutex<State>,
-    /// The state as JSON, as sent to viewers.
+    /// The state as JSON, as sent to viewers: rendered at each change while
+    /// someone views the page, else once someone asks (a gateway of 50,000
+    /// instances nobody looks at does not serialise them at every change).
     page: watch::Sender<Arc<str>>,
+    /// The state changed since `page` was last rendered.
+    dirty: AtomicBool,
 }
 
 /// What the page shows, before serialisation.
@@ -204,6 +209,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 page,
+                dirty: AtomicBool::new(false),
             }),
         }
     }
@@ -211,12 +217,25 @@ impl Hub {
     /// The page state as JSON now and at every change: what each viewer's
     /// event stream reads.
     pub fn subscribe(&self) -> watch::Receiver<Arc<str>> {
-        self.inner.page.subscribe()
+        let page = self.inner.page.subscribe();
+        self.render_if_dirty();
+        page
     }
 
     /// The page state as JSON now.
     pub fn current(&self) -> Arc<str> {
+        self.render_if_dirty();
         self.inner.page.borrow().clone()
+    }
+
+    /// Renders the page if the state changed since it was last rendered.
+    fn render_if_dirty(&self) {
+        if self.inner.dirty.swap(false, Ordering::AcqRel) {
+            let state = lock(&self.inner.state);
+            self.inner
+                .page
+                .send_replace(Arc::from(render(&state).as_str()));
+        }
     }
 
     /// How many viewers are connected.
@@ -225,12 +244,13 @@ impl Hub {
     }
 
     fn update(&self, apply: impl FnOnce(&mut State, u64)) {
-        let json = {
-            let mut state = lock(&self.inner.state);
-            apply(&mut state, balancer::unix_ms());
-            render(&state)
-        };
-        self.inner.page.send_replace(Arc::from(json.as_str()));
+        apply(&mut lock(&self.inner.state), balancer::unix_ms());
+        // Marked before the viewers are counted: a viewer subscribing in
+        // between finds the mark and renders (see `subscribe`).
+        self.inner.dirty.store(true, Ordering::Release);
+        if self.inner.page.receiver_count() > 0 {
+            self.render_if_dirty();
+        }
     }
 
     /// A new snapshot of `service`: the timeline gets one event per
@@ -241,9 +261,9 @@ impl Hub {
             entry.synced = true;
             let changes = diff(&entry.instances, instances);
             entry.instances = by_id(instances);
-            let ids: Vec<&String> = entry.instances.keys().collect();
-            entry.traffic.retain(|id, _| ids.contains(&id));
-            entry.rates.retain(|id, _| ids.contains(&id));
+            let live = &entry.instances;
+            entry.traffic.retain(|id, _| live.contains_key(id));
+            entry.rates.retain(|id, _| live.contains_key(id));
             for change in changes {
                 let instance = change.instance();
                 let detail = match &change {

@@ -19,7 +19,7 @@
 //! |------------------|----------------------------------------------------------------|
 //! | `GET /`          | the page (`assets/index.html`, plain HTML)                     |
 //! | `GET /ui/app.js`, `GET /ui/style.css` | its script and style (plain JS and CSS, no build step) |
-//! | `GET /ui/state`  | the state as JSON                                              |
+//! | `GET /ui/state`  | the state as JSON (on the gateway: the set and traffic as last followed for an open page, see [`feed::follow_balancer`]) |
 //! | `GET /ui/events` | `text/event-stream`: a `state` event with the whole state at once and at every change, a comment line every 15 s |
 //!
 //! # Why this shape
