@@ -94,7 +94,7 @@ pub use secured::{
     CONSUL_SERVICE_PREFIX, ETCD_PREFIX, ETCD_READER, ETCD_ROOT, ETCD_USER, Pki, SecuredConsul,
     SecuredEtcd, SecuredZk,
 };
-pub use zookeeper::{ZkEnsemble, ZkServer};
+pub use zookeeper::{DEFAULT_HEAP_MIB as ZK_DEFAULT_HEAP_MIB, ZkEnsemble, ZkServer};
 
 /// A registry server (or cluster) this kit started; implemented by every
 /// server type so suites can be written once for all backends.

@@ -22,6 +22,9 @@ use crate::cluster::{Kind, Member, Members};
 use crate::process::{Proc, Spec, StartFailure, four_letter_word, free_port, or_free, temp_dir};
 
 /// How long a standalone server may take to serve (a JVM start).
+/// The Java heap of a test server, in MiB: enough for the tests' few
+/// thousand nodes, small enough for many servers at once on 2 cores.
+pub const DEFAULT_HEAP_MIB: u32 = 64;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an ensemble may take to elect a leader and serve.
 const ENSEMBLE_READY_TIMEOUT: Duration = Duration::from_secs(40);
@@ -59,7 +62,7 @@ impl ZkEnsemble {
         if nodes == 0 {
             bail!("a ZooKeeper ensemble needs at least one member");
         }
-        Self::start_with(&vec![0; nodes], ENSEMBLE_READY_TIMEOUT)
+        Self::start_with(&vec![0; nodes], ENSEMBLE_READY_TIMEOUT, DEFAULT_HEAP_MIB)
     }
 
     /// Starts one member per entry of `client_ports`, each serving clients
@@ -75,15 +78,15 @@ impl ZkEnsemble {
         if client_ports.is_empty() {
             bail!("a ZooKeeper ensemble needs at least one member");
         }
-        Self::start_with(client_ports, ENSEMBLE_READY_TIMEOUT)
+        Self::start_with(client_ports, ENSEMBLE_READY_TIMEOUT, DEFAULT_HEAP_MIB)
     }
 
-    fn start_with(client_ports: &[u16], ready_timeout: Duration) -> Result<Self> {
+    fn start_with(client_ports: &[u16], ready_timeout: Duration, heap_mib: u32) -> Result<Self> {
         let java = java_bin()?;
         let classpath = zk_classpath()?;
         let nodes = client_ports.len();
         let members = Members::start(&ZOOKEEPER, nodes, ready_timeout, || {
-            Self::prepare(&java, &classpath, client_ports)
+            Self::prepare(&java, &classpath, client_ports, heap_mib)
         })?;
         let ensemble = Self { members };
         info!(
@@ -99,6 +102,7 @@ impl ZkEnsemble {
         java: &Path,
         classpath: &str,
         client_ports: &[u16],
+        heap_mib: u32,
     ) -> std::result::Result<(TempDir, Vec<Member>), StartFailure> {
         let other = |e: anyhow::Error| StartFailure::Other(e);
         let dir = temp_dir("testkit-zk-", "ZooKeeper")?;
@@ -146,7 +150,7 @@ impl ZkEnsemble {
                 .with_context(|| format!("cannot write {}", cfg_path.display()))
                 .map_err(other)?;
             let args: Vec<OsString> = vec![
-                "-Xmx64m".into(),
+                format!("-Xmx{heap_mib}m").into(),
                 "-XX:+UseSerialGC".into(),
                 "-XX:TieredStopAtLevel=1".into(),
                 "-XX:-UsePerfData".into(),
@@ -316,8 +320,20 @@ impl ZkServer {
     /// them) or the server does not serve in time (the message quotes its
     /// log).
     pub fn start() -> Result<Self> {
+        Self::start_with_heap(DEFAULT_HEAP_MIB)
+    }
+
+    /// [`Self::start`] with a Java heap of `heap_mib` MiB (default
+    /// [`ZK_DEFAULT_HEAP_MIB`](crate::ZK_DEFAULT_HEAP_MIB)): `sdctl bench`'s scale rows hold 100,000
+    /// instance nodes, which a 64 MiB heap cannot (the server spends its
+    /// time collecting garbage and the client's listing never completes).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::start`].
+    pub fn start_with_heap(heap_mib: u32) -> Result<Self> {
         Ok(Self {
-            inner: ZkEnsemble::start_with(&[0], READY_TIMEOUT)?,
+            inner: ZkEnsemble::start_with(&[0], READY_TIMEOUT, heap_mib)?,
         })
     }
 

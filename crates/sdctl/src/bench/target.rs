@@ -12,6 +12,8 @@ use super::child::proc_status_mib;
 use super::{Backend, BenchOptions};
 
 /// The deadline of every registry call of the bench (`REGISTRY_TIMEOUT`).
+/// The Java heap of the ZooKeeper server `--spawn` starts, in MiB.
+const BENCH_ZK_HEAP_MIB: u32 = 512;
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One backend under measurement.
@@ -167,7 +169,10 @@ async fn spawn(backend: Backend) -> Result<Spawned, String> {
                 (Box::new(server) as Box<dyn RegistryServer>, pid)
             }
             Backend::Zookeeper => {
-                let server = ZkServer::start().map_err(|e| format!("{e:#}"))?;
+                // A heap for the scale rows' 100,000 nodes (64 MiB, the tests'
+                // default, cannot hold them).
+                let server =
+                    ZkServer::start_with_heap(BENCH_ZK_HEAP_MIB).map_err(|e| format!("{e:#}"))?;
                 let pid = server.pid();
                 (Box::new(server) as Box<dyn RegistryServer>, pid)
             }
