@@ -162,6 +162,67 @@ pub fn keep_alive_get(addr: SocketAddr, path: &str) -> (u16, TcpStream) {
     }
 }
 
+/// The size limits every server on the hardened accept loop answers the
+/// same way, asserted against the server at `addr`: a URI over 8 KiB ->
+/// JSON 414, headers over 16 KiB -> JSON 431, a declared 10 GB body to
+/// `post_path` (never sent) -> JSON 413 naming the size within 1 s, a head
+/// past hyper's own hard limit answered or closed without hanging, and the
+/// server still serving `/health` afterwards.
+///
+/// # Panics
+/// On any answer other than those (it is a test helper).
+pub fn assert_size_limits(addr: SocketAddr, post_path: &str, timeout: Duration) {
+    let cases: Vec<(u16, Vec<u8>)> = vec![
+        (
+            414,
+            format!(
+                "GET /health?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "q".repeat(9000)
+            )
+            .into_bytes(),
+        ),
+        (
+            431,
+            format!(
+                "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "h".repeat(20_000)
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (want, request) in cases {
+        let (status, head, body) = raw(addr, &request, timeout).expect("an answer");
+        assert_eq!(status, want, "{head}\n{body}");
+        json_error(status, &head, &body);
+    }
+    // A declared 10 GB body, never sent: refused at once, before reading it.
+    let started = Instant::now();
+    let request =
+        format!("POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n");
+    let (status, head, body) = raw(addr, request.as_bytes(), timeout).expect("an answer");
+    assert_eq!(status, 413, "{head}\n{body}");
+    assert!(
+        json_error(status, &head, &body).contains("10000000000"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Past hyper's own hard limit (64 KiB of head) a plain answer or a
+    // closed connection is fine; what matters is that it does not hang.
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(100_000)
+    );
+    let started = Instant::now();
+    let _ = raw(addr, huge.as_bytes(), timeout);
+    assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+    // And the server still serves.
+    assert!(matches!(get(addr, "/health", timeout), Ok((200, _, _))));
+}
+
 /// The `error` string of a JSON error answer.
 ///
 /// # Panics
