@@ -737,19 +737,11 @@ impl SecuredZk {
             std::fs::write(&cfg_path, cfg)
                 .context("cannot write zoo.cfg")
                 .map_err(StartFailure::Other)?;
-            let args: Vec<OsString> = vec![
-                "-Xmx64m".into(),
-                "-XX:+UseSerialGC".into(),
-                "-XX:TieredStopAtLevel=1".into(),
-                "-XX:-UsePerfData".into(),
-                "-Djava.net.preferIPv4Stack=true".into(),
-                "-Dorg.slf4j.simpleLogger.defaultLogLevel=error".into(),
-                "-Dzookeeper.admin.enableServer=false".into(),
-                "-cp".into(),
-                classpath.clone().into(),
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-                cfg_path.into(),
-            ];
+            let args = crate::zookeeper::server_args(
+                crate::zookeeper::DEFAULT_HEAP_MIB,
+                &classpath,
+                &cfg_path,
+            );
             let proc = Proc::new(Spec {
                 label: format!("secured ZooKeeper (secure port {secure})"),
                 program: java.clone(),

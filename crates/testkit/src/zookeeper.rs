@@ -22,6 +22,25 @@ use crate::cluster::{Kind, Member, Members};
 use crate::process::{Proc, Spec, StartFailure, four_letter_word, free_port, or_free, temp_dir};
 
 /// How long a standalone server may take to serve (a JVM start).
+/// The JVM command line of one ZooKeeper server reading `cfg` (plain and
+/// secured test servers alike): a small heap, quick start-up, errors-only
+/// logs, no admin server.
+pub(crate) fn server_args(heap_mib: u32, classpath: &str, cfg: &Path) -> Vec<OsString> {
+    vec![
+        format!("-Xmx{heap_mib}m").into(),
+        "-XX:+UseSerialGC".into(),
+        "-XX:TieredStopAtLevel=1".into(),
+        "-XX:-UsePerfData".into(),
+        "-Djava.net.preferIPv4Stack=true".into(),
+        "-Dorg.slf4j.simpleLogger.defaultLogLevel=error".into(),
+        "-Dzookeeper.admin.enableServer=false".into(),
+        "-cp".into(),
+        classpath.into(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+        cfg.into(),
+    ]
+}
+
 /// The Java heap of a test server, in MiB: enough for the tests' few
 /// thousand nodes, small enough for many servers at once on 2 cores.
 pub const DEFAULT_HEAP_MIB: u32 = 64;
@@ -149,19 +168,7 @@ impl ZkEnsemble {
             std::fs::write(&cfg_path, cfg)
                 .with_context(|| format!("cannot write {}", cfg_path.display()))
                 .map_err(other)?;
-            let args: Vec<OsString> = vec![
-                format!("-Xmx{heap_mib}m").into(),
-                "-XX:+UseSerialGC".into(),
-                "-XX:TieredStopAtLevel=1".into(),
-                "-XX:-UsePerfData".into(),
-                "-Djava.net.preferIPv4Stack=true".into(),
-                "-Dorg.slf4j.simpleLogger.defaultLogLevel=error".into(),
-                "-Dzookeeper.admin.enableServer=false".into(),
-                "-cp".into(),
-                classpath.into(),
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-                cfg_path.into(),
-            ];
+            let args = server_args(heap_mib, classpath, &cfg_path);
             members.push(Member {
                 client_port: client,
                 proc: Proc::new(Spec {
