@@ -441,7 +441,7 @@ impl Balancer {
     /// picks with an empty `exclude` (first tries) take a round-robin turn.
     pub fn pick(&self, exclude: &[String]) -> Option<Instance> {
         match self.choose(exclude) {
-            Choice::Picked(endpoint) => Some(endpoint.instance.clone()),
+            Choice::Picked(endpoint) => Some(Instance::clone(&endpoint.instance)),
             Choice::AllTried | Choice::Empty => None,
         }
     }
@@ -463,7 +463,7 @@ impl Balancer {
                 .await?
                 .ok_or_else(|| self.no_instance())?,
         };
-        Ok(endpoint.instance.clone())
+        Ok(Instance::clone(&endpoint.instance))
     }
 
     /// Chooses an instance for one try, without waiting or allocating.
@@ -596,7 +596,7 @@ impl Core {
     }
 
     /// A good snapshot arrived.
-    fn update(&self, mut instances: Vec<Instance>, first: bool) {
+    fn update(&self, mut instances: Vec<Arc<Instance>>, first: bool) {
         let delivered = instances.len();
         instances.retain(|instance| self.options.selector.matches(instance));
         let unselected = delivered - instances.len();
@@ -652,8 +652,8 @@ impl Core {
             service = %self.service,
             instances = instances.len(),
             unselected,
-            added = %added.join(","),
-            removed = %removed.join(","),
+            added = %IdList(&added),
+            removed = %IdList(&removed),
             "instances changed"
         );
         tracing::debug!(service = %self.service, ids = %ids.join(","), "the synced set");
@@ -666,7 +666,7 @@ impl Core {
             .map(|instance| match before.get(instance.id.as_str()) {
                 Some(kept) if kept.instance == *instance => Arc::clone(kept),
                 _ => Arc::new(Endpoint::new(
-                    instance.clone(),
+                    Arc::clone(instance),
                     self.options
                         .zone
                         .as_ref()
@@ -690,7 +690,7 @@ impl Core {
     /// Changes arrived (no outage under way: the stream sends the full
     /// state after one): each is patched into the live set in place, with
     /// the endpoints of the other instances (their load and health) kept.
-    fn apply(&self, changes: Vec<Change>) {
+    fn apply(&self, changes: &[Change], snapshot: &registry::Snapshot) {
         self.metrics.updates.inc();
         {
             let mut sync = self.sync();
@@ -701,16 +701,23 @@ impl Core {
         let (mut added, mut removed) = (Vec::new(), Vec::new());
         self.live.send_if_modified(|live| {
             let endpoints = &mut Arc::make_mut(live).endpoints;
-            for change in &changes {
+            for change in changes {
                 let instance = change.instance();
+                // The snapshot's own instance, so that the set shares it.
+                let shared = || {
+                    snapshot
+                        .get_shared(&instance.id)
+                        .filter(|shared| ***shared == *instance)
+                        .map_or_else(|| Arc::new(instance.clone()), Arc::clone)
+                };
                 let at = endpoints.binary_search_by(|e| e.instance.id.cmp(&instance.id));
                 let selected = !matches!(change, Change::Removed(_))
                     && self.options.selector.matches(instance);
                 match (at, selected) {
-                    (Ok(i), true) if endpoints[i].instance == *instance => continue,
-                    (Ok(i), true) => endpoints[i] = Arc::new(self.endpoint(instance)),
+                    (Ok(i), true) if *endpoints[i].instance == *instance => continue,
+                    (Ok(i), true) => endpoints[i] = Arc::new(self.endpoint(shared())),
                     (Err(i), true) => {
-                        endpoints.insert(i, Arc::new(self.endpoint(instance)));
+                        endpoints.insert(i, Arc::new(self.endpoint(shared())));
                         added.push(instance.id.as_str());
                     }
                     (Ok(i), false) => {
@@ -728,8 +735,8 @@ impl Core {
         }
         self.metrics.changes.inc();
         let len = self.live.borrow().endpoints.len();
-        tracing::info!(service = %self.service, instances = len, added = %added.join(","),
-            removed = %removed.join(","), "instances changed");
+        tracing::info!(service = %self.service, instances = len, added = %IdList(&added),
+            removed = %IdList(&removed), "instances changed");
         self.metrics
             .instances
             .set(i64::try_from(len).unwrap_or(i64::MAX));
@@ -741,20 +748,22 @@ impl Core {
     }
 
     /// A fresh endpoint for `instance`.
-    fn endpoint(&self, instance: &Instance) -> Endpoint {
-        Endpoint::new(
-            instance.clone(),
-            self.options
-                .zone
-                .as_ref()
-                .is_some_and(|zone| zone.is_local(instance)),
-        )
+    fn endpoint(&self, instance: Arc<Instance>) -> Endpoint {
+        let local = self
+            .options
+            .zone
+            .as_ref()
+            .is_some_and(|zone| zone.is_local(&instance));
+        Endpoint::new(instance, local)
     }
 
     /// The live set as plain instances, sorted by id: O(N).
     fn instances(&self) -> Snapshot {
         let live = self.live.borrow().clone();
-        live.endpoints.iter().map(|e| e.instance.clone()).collect()
+        live.endpoints
+            .iter()
+            .map(|e| Instance::clone(&e.instance))
+            .collect()
     }
 
     /// Tells the listeners of [`Balancer::changes`] and
@@ -896,10 +905,10 @@ async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
         };
         match item {
             Some(WatchEvent::Synced(snapshot)) => {
-                core.update(snapshot.to_vec(), first);
+                core.update(snapshot.iter_shared().cloned().collect(), first);
                 first = false;
             }
-            Some(WatchEvent::Changed { changes, .. }) => core.apply(changes),
+            Some(WatchEvent::Changed { changes, snapshot }) => core.apply(&changes, &snapshot),
             Some(WatchEvent::Outage(error)) => {
                 core.failed(&error);
                 core.refresh_staleness();
@@ -911,6 +920,27 @@ async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
     // Keep the watcher alive so that the set stays readable.
     let _watcher = watcher;
     std::future::pending::<()>().await;
+}
+
+/// Ids for a log line: the first few and how many more, so that the
+/// first sync of a service of 100,000 instances logs one short line.
+struct IdList<'a>(&'a [&'a str]);
+
+impl fmt::Display for IdList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 16;
+        let mut ids = self.0.iter();
+        for (n, id) in ids.by_ref().take(SHOWN).enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(id)?;
+        }
+        match ids.len() {
+            0 => Ok(()),
+            more => write!(f, " and {more} more"),
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

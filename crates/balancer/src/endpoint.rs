@@ -120,7 +120,9 @@ fn nanos(at: Instant) -> u64 {
 /// behind a lock that the request path takes only when there is something
 /// to record (a failure, a latency for p2c, a success after failures).
 pub(crate) struct Endpoint {
-    pub(crate) instance: Instance,
+    /// Shared with the registry's snapshot: a set of 100,000 instances is
+    /// held once in the process, not once per consumer.
+    pub(crate) instance: Arc<Instance>,
     /// `host:port`, formatted once.
     pub(crate) authority: String,
     /// True when the instance is in the balancer's preferred zone.
@@ -176,7 +178,7 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// The state of `instance`, new to the set; `local` when it is in the
     /// preferred zone.
-    pub(crate) fn new(instance: Instance, local: bool) -> Self {
+    pub(crate) fn new(instance: Arc<Instance>, local: bool) -> Self {
         Endpoint {
             authority: instance.authority(),
             local,
@@ -374,7 +376,7 @@ mod tests {
 
     fn endpoint() -> Arc<Endpoint> {
         Arc::new(Endpoint::new(
-            Instance::new("lorem", "a", "127.0.0.1", 1),
+            Arc::new(Instance::new("lorem", "a", "127.0.0.1", 1)),
             false,
         ))
     }

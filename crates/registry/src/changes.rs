@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -38,13 +39,21 @@ use crate::error::Error;
 use crate::model::Instance;
 use crate::traits::WatchStream;
 
+/// The live set as the backends keep it: ids and instances behind `Arc`s,
+/// so that the path a change copies (a few nodes of 16 entries) costs
+/// reference counts, not string and instance clones, and a consumer such
+/// as the balancer can hold the very instances the snapshot holds.
+pub(crate) type InstanceMap = OrdMap<Arc<str>, Arc<Instance>>;
+
 /// The live instances of one service at one moment, by id.
 ///
 /// Cloning is O(1) (the map is persistent and shared); lookups by id are
-/// O(log N); iteration is in id order.
+/// O(log N); iteration is in id order. The instances are shared too
+/// ([`iter_shared`](Self::iter_shared)): a consumer that keeps them keeps
+/// no copy.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    map: OrdMap<String, Instance>,
+    map: InstanceMap,
 }
 
 impl fmt::Debug for Snapshot {
@@ -56,7 +65,7 @@ impl fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn from_map(map: OrdMap<String, Instance>) -> Self {
+    pub(crate) fn from_map(map: InstanceMap) -> Self {
         Snapshot { map }
     }
 
@@ -72,18 +81,29 @@ impl Snapshot {
 
     /// The instance with this id, if it is live.
     pub fn get(&self, id: &str) -> Option<&Instance> {
+        self.map.get(id).map(|instance| &**instance)
+    }
+
+    /// The instance with this id, if it is live, shared with the snapshot.
+    pub fn get_shared(&self, id: &str) -> Option<&Arc<Instance>> {
         self.map.get(id)
     }
 
     /// The instances in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Instance> + '_ {
+        self.map.values().map(|instance| &**instance)
+    }
+
+    /// The instances in id order, shared with the snapshot: keeping them
+    /// costs a reference count each, not a copy.
+    pub fn iter_shared(&self) -> impl Iterator<Item = &Arc<Instance>> + '_ {
         self.map.values()
     }
 
     /// The instances in id order, as a list: O(N), for consumers that want
     /// one.
     pub fn to_vec(&self) -> Vec<Instance> {
-        self.map.values().cloned().collect()
+        self.iter().cloned().collect()
     }
 
     /// The changes from `before` to `self`, in id order. Parts the two
@@ -94,10 +114,10 @@ impl Snapshot {
             .map
             .diff(&self.map)
             .filter_map(|item| match item {
-                DiffItem::Add(_, new) => Some(Change::Added(new.clone())),
-                DiffItem::Remove(_, old) => Some(Change::Removed(old.clone())),
+                DiffItem::Add(_, new) => Some(Change::Added(Instance::clone(new))),
+                DiffItem::Remove(_, old) => Some(Change::Removed(Instance::clone(old))),
                 DiffItem::Update { old, new } if old.1 != new.1 => {
-                    Some(Change::Changed(new.1.clone()))
+                    Some(Change::Changed(Instance::clone(new.1)))
                 }
                 DiffItem::Update { .. } => None,
             })
@@ -109,7 +129,23 @@ impl FromIterator<Instance> for Snapshot {
     /// Keyed by id; of two instances with one id, the last wins.
     fn from_iter<T: IntoIterator<Item = Instance>>(iter: T) -> Self {
         Snapshot {
-            map: iter.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            map: iter
+                .into_iter()
+                .map(|i| (Arc::from(i.id.as_str()), Arc::new(i)))
+                .collect(),
+        }
+    }
+}
+
+impl FromIterator<Arc<Instance>> for Snapshot {
+    /// Keyed by id, sharing the instances; of two with one id, the last
+    /// wins.
+    fn from_iter<T: IntoIterator<Item = Arc<Instance>>>(iter: T) -> Self {
+        Snapshot {
+            map: iter
+                .into_iter()
+                .map(|i| (Arc::from(i.id.as_str()), i))
+                .collect(),
         }
     }
 }
@@ -222,13 +258,13 @@ mod tests {
         let mut map = OrdMap::new();
         for i in 0..10_000u16 {
             let id = format!("i{i:05}");
-            map.insert(id.clone(), lorem(&id, i));
+            map.insert(Arc::from(id.as_str()), Arc::new(lorem(&id, i)));
         }
         let before = Snapshot::from_map(map.clone());
         map.remove("i00007");
-        map.insert("i00008".to_owned(), lorem("i00008", 1));
-        map.insert("i00009".to_owned(), lorem("i00009", 9));
-        map.insert("x".to_owned(), lorem("x", 2));
+        map.insert(Arc::from("i00008"), Arc::new(lorem("i00008", 1)));
+        map.insert(Arc::from("i00009"), Arc::new(lorem("i00009", 9)));
+        map.insert(Arc::from("x"), Arc::new(lorem("x", 2)));
         let after = Snapshot::from_map(map);
         let lines: Vec<String> = after
             .changes_since(&before)

@@ -6,11 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imbl::OrdMap;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Outage;
-use crate::changes::{ChangeStream, Snapshot, WatchEvent};
+use crate::changes::{ChangeStream, InstanceMap, Snapshot, WatchEvent};
 use crate::error::Error;
 use crate::model::Instance;
 #[cfg(doc)]
@@ -54,7 +53,7 @@ pub(crate) fn silence_limit(ttl: Duration) -> Duration {
 pub(crate) struct SnapshotSink {
     shared: Arc<Shared>,
     /// The backend's current set, by id.
-    state: OrdMap<String, Instance>,
+    state: InstanceMap,
     /// Since when the watch has been failing, if it is.
     outage: Outage,
     /// The backend, for logs.
@@ -152,7 +151,7 @@ impl SnapshotSink {
         );
         let sink = SnapshotSink {
             shared,
-            state: OrdMap::new(),
+            state: InstanceMap::new(),
             outage: Outage::default(),
             backend,
             service,
@@ -165,10 +164,11 @@ impl SnapshotSink {
     /// Returns whether the set changed. Call [`publish`](Self::publish)
     /// after a batch.
     pub(crate) fn put(&mut self, instance: Instance) -> bool {
-        match self.state.get(&instance.id) {
-            Some(old) if *old == instance => false,
+        match self.state.get(instance.id.as_str()) {
+            Some(old) if **old == instance => false,
             _ => {
-                self.state.insert(instance.id.clone(), instance);
+                self.state
+                    .insert(Arc::from(instance.id.as_str()), Arc::new(instance));
                 true
             }
         }
@@ -189,22 +189,28 @@ impl SnapshotSink {
     /// stay shared, so the consumer's diff skips them too. This is what
     /// keeps a whole-list registry (Consul) cheap per change.
     pub(crate) fn replace(&mut self, instances: impl IntoIterator<Item = Instance>) {
-        let mut fresh: Vec<Instance> = instances.into_iter().collect();
+        // Each instance goes behind its `Arc` as it comes, so the list
+        // sorted here is of pointers, and the caller's records are freed
+        // as they are taken: a full read of N instances peaks at about one
+        // copy of them, not three.
+        let mut fresh: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
         fresh.sort_by(|a, b| a.id.cmp(&b.id));
         fresh.dedup_by(|a, b| a.id == b.id);
         if self.state.is_empty() {
-            self.state = fresh.into_iter().map(|i| (i.id.clone(), i)).collect();
+            self.state = fresh
+                .into_iter()
+                .map(|i| (Arc::from(i.id.as_str()), i))
+                .collect();
             return;
         }
         let (mut puts, mut gone) = (Vec::new(), Vec::new());
         {
             let mut old = self.state.iter().peekable();
             for instance in fresh {
-                while let Some((id, _)) = old.next_if(|(id, _)| id.as_str() < instance.id.as_str())
-                {
+                while let Some((id, _)) = old.next_if(|(id, _)| ***id < *instance.id) {
                     gone.push(id.clone());
                 }
-                match old.next_if(|(id, _)| **id == instance.id) {
+                match old.next_if(|(id, _)| ***id == *instance.id) {
                     Some((_, current)) if *current == instance => {}
                     _ => puts.push(instance),
                 }
@@ -215,12 +221,12 @@ impl SnapshotSink {
             self.state.remove(&id);
         }
         for instance in puts {
-            self.state.insert(instance.id.clone(), instance);
+            self.state.insert(Arc::from(instance.id.as_str()), instance);
         }
     }
 
     /// The current set, by id.
-    pub(crate) fn state(&self) -> &OrdMap<String, Instance> {
+    pub(crate) fn state(&self) -> &InstanceMap {
         &self.state
     }
 

@@ -69,11 +69,11 @@ mod tests {
     #[test]
     fn p2c_never_picks_the_costlier_of_two() {
         let cheap = Arc::new(Endpoint::new(
-            Instance::new("lorem", "cheap", "127.0.0.1", 1),
+            Arc::new(Instance::new("lorem", "cheap", "127.0.0.1", 1)),
             false,
         ));
         let dear = Arc::new(Endpoint::new(
-            Instance::new("lorem", "dear", "127.0.0.1", 2),
+            Arc::new(Instance::new("lorem", "dear", "127.0.0.1", 2)),
             false,
         ));
         dear.record_success(Instant::now(), Duration::from_millis(100), true);
