@@ -188,12 +188,12 @@ impl SnapshotSink {
     /// O(k log N) writes for k changes, and the unchanged parts of the map
     /// stay shared, so the consumer's diff skips them too. This is what
     /// keeps a whole-list registry (Consul) cheap per change.
-    pub(crate) fn replace(&mut self, instances: impl IntoIterator<Item = Instance>) {
+    pub(crate) fn replace<I: Into<Arc<Instance>>>(&mut self, instances: impl IntoIterator<Item = I>) {
         // Each instance goes behind its `Arc` as it comes, so the list
         // sorted here is of pointers, and the caller's records are freed
         // as they are taken: a full read of N instances peaks at about one
         // copy of them, not three.
-        let mut fresh: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
+        let mut fresh: Vec<Arc<Instance>> = instances.into_iter().map(Into::into).collect();
         fresh.sort_by(|a, b| a.id.cmp(&b.id));
         fresh.dedup_by(|a, b| a.id == b.id);
         if self.state.is_empty() {

@@ -227,6 +227,7 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
                     "changes",
                     "rate_per_s",
                     "initial_sync_ms",
+                    "floor_cpu_ms_per_change",
                     "watch_cpu_ms_per_change",
                     "gateway_cpu_ms_per_change",
                     "watch_peak_mib",
@@ -237,6 +238,13 @@ fn quick_spawned_bench_prints_a_row_per_backend_and_writes_json_and_svg() {
                 "{backend}"
             );
             assert!(scale[0]["watch_cpu_ms_per_change"].as_f64() > Some(0.0));
+            // The bare client watch runs beside it on etcd and ZooKeeper.
+            let floor = scale[0]["floor_cpu_ms_per_change"].as_f64();
+            if backend == "consul" {
+                assert_eq!(floor, None);
+            } else {
+                assert!(floor > Some(0.0), "{backend}: {floor:?}");
+            }
         }
         if backend == "memory" {
             assert!(row["watcher_memory"].is_null() && row["server_rss_mib"].is_null());

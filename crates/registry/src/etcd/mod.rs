@@ -852,7 +852,10 @@ impl Watcher for EtcdRegistry {
             .ctx
             .deadline("read", read::snapshot(&self.ctx, service))
             .await?;
-        Ok(instances.into_values().collect())
+        Ok(instances
+            .into_iter()
+            .map(|instance| Arc::unwrap_or_clone(instance))
+            .collect())
     }
 
     async fn services(&self) -> Result<Vec<String>> {

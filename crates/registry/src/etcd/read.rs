@@ -1,6 +1,7 @@
 //! Paged reads at one revision, and the watch that continues from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{GetOptions, KeyValue, WatchOptions};
@@ -17,8 +18,10 @@ use crate::watch_sink::{SnapshotSink, silence_limit};
 /// is compacted between two pages.
 const COMPACTED_RETRIES: usize = 3;
 
-/// The instances of one service by key, as of one revision.
-pub(super) type Instances = BTreeMap<String, Instance>;
+/// The instances of one service in key order (so by id), as of one
+/// revision: each behind the `Arc` the watch's set will keep, so that a
+/// full read of N instances holds one copy of them, not one per step.
+pub(super) type Instances = Vec<Arc<Instance>>;
 
 /// The first key after every key that starts with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -206,14 +209,13 @@ fn decode(
     service: &str,
     kv: &KeyValue,
     kratos_scheme: &str,
-) -> Option<(String, Instance)> {
+) -> Option<Instance> {
     let Ok(key) = std::str::from_utf8(kv.key()) else {
         tracing::warn!(backend = BACKEND, key = ?String::from_utf8_lossy(kv.key()), "skipping a key that is not UTF-8 under the registry prefix");
         return None;
     };
     let id = key.strip_prefix(service_prefix)?;
-    let instance = decode_record(BACKEND, key, service, id, kv.value(), kratos_scheme)?;
-    Some((key.to_owned(), instance))
+    decode_record(BACKEND, key, service, id, kv.value(), kratos_scheme)
 }
 
 /// The live instances of `service` by key, and the revision they were read at.
@@ -224,9 +226,9 @@ pub(super) async fn snapshot(ctx: &Ctx, service: &str) -> Result<(Instances, i64
         &prefix,
         prefix_end(&prefix),
         |instances: &mut Instances, kv| {
-            if let Some((key, instance)) = decode(&prefix, service, kv, &ctx.interop.kratos_scheme)
-            {
-                instances.insert(key, instance);
+            // Keys are unique and come in order: no map needed.
+            if let Some(instance) = decode(&prefix, service, kv, &ctx.interop.kratos_scheme) {
+                instances.push(Arc::new(instance));
             }
         },
         |_, _| Next::AfterLast,
@@ -382,7 +384,7 @@ async fn watch_round(
             ));
         }
     };
-    sink.replace(instances.into_values());
+    sink.replace(instances);
     if !sink.publish() {
         return End::Closed;
     }
@@ -491,7 +493,6 @@ async fn watch_round(
                 None
             } else {
                 decode(&prefix, service, kv, &ctx.interop.kratos_scheme)
-                    .map(|(_, instance)| instance)
             };
             changed |= match found {
                 Some(instance) => sink.put(instance),

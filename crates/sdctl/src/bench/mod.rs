@@ -18,7 +18,7 @@
 //! | bulk reg/s | `--bulk` registrations at once over ONE registrar (one lease, one session, one agent connection), divided by the time until all returned | 1 |
 //! | lorem rps, p99 | two lorem servers registered through the backend and `--load-requests` requests through the discovery-fed balancer and `lorem-client load`'s runner | 1 |
 //! | server MiB | the server process's RSS at the end (`--spawn` only) | 1 |
-//! | scale rows | per N of `--scale`: an `sdctl watch` child and a `lorem-client gateway` child following N instances while `--scale-changes` changes are made at `--scale-rate`/s: initial sync, CPU ms per change, peak RSS, propagation p50/p99 under churn (see `scale.rs`; `--scale-baseline DIR` adds another build's children) | `--scale-changes` |
+//! | scale rows | per N of `--scale`: an `sdctl watch` child and a `lorem-client gateway` child (and, as their floor, a bare client watch: `floor.rs`) following N instances while `--scale-changes` changes are made at `--scale-rate`/s: initial sync, CPU ms per change, peak RSS, propagation p50/p99 under churn (see `scale.rs`; `--scale-baseline DIR` adds another build's children) | `--scale-changes` |
 //!
 //! Rounds are `--gap` apart, so each change is measured on a quiet registry
 //! (Consul's watch paces its blocking queries: a burst of 5, then one per
@@ -33,6 +33,7 @@
 mod chart;
 mod child;
 mod consul_catalog;
+pub mod floor;
 mod progress;
 mod report;
 mod scale;

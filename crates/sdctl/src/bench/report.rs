@@ -277,22 +277,22 @@ impl Report {
         }
         let s = &self.sizes;
         let mut out = format!(
-            "scale: sdctl watch and lorem-client gateway following N instances, {} changes at {}/s\n",
+            "scale: sdctl watch and lorem-client gateway following N instances (floor: a bare client watch), {} changes at {}/s\n",
             s.scale_changes, s.scale_rate
         );
         let mut table = Table::new(
             &[
-                "backend", "children", "N", "sync ms", "watch", "gateway", "watch", "gateway",
-                "p50", "p99", "seen",
+                "backend", "children", "N", "sync ms", "floor", "watch", "gateway", "watch",
+                "gateway", "p50", "p99", "seen",
             ],
-            &[&[Align::Left; 2][..], &[Align::Right; 9][..]].concat(),
+            &[&[Align::Left; 2][..], &[Align::Right; 10][..]].concat(),
         )
         .groups(&[
             ("", 1),
             ("", 1),
             ("", 1),
             ("", 1),
-            ("CPU ms/change", 2),
+            ("CPU ms/change", 3),
             ("peak MiB", 2),
             ("propagate ms", 2),
             ("", 1),
@@ -306,6 +306,7 @@ impl Report {
                     x.children.to_owned(),
                     x.instances.to_string(),
                     ms(x.initial_sync_ms),
+                    cpu(x.floor_cpu_ms_per_change),
                     cpu(x.watch_cpu_ms_per_change),
                     cpu(x.gateway_cpu_ms_per_change),
                     mib(x.watch_peak_mib),

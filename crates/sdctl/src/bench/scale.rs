@@ -14,7 +14,8 @@
 //! | column | what |
 //! |---|---|
 //! | sync ms | from starting `sdctl watch` until it prints its `synced` line (process start included) |
-//! | CPU ms/change | the child's CPU time during the changes (and the second after them), summed over its threads from `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat`'s utime+stime tick every 10 ms, too coarse for 200 changes), divided by the number of changes |
+//! | CPU ms/change: floor | the same for `sdctl bench-floor-watch` (this build, etcd and ZooKeeper): a bare client watch of the service with no registry code, one line per event (see `floor.rs`); what the client libraries, the runtime and the socket cost per change |
+//! | CPU ms/change: watch, gateway | the child's CPU time during the changes (and the second after them), summed over its threads from `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat`'s utime+stime tick every 10 ms, too coarse for 200 changes), divided by the number of changes |
 //! | peak MiB | the child's `VmHWM` at the end: its peak RSS through sync and churn |
 //! | propagate p50/p99 | from calling `register()` or `deregister()` until `sdctl watch` prints the line of that change |
 //!
@@ -83,6 +84,10 @@ pub struct ScaleRow {
     pub rate_per_s: u32,
     /// `sdctl watch` start -> its `synced` line, ms.
     pub initial_sync_ms: f64,
+    /// CPU time per change of a bare client watch of the same service
+    /// (`sdctl bench-floor-watch`, see `floor.rs`): the floor under the
+    /// watch column. etcd and ZooKeeper, this build only.
+    pub floor_cpu_ms_per_change: Option<f64>,
     /// CPU time of the `sdctl watch` child per change, ms.
     pub watch_cpu_ms_per_change: Option<f64>,
     /// CPU time of the `lorem-client gateway` child per change, ms.
@@ -110,6 +115,37 @@ pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
         total += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(total))
+}
+
+/// An `sdctl bench-floor-watch` child on `service` (see `floor.rs`),
+/// its output drained by a task of its own; killed when dropped.
+struct Floor {
+    pid: u32,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Floor {
+    async fn spawn(sdctl: &Path, service: &str, env: &[(String, String)]) -> Result<Floor, String> {
+        let args = ["bench-floor-watch".to_owned(), service.to_owned()];
+        let mut child = SdctlChild::spawn(sdctl, &args, env)?;
+        child
+            .line(Instant::now() + DEADLINE, "its \"synced\" line", |l| l == "synced")
+            .await?;
+        let pid = child.pid().ok_or("sdctl bench-floor-watch ended")?;
+        // Read every line, so that the child never blocks on a full pipe.
+        let drain = tokio::spawn(async move {
+            let far = Instant::now() + Duration::from_secs(24 * 3600);
+            while child.line(far, "lines", |_| true).await.is_ok() {}
+        });
+        Ok(Floor { pid, drain })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        // The task owns the child, which is killed when the task drops it.
+        self.drain.abort();
+    }
 }
 
 /// A `lorem-client gateway` child on `service`, killed when dropped.
@@ -297,7 +333,8 @@ impl Scale<'_> {
                 if baseline && n > BASELINE_MAX {
                     continue;
                 }
-                match self.one(n, &churn, sdctl, gateway.as_deref()).await {
+                // The floor child is this build's (an older one may lack it).
+                match self.one(n, &churn, sdctl, gateway.as_deref(), !baseline).await {
                     Ok(row) => rows.push(ScaleRow { children, ..row }),
                     // Another build's trouble is a note, not this row's
                     // failure.
@@ -331,6 +368,7 @@ impl Scale<'_> {
         churn: &DynRegistry,
         sdctl: &Path,
         gateway_bin: Option<&Path>,
+        with_floor: bool,
     ) -> Result<ScaleRow, String> {
         let env = self.target.child_env(self.target.ttl(), CHILD_TIMEOUT);
         let started = Instant::now();
@@ -354,10 +392,18 @@ impl Scale<'_> {
             }
             None => None,
         };
+        let floor = match (self.target.backend, with_floor) {
+            (Backend::Etcd | Backend::Zookeeper, true) => {
+                Some(Floor::spawn(sdctl, &self.service, &env).await?)
+            }
+            _ => None,
+        };
         let watch_pid = watch.pid().ok_or("sdctl watch ended")?;
         let gateway_pid = gateway.as_ref().and_then(|g| g.child.id());
+        let floor_pid = floor.as_ref().map(|f| f.pid);
         let cpu = |pid: Option<u32>| pid.and_then(cpu_time);
         let (watch_cpu0, gateway_cpu0) = (cpu(Some(watch_pid)), cpu(gateway_pid));
+        let floor_cpu0 = cpu(floor_pid);
 
         // The changes, at a fixed rate, while the watch's lines are read.
         let mut sent: HashMap<String, Instant> = HashMap::new();
@@ -445,6 +491,8 @@ impl Scale<'_> {
         };
         let watch_cpu = per_change(watch_cpu0, Some(watch_pid));
         let gateway_cpu = per_change(gateway_cpu0, gateway_pid);
+        let floor_cpu = per_change(floor_cpu0, floor_pid);
+        drop(floor);
         let watch_peak = proc_status_mib(watch_pid, "VmHWM").map(|m| round(m, 1));
         let gateway_peak = gateway_pid
             .and_then(|pid| proc_status_mib(pid, "VmHWM"))
@@ -473,6 +521,7 @@ impl Scale<'_> {
             changes,
             rate_per_s: self.rate,
             initial_sync_ms: round(initial_sync.as_secs_f64() * 1000.0, 1),
+            floor_cpu_ms_per_change: floor_cpu,
             watch_cpu_ms_per_change: watch_cpu,
             gateway_cpu_ms_per_change: gateway_cpu,
             watch_peak_mib: watch_peak,
