@@ -119,6 +119,9 @@ fn nanos(at: Instant) -> u64 {
 /// weight) is atomic; the latency estimate and the failure counts sit
 /// behind a lock that the request path takes only when there is something
 /// to record (a failure, a latency for p2c, a success after failures).
+/// A live set's endpoints by instance id, in id order.
+pub(crate) type EndpointSet = imbl::OrdMap<Arc<str>, Arc<Endpoint>>;
+
 pub(crate) struct Endpoint {
     /// Shared with the registry's snapshot: a set of 100,000 instances is
     /// held once in the process, not once per consumer.

@@ -33,7 +33,9 @@ where
         .nth(n)
         .and_then(|a| a.parse::<T>().ok())
         .unwrap_or_else(|| {
-            eprintln!("usage: churn SERVICE N CHANGES RATE HOLD_S [TAG] ({name} missing or not a number)");
+            eprintln!(
+                "usage: churn SERVICE N CHANGES RATE HOLD_S [TAG] ({name} missing or not a number)"
+            );
             std::process::exit(2)
         });
     if value > max {

@@ -188,7 +188,10 @@ impl SnapshotSink {
     /// O(k log N) writes for k changes, and the unchanged parts of the map
     /// stay shared, so the consumer's diff skips them too. This is what
     /// keeps a whole-list registry (Consul) cheap per change.
-    pub(crate) fn replace<I: Into<Arc<Instance>>>(&mut self, instances: impl IntoIterator<Item = I>) {
+    pub(crate) fn replace<I: Into<Arc<Instance>>>(
+        &mut self,
+        instances: impl IntoIterator<Item = I>,
+    ) {
         // Each instance goes behind its `Arc` as it comes, so the list
         // sorted here is of pointers, and the caller's records are freed
         // as they are taken: a full read of N instances peaks at about one

@@ -34,7 +34,7 @@ use registry::Instance;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointSet};
 use crate::error::{Error, Result};
 
 pub use p2c::P2c;
@@ -62,15 +62,15 @@ pub trait Choose: Send + Sync + 'static {
 /// The candidates of one try: a filtered view of the live set, built
 /// without allocating.
 pub struct Candidates<'a> {
-    all: &'a [Arc<Endpoint>],
+    all: &'a EndpointSet,
     admit: &'a dyn Fn(&Endpoint) -> bool,
     len: usize,
 }
 
 impl<'a> Candidates<'a> {
     /// The endpoints of `all` that pass `admit`.
-    pub(crate) fn new(all: &'a [Arc<Endpoint>], admit: &'a dyn Fn(&Endpoint) -> bool) -> Self {
-        let len = all.iter().filter(|e| admit(e)).count();
+    pub(crate) fn new(all: &'a EndpointSet, admit: &'a dyn Fn(&Endpoint) -> bool) -> Self {
+        let len = all.values().filter(|e| admit(e)).count();
         Candidates { all, admit, len }
     }
 
@@ -88,7 +88,7 @@ impl<'a> Candidates<'a> {
     pub fn iter(&self) -> impl Iterator<Item = Candidate<'a>> + '_ {
         let admit = self.admit;
         self.all
-            .iter()
+            .values()
             .filter(move |e| admit(e))
             .map(|endpoint| Candidate { endpoint })
     }
@@ -97,7 +97,7 @@ impl<'a> Candidates<'a> {
     pub fn get(&self, index: usize) -> Option<Candidate<'a>> {
         let admit = self.admit;
         self.all
-            .iter()
+            .values()
             .filter(move |e| admit(e))
             .nth(index)
             .map(|endpoint| Candidate { endpoint })

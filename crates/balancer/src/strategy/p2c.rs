@@ -77,7 +77,10 @@ mod tests {
             false,
         ));
         dear.record_success(Instant::now(), Duration::from_millis(100), true);
-        let endpoints = [cheap, dear];
+        let endpoints: crate::endpoint::EndpointSet = [cheap, dear]
+            .into_iter()
+            .map(|e| (Arc::from(e.instance.id.as_str()), e))
+            .collect();
         let chooser = P2c::new(Some(7));
         let all = |_: &Endpoint| true;
         for _ in 0..100 {

@@ -852,10 +852,7 @@ impl Watcher for EtcdRegistry {
             .ctx
             .deadline("read", read::snapshot(&self.ctx, service))
             .await?;
-        Ok(instances
-            .into_iter()
-            .map(|instance| Arc::unwrap_or_clone(instance))
-            .collect())
+        Ok(instances.into_iter().map(Arc::unwrap_or_clone).collect())
     }
 
     async fn services(&self) -> Result<Vec<String>> {

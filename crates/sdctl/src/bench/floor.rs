@@ -102,10 +102,8 @@ async fn zookeeper(addr: &str, path: &str, out: &mut (dyn Write + Send)) -> Resu
             zookeeper_client::EventType::NodeDeleted => {
                 line(out, format_args!("deleted {}", event.path))?
             }
-            zookeeper_client::EventType::Session => {
-                if event.session_state.is_terminated() {
-                    return Err(failed("session", "ended"));
-                }
+            zookeeper_client::EventType::Session if event.session_state.is_terminated() => {
+                return Err(failed("session", "ended"));
             }
             _ => {}
         }

@@ -129,7 +129,9 @@ impl Floor {
         let args = ["bench-floor-watch".to_owned(), service.to_owned()];
         let mut child = SdctlChild::spawn(sdctl, &args, env)?;
         child
-            .line(Instant::now() + DEADLINE, "its \"synced\" line", |l| l == "synced")
+            .line(Instant::now() + DEADLINE, "its \"synced\" line", |l| {
+                l == "synced"
+            })
             .await?;
         let pid = child.pid().ok_or("sdctl bench-floor-watch ended")?;
         // Read every line, so that the child never blocks on a full pipe.
@@ -334,7 +336,10 @@ impl Scale<'_> {
                     continue;
                 }
                 // The floor child is this build's (an older one may lack it).
-                match self.one(n, &churn, sdctl, gateway.as_deref(), !baseline).await {
+                match self
+                    .one(n, &churn, sdctl, gateway.as_deref(), !baseline)
+                    .await
+                {
                     Ok(row) => rows.push(ScaleRow { children, ..row }),
                     // Another build's trouble is a note, not this row's
                     // failure.
