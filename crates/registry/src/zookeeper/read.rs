@@ -316,11 +316,7 @@ async fn watch_one_session(
                 None => break,
             }
         }
-        // Per child, whether its last event was a deletion: a node deleted
-        // last is gone without a read (it could only answer NoNode); one
-        // created or changed last is read again (a `multi { delete;
-        // create }` ends with the creation).
-        let mut touched = BTreeMap::new();
+        let mut touched = BTreeSet::new();
         let mut reread = false;
         let mut rearm = false;
         for event in &events {
@@ -343,8 +339,7 @@ async fn watch_one_session(
                 | zk::EventType::NodeDeleted
                 | zk::EventType::NodeDataChanged => {
                     if let Some(id) = child_id(&base, &event.path) {
-                        let deleted = event.event_type == zk::EventType::NodeDeleted;
-                        touched.insert(id.to_owned(), deleted);
+                        touched.insert(id.to_owned());
                     } else if event.path == base && event.event_type == zk::EventType::NodeDeleted {
                         reread = true;
                     }
@@ -431,27 +426,21 @@ async fn read_all(
     .await
 }
 
-/// Reads again the children an event named (and removes those deleted
-/// last without a read), updating the sink's set (O(log N) each).
+/// Reads again the children an event named, updating the sink's set
+/// (O(log N) each).
 async fn reread_ids(
     params: &Params,
     client: &zk::Client,
     service: &str,
-    ids: &BTreeMap<String, bool>,
+    ids: &BTreeSet<String>,
     sink: &mut SnapshotSink,
 ) -> Result<()> {
     // Names that cannot be ids can never decode; skip the round trip.
     let pairs: Vec<(&str, &str)> = ids
         .iter()
-        .filter(|&(id, &deleted)| !deleted && validate_name("id", id).is_ok())
-        .map(|(id, _)| (service, id.as_str()))
+        .filter(|id| validate_name("id", id).is_ok())
+        .map(|id| (service, id.as_str()))
         .collect();
-    if pairs.is_empty() {
-        for id in ids.keys() {
-            sink.remove(id);
-        }
-        return Ok(());
-    }
     let found = with_deadline(
         BACKEND,
         "read",
@@ -460,7 +449,7 @@ async fn reread_ids(
     )
     .await?;
     let mut found = found;
-    for id in ids.keys() {
+    for id in ids {
         match found.remove(id) {
             Some(instance) => sink.put(instance),
             None => sink.remove(id),
