@@ -308,7 +308,11 @@ async fn watch_one_session(
         };
         // Take every event already delivered, then answer them in one go:
         // a `multi { delete; create }` shows up as two events but must not
-        // make the instance flicker out of a snapshot.
+        // make the instance flicker out of a snapshot. A deletion is read
+        // too (not just applied): when the two events come in separate
+        // batches, the read of the first already finds the new node (the
+        // conformance test `crash_abandon::zookeeper` caught a version that
+        // skipped that read).
         let mut events = vec![first];
         while !events.last().is_some_and(is_terminal) {
             match ready_event(&mut watcher) {
