@@ -146,7 +146,9 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let body = response.bytes().await.map_err(transport)?;
-        Ok((status, index, body.to_vec()))
+        // Without a copy when the body is one uniquely owned buffer (a list of
+        // 10,000 health entries is megabytes, read at every change).
+        Ok((status, index, Vec::from(body)))
     }
 
     /// Maps an unexpected answer to an error: a refusal of a well-formed
