@@ -600,11 +600,14 @@ impl Core {
     }
 
     /// A good snapshot arrived.
-    fn update(&self, mut instances: Vec<Arc<Instance>>, first: bool) {
-        let delivered = instances.len();
-        instances.retain(|instance| self.options.selector.matches(instance));
-        let unselected = delivered - instances.len();
-        instances.sort_by(|a, b| a.id.cmp(&b.id));
+    fn update(&self, snapshot: &registry::Snapshot, first: bool) {
+        // In id order, as the snapshot keeps them.
+        let instances: Vec<Arc<Instance>> = snapshot
+            .iter_shared()
+            .filter(|instance| self.options.selector.matches(instance))
+            .cloned()
+            .collect();
+        let unselected = snapshot.len() - instances.len();
         self.metrics.updates.inc();
         let was_discarded = {
             let mut sync = self.sync();
@@ -904,7 +907,7 @@ async fn follow<W: Watcher>(watcher: W, core: Arc<Core>) {
         };
         match item {
             Some(WatchEvent::Synced(snapshot)) => {
-                core.update(snapshot.iter_shared().cloned().collect(), first);
+                core.update(&snapshot, first);
                 first = false;
             }
             Some(WatchEvent::Changed { changes, snapshot }) => core.apply(&changes, &snapshot),

@@ -137,19 +137,6 @@ impl FromIterator<Instance> for Snapshot {
     }
 }
 
-impl FromIterator<Arc<Instance>> for Snapshot {
-    /// Keyed by id, sharing the instances; of two with one id, the last
-    /// wins.
-    fn from_iter<T: IntoIterator<Item = Arc<Instance>>>(iter: T) -> Self {
-        Snapshot {
-            map: iter
-                .into_iter()
-                .map(|i| (Arc::from(i.id.as_str()), i))
-                .collect(),
-        }
-    }
-}
-
 /// One item of a [`ChangeStream`].
 ///
 /// The error contract is that of [`WatchStream`], in

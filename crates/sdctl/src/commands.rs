@@ -29,6 +29,17 @@ pub fn settings() -> Result<Settings> {
     Ok(settings)
 }
 
+/// `sdctl bench-floor-watch SERVICE` (hidden): the bench's bare client
+/// watch, see [`crate::bench::floor`].
+///
+/// # Errors
+///
+/// Unusable settings, a backend other than etcd or ZooKeeper, an
+/// unreachable registry, or stdout closed.
+pub async fn bench_floor_watch(service: &str, stdout: &mut (dyn Write + Send)) -> Result<()> {
+    crate::bench::floor::run(&settings()?, service, stdout).await
+}
+
 /// `sdctl ls [SERVICE] [--json]`.
 ///
 /// # Errors

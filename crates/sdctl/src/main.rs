@@ -343,8 +343,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Ui { listen } => commands::ui(listen, &mut stdout).await?,
         Command::BenchFloorWatch { service } => {
-            let settings = registry::Settings::from_env()?;
-            sdctl::bench::floor::run(&settings, &service, &mut stdout).await?;
+            commands::bench_floor_watch(&service, &mut stdout).await?;
         }
         Command::Bench(args) => {
             let (out, svg) = (args.out.as_deref(), args.svg.as_deref());

@@ -32,11 +32,16 @@ pub async fn run(settings: &Settings, service: &str, out: &mut (dyn Write + Send
     match &settings.backend {
         BackendConfig::Etcd(config) => {
             let prefix = format!("{}/{service}/", config.prefix);
-            etcd(&config.addr, &prefix, out).await
+            etcd(&config.addr, &prefix, out)
+                .await
+                .map_err(|e| unavailable("etcd", config.addr.join(","), e))
         }
         BackendConfig::Zookeeper(config) => {
             let path = format!("{}/{service}", config.prefix);
-            zookeeper(&config.addr.join(","), &path, out).await
+            let addr = config.addr.join(",");
+            zookeeper(&addr, &path, out)
+                .await
+                .map_err(|e| unavailable("zookeeper", addr, e))
         }
         other => Err(Error::InvalidArgument(format!(
             "bench-floor-watch follows etcd or ZooKeeper, not {}",
@@ -45,18 +50,36 @@ pub async fn run(settings: &Settings, service: &str, out: &mut (dyn Write + Send
     }
 }
 
-fn failed(what: &str, error: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("bench-floor-watch: {what}: {error}"))
+/// Why the bare watch stopped: the client's own error, with what it was
+/// doing.
+enum Failed {
+    Client(String),
+    Output(Error),
 }
 
-fn line(out: &mut (dyn Write + Send), text: std::fmt::Arguments<'_>) -> Result<()> {
+fn failed(what: &str, error: impl std::fmt::Display) -> Failed {
+    Failed::Client(format!("bench-floor-watch: {what}: {error}"))
+}
+
+/// A client failure is the registry's (unreachable, session ended); a
+/// closed stdout stays an output error.
+fn unavailable(backend: &'static str, addr: String, failed: Failed) -> Error {
+    match failed {
+        Failed::Client(reason) => {
+            Error::Registry(registry::Error::unavailable(backend, addr, reason))
+        }
+        Failed::Output(error) => error,
+    }
+}
+
+fn line(out: &mut (dyn Write + Send), text: std::fmt::Arguments<'_>) -> Result<(), Failed> {
     out.write_fmt(text)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
-        .map_err(|e| Error::io("stdout", e))
+        .map_err(|e| Failed::Output(Error::io("stdout", e)))
 }
 
-async fn etcd(addr: &[String], prefix: &str, out: &mut (dyn Write + Send)) -> Result<()> {
+async fn etcd(addr: &[String], prefix: &str, out: &mut (dyn Write + Send)) -> Result<(), Failed> {
     let mut client = etcd_client::Client::connect(addr, None)
         .await
         .map_err(|e| failed("connect", e))?;
@@ -76,7 +99,7 @@ async fn etcd(addr: &[String], prefix: &str, out: &mut (dyn Write + Send)) -> Re
     Err(failed("watch", "the stream ended"))
 }
 
-async fn zookeeper(addr: &str, path: &str, out: &mut (dyn Write + Send)) -> Result<()> {
+async fn zookeeper(addr: &str, path: &str, out: &mut (dyn Write + Send)) -> Result<(), Failed> {
     let client = zookeeper_client::Client::connect(addr)
         .await
         .map_err(|e| failed("connect", e))?;
